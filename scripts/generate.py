@@ -16,9 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Generators that are repository tooling rather than product code live beside this script.
+sys.path.insert(0, str(ROOT / "scripts"))
 
 # "module:function" -> a callable returning {path relative to the repo root: content}.
-GENERATORS: list[str] = []
+GENERATORS: list[str] = [
+    "chartgen:generate",
+]
 
 
 def _load(spec: str) -> Callable[[], dict[str, str]]:
