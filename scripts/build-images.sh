@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Builds Ferry's three images (operator, runtime, optimizer) with podman.
+#
+#   scripts/build-images.sh [--base IMAGE] [--load] [--only NAME]
+#
+# No container registry is reachable on the development machines, so by default the base image is a
+# Debian bookworm root filesystem made here with mmdebstrap from the Debian archive and imported into
+# podman (Debian's python3 is 3.11, the version Ferry supports). Users with a registry pass
+# --base docker.io/library/python:3.11-slim-bookworm. --load imports the images into the local cluster's
+# containerd (namespace k8s.io) when it runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+base=""
+load=false
+only=""
+while (($#)); do
+  case "$1" in
+    --base) base="$2"; shift 2 ;;
+    --load) load=true; shift ;;
+    --only) only="$2"; shift 2 ;;
+    *) echo "unknown argument: $1 (expected --base IMAGE, --load, --only operator|runtime|optimizer)" >&2; exit 2 ;;
+  esac
+done
+
+need=()
+command -v podman >/dev/null || need+=(podman)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+if ((${#need[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" uidmap fuse-overlayfs
+fi
+
+if [[ -z "$base" ]]; then
+  base="localhost/ferry-base:bookworm"
+  if ! podman image exists "$base"; then
+    rootfs_tar="${FERRY_CACHE:-$HOME/.cache/ferry}/images/bookworm-python.tar"
+    mkdir -p "$(dirname "$rootfs_tar")"
+    if [[ ! -s "$rootfs_tar" ]]; then
+      echo "making a Debian bookworm base with python3 (mmdebstrap)"
+      mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1 \
+        bookworm "$rootfs_tar.tmp" && mv "$rootfs_tar.tmp" "$rootfs_tar"
+    fi
+    podman import --change 'CMD ["/bin/bash"]' "$rootfs_tar" "$base"
+  fi
+fi
+
+for component in operator runtime optimizer; do
+  [[ -n "$only" && "$only" != "$component" ]] && continue
+  image="ferry-$component:$version"
+  echo "building $image on $base"
+  start=$(date +%s)
+  podman build --network host --build-arg "BASE_IMAGE=$base" -f "$component/Dockerfile" -t "$image" .
+  size=$(podman image inspect "$image" --format '{{.Size}}')
+  echo "$image: $((size / 1024 / 1024)) MiB, built in $(($(date +%s) - start)) s"
+  if $load; then
+    sock="${FERRY_CONTAINERD_SOCKET:-/run/containerd/containerd.sock}"
+    if [[ -S "$sock" ]]; then
+      archive=$(mktemp --suffix=.tar)
+      podman save --format oci-archive -o "$archive" "localhost/$image"
+      ctr --address "$sock" -n k8s.io images import --base-name "docker.io/library/ferry-$component" "$archive"
+      rm -f "$archive"
+    else
+      echo "no containerd at $sock: $image stays in podman only" >&2
+    fi
+  fi
+done
