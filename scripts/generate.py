@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 # "module:function" -> a callable returning {path relative to the repo root: content}.
 GENERATORS: list[str] = [
+    "ferry_runtime.protocol.grpc.stubs:generate",
     "chartgen:generate",
 ]
 
