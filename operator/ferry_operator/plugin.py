@@ -1,0 +1,450 @@
+"""`kubectl ferry`: follow ModelDeployments from a terminal.
+
+kubectl runs any `kubectl-ferry` on the PATH as `kubectl ferry ...`; it inherits the usual kubeconfig
+(KUBECONFIG, --kubeconfig, --context). Commands:
+
+    kubectl ferry list [-A | -n NS]
+    kubectl ferry status NAME [--watch]
+    kubectl ferry report NAME [--plot FILE]
+    kubectl ferry predict NAME --input FILE [--url URL]
+
+Everything shown comes from the ModelDeployment's status (what the operator observed) and, for
+`predict`, from the model server itself through the API server's service proxy, so it works from a laptop
+without port-forwarding. Errors say what to do next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+GROUP, VERSION, PLURAL = "ferry.dev", "v1alpha1", "modeldeployments"
+# Conditions in the order a rollout passes through them: the first one not True is "where it is".
+PROGRESS_CONDITIONS = ("ModelResolved", "Optimized", "Deployed", "Ready")
+
+
+class PluginError(Exception):
+    """A failure the user can act on; printed without a traceback."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure rendering: status dict -> text. Kept free of API calls so it is unit-testable.
+
+
+def age(timestamp: str | None, now: dt.datetime | None = None) -> str:
+    if not timestamp:
+        return "-"
+    created = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    seconds = int(((now or dt.datetime.now(dt.UTC)) - created).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return None
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def list_rows(objects: Sequence[Mapping[str, Any]], now: dt.datetime | None = None) -> list[list[str]]:
+    rows = []
+    for obj in objects:
+        status = obj.get("status") or {}
+        ready = condition(status, "Ready")
+        desired = status.get("replicas", "-")
+        rows.append(
+            [
+                obj["metadata"]["namespace"],
+                obj["metadata"]["name"],
+                ready["status"] if ready else "Unknown",
+                status.get("phase", "Pending"),
+                f"{status.get('readyReplicas', 0)}/{desired}",
+                status.get("url", ""),
+                age(obj["metadata"].get("creationTimestamp"), now),
+            ]
+        )
+    return rows
+
+
+def progress_line(obj: Mapping[str, Any], width: int = 24) -> str:
+    """One line: phase, where the rollout is, replicas ready of desired as a bar."""
+    status = obj.get("status") or {}
+    phase = status.get("phase", "Pending")
+    desired = int(status.get("replicas") or 0)
+    ready = int(status.get("readyReplicas") or 0)
+    filled = round(width * ready / desired) if desired else 0
+    bar = "#" * filled + "." * (width - filled)
+    step = ""
+    for kind in PROGRESS_CONDITIONS:
+        cond = condition(status, kind)
+        if cond is None or cond.get("status") != "True":
+            reason = (cond or {}).get("reason", "Waiting")
+            step = f" {kind}: {reason}"
+            break
+    optimization = status.get("optimization") or {}
+    if optimization.get("step"):
+        step += f" (optimizing: {optimization['step']})"
+    stale = ""
+    generation = obj.get("metadata", {}).get("generation")
+    if generation is not None and status.get("observedGeneration") != generation:
+        stale = " [operator has not seen the latest spec yet]"
+    return f"{phase:<11} [{bar}] {ready}/{desired} ready{step}{stale}"
+
+
+def describe_conditions(status: Mapping[str, Any]) -> str:
+    rows = [
+        [c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", "")]
+        for c in status.get("conditions") or []
+    ]
+    return table(["CONDITION", "STATUS", "REASON", "MESSAGE"], rows) if rows else "no conditions yet"
+
+
+def report_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    chosen = report.get("chosen")
+    for cand in report.get("candidates") or []:
+        rows.append(
+            [
+                ("* " if cand.get("name") == chosen else "  ") + str(cand.get("name")),
+                "pass" if cand.get("passed") else "REJECTED",
+                f"{int(cand.get('sizeBytes', 0)) / 1e6:.2f} MB",
+                f"{float(cand.get('latencyMs', 0.0)):.3f} ms",
+                f"{float(cand.get('metric', 0.0)):.4f}",
+            ]
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Cluster access.
+
+
+def _api(kubeconfig: str | None, context: str | None) -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_kube_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # the client raises several unrelated types for a missing/invalid file
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except Exception:
+            raise PluginError(
+                f"cannot load a kubeconfig ({exc}); set KUBECONFIG or pass --kubeconfig "
+                "(for the local cluster: `export KUBECONFIG=$(devcluster/devcluster kubeconfig)`)"
+            ) from exc
+    return client.ApiClient()
+
+
+def _namespace(args: argparse.Namespace) -> str:
+    if args.namespace:
+        return str(args.namespace)
+    from kubernetes import config
+
+    try:
+        _, active = config.list_kube_config_contexts(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
+        return str(active["context"].get("namespace", "default"))
+    except Exception:
+        return "default"
+
+
+def _get(api: Any, namespace: str, name: str) -> dict[str, Any]:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        obj = cast(
+            "dict[str, Any]",
+            client.CustomObjectsApi(api).get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            ),
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise PluginError(
+                f'modeldeployment "{name}" not found in namespace "{namespace}"; '
+                "`kubectl ferry list -A` shows them all"
+            ) from exc
+        raise PluginError(f"reading modeldeployment {namespace}/{name}: {exc.status} {exc.reason}") from exc
+    return obj
+
+
+def cmd_list(api: Any, args: argparse.Namespace, out: TextIO) -> int:
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(api)
+    if args.all_namespaces:
+        listing = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    else:
+        listing = custom.list_namespaced_custom_object(GROUP, VERSION, _namespace(args), PLURAL)
+    items = cast("dict[str, list[dict[str, Any]]]", listing)["items"]
+    if not items:
+        print("no ModelDeployments found; ship one with `kubectl apply -f examples/digits.yaml`", file=out)
+        return 0
+    headers = ["NAMESPACE", "NAME", "READY", "PHASE", "REPLICAS", "URL", "AGE"]
+    print(table(headers, list_rows(items)), file=out)
+    return 0
+
+
+def _watch(api: Any, namespace: str, name: str, timeout: int) -> Iterator[dict[str, Any]]:
+    from kubernetes import client, watch
+
+    stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
+        client.CustomObjectsApi(api).list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        field_selector=f"metadata.name={name}",
+        timeout_seconds=timeout,
+    )
+    for event in stream:
+        if event["type"] == "DELETED":
+            raise PluginError(f"modeldeployment {namespace}/{name} was deleted")
+        yield event["object"]
+
+
+def cmd_status(api: Any, args: argparse.Namespace, out: TextIO) -> int:
+    namespace = _namespace(args)
+    obj = _get(api, namespace, args.name)
+    if not args.watch:
+        status = obj.get("status") or {}
+        print(f"{namespace}/{args.name}: {progress_line(obj)}", file=out)
+        if status.get("url"):
+            print(f"url: {status['url']}", file=out)
+        print(describe_conditions(status), file=out)
+        return 0
+    # A TTY gets one line redrawn in place; a pipe or log gets one line per change, never a redraw.
+    interactive = out.isatty()
+    last = ""
+    deadline = time.monotonic() + args.timeout
+    for current in _watch(api, namespace, args.name, args.timeout):
+        line = progress_line(current)
+        if line != last:
+            print(("\r\x1b[2K" if interactive else "") + line, end="" if interactive else "\n", file=out)
+            out.flush()
+            last = line
+        if (current.get("status") or {}).get("phase") in ("Ready", "Failed") and args.exit_on_done:
+            break
+        if time.monotonic() > deadline:
+            break
+    if interactive:
+        print(file=out)
+    return 0 if last.startswith("Ready") else 1
+
+
+def cmd_report(api: Any, args: argparse.Namespace, out: TextIO) -> int:
+    namespace = _namespace(args)
+    status = _get(api, namespace, args.name).get("status") or {}
+    optimization = status.get("optimization") or {}
+    report = optimization.get("report")
+    if not report:
+        raise PluginError(
+            f"{namespace}/{args.name} has no optimization report: add `spec.optimize` to optimize the model, "
+            "or wait for the optimization Job (`kubectl ferry status NAME --watch`)"
+        )
+    print(table(["CANDIDATE", "GATE", "SIZE", "LATENCY", "METRIC"], report_rows(report)), file=out)
+    metric = report.get("metric") or {}
+    if metric:
+        print(
+            f"\nmetric {metric.get('name')}: baseline {metric.get('baseline')}"
+            f" -> chosen {metric.get('value')}",
+            file=out,
+        )
+    print(f"chosen: {report.get('chosen') or 'none'} ({report.get('reason', '')})", file=out)
+    if optimization.get("artifact"):
+        print(f"artifact: {optimization['artifact']}", file=out)
+    if args.plot:
+        plot_report(report, Path(args.plot))
+        print(f"wrote {args.plot}", file=out)
+    return 0
+
+
+def plot_report(report: Mapping[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise PluginError("--plot needs matplotlib: `pip install matplotlib`") from exc
+    candidates = report.get("candidates") or []
+    names = [str(c.get("name")) for c in candidates]
+    colors = ["tab:green" if c.get("passed") else "tab:red" for c in candidates]
+    series = (
+        ("size (MB)", [int(c.get("sizeBytes", 0)) / 1e6 for c in candidates]),
+        ("latency (ms)", [float(c.get("latencyMs", 0.0)) for c in candidates]),
+        ("metric", [float(c.get("metric", 0.0)) for c in candidates]),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (title, values) in zip(axes, series, strict=True):
+        ax.bar(names, values, color=colors)
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"candidates (green passed the gate; chosen: {report.get('chosen')})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def infer_request(path: Path, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Build a v2 JSON inference request from a .json request or an .npz of named arrays."""
+    if path.suffix == ".json":
+        body: dict[str, Any] = json.loads(path.read_text())
+        if "inputs" not in body:
+            raise PluginError(f"{path}: a JSON input must be a v2 inference request with an `inputs` list")
+        return body
+    if path.suffix != ".npz":
+        raise PluginError(f"{path}: expected a .json v2 request or an .npz of arrays, got {path.suffix!r}")
+    import numpy as np
+
+    arrays = np.load(path)
+    inputs = []
+    for spec in metadata.get("inputs", []):
+        name = spec["name"]
+        key = name if name in arrays else ("x" if "x" in arrays and len(metadata["inputs"]) == 1 else None)
+        if key is None:
+            raise PluginError(f"{path}: no array for model input {name!r} (arrays: {sorted(arrays.files)})")
+        array = arrays[key].astype(_NUMPY_DTYPES.get(spec["datatype"], arrays[key].dtype))
+        inputs.append(
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": spec["datatype"],
+                "data": array.ravel().tolist(),
+            }
+        )
+    return {"inputs": inputs}
+
+
+_NUMPY_DTYPES = {
+    "FP32": "float32",
+    "FP64": "float64",
+    "FP16": "float16",
+    "INT64": "int64",
+    "INT32": "int32",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def cmd_predict(api: Any, args: argparse.Namespace, out: TextIO) -> int:
+    namespace = _namespace(args)
+    name = args.name
+    if args.url:
+        base = args.url.rstrip("/")
+
+        def call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+            import urllib.request
+
+            data = json.dumps(body).encode() if body is not None else None
+            request = urllib.request.Request(
+                base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=args.timeout) as response:
+                    result: dict[str, Any] = json.loads(response.read())
+                    return result
+            except urllib.error.HTTPError as exc:
+                raise PluginError(f"{method} {base + path}: {exc.code} {exc.read().decode()[:500]}") from exc
+            except urllib.error.URLError as exc:
+                raise PluginError(f"cannot reach {base}: {exc.reason}") from exc
+
+    else:
+        _get(api, namespace, name)  # a clear "not found" before any proxy error
+        from kubernetes.client.exceptions import ApiException
+
+        def call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+            # The API server's service proxy reaches the ClusterIP Service from outside the cluster.
+            proxy = f"/api/v1/namespaces/{namespace}/services/{name}:http/proxy{path}"
+            try:
+                response = api.call_api(
+                    proxy,
+                    method,
+                    body=body,
+                    header_params={"Content-Type": "application/json", "Accept": "application/json"},
+                    auth_settings=["BearerToken"],
+                    response_type="object",
+                    _return_http_data_only=True,
+                    _preload_content=True,
+                )
+            except ApiException as exc:
+                raise PluginError(
+                    f"{method} {path} via the service proxy: {exc.status} {(exc.body or exc.reason)!s:.500}; "
+                    "is the model Ready? (`kubectl ferry status " + name + "`)"
+                ) from exc
+            result: dict[str, Any] = response
+            return result
+
+    metadata = call("GET", f"/v2/models/{name}")
+    request = infer_request(Path(args.input), metadata)
+    response = call("POST", f"/v2/models/{name}/infer", request)
+    for output in response.get("outputs", []):
+        data = output.get("data", [])
+        preview = data if len(data) <= 20 else [*data[:20], f"... ({len(data)} values)"]
+        print(f"{output['name']} {output.get('datatype')} {output.get('shape')}: {preview}", file=out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubectl ferry", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--context", help="kubeconfig context")
+    parser.add_argument("-n", "--namespace", help="namespace (default: the context's)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="ModelDeployments with their phase, replicas and URL")
+    p_list.add_argument("-A", "--all-namespaces", action="store_true")
+    p_status = sub.add_parser("status", help="phase, conditions and replicas; --watch follows the rollout")
+    p_status.add_argument("name")
+    p_status.add_argument("-w", "--watch", action="store_true")
+    p_status.add_argument("--timeout", type=int, default=600, help="seconds to watch (default 600)")
+    p_status.add_argument(
+        "--exit-on-done", action="store_true", help="stop watching when the phase is Ready or Failed"
+    )
+    p_report = sub.add_parser("report", help="the optimization report: every candidate and the gate")
+    p_report.add_argument("name")
+    p_report.add_argument("--plot", metavar="FILE", help="also write a PNG chart of the candidates")
+    p_predict = sub.add_parser("predict", help="send an input (.json v2 request or .npz) and print outputs")
+    p_predict.add_argument("name")
+    p_predict.add_argument("--input", required=True, metavar="FILE")
+    p_predict.add_argument(
+        "--url", help="call this server directly instead of the API server's service proxy"
+    )
+    p_predict.add_argument("--timeout", type=float, default=30.0)
+    return parser
+
+
+COMMANDS = {"list": cmd_list, "status": cmd_status, "report": cmd_report, "predict": cmd_predict}
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        api = None if (args.command == "predict" and args.url) else _api(args.kubeconfig, args.context)
+        return COMMANDS[args.command](api, args, out)
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
