@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 GENERATORS: list[str] = [
     "ferry_runtime.protocol.grpc.stubs:generate",
     "chartgen:generate",
+    "ferry_operator.crdgen:generate",
 ]
 
 

@@ -1,0 +1,671 @@
+"""The ModelDeployment API (ferry.dev/v1alpha1) as typed models: the single source of the CRD.
+
+Every field's docstring becomes its description in the CRD (and so in `kubectl explain` and docs/api.md);
+defaults, enums and bounds become schema defaults, enums and minimum/maximum; each model's `cel_rules`
+become `x-kubernetes-validations`. `python scripts/generate.py` regenerates crds/ and docs/api.md from here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+from ferry_operator.api.rules import CelRule
+
+GROUP = "ferry.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ("md",)
+
+# One regular expression for every URI the API accepts; the message below explains it to people.
+URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+|s3://[a-z0-9][-a-z0-9.]*[a-z0-9]/.+|https?://[^/]+/.+|file:///.+)$"
+URI_HELP = "pvc://CLAIM/PATH, s3://BUCKET/KEY, http(s)://HOST/PATH or file:///PATH (development clusters)"
+
+# Requests of a serving container when spec.serving.resources is not given.
+DEFAULT_REQUESTS: dict[str, int | str] = {"cpu": "500m", "memory": "512Mi"}
+
+# A Kubernetes quantity ("500m", "2Gi", 4): the API server checks the syntax when the Deployment is applied.
+Quantity = Annotated[
+    int | str,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DnsSubdomain = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+
+
+def _uri_rule(field: str) -> CelRule:
+    return CelRule(
+        cel=f"self.{field}.matches('{URI_PATTERN}')",
+        message=f"{field} must be one of {URI_HELP}",
+        field_path=f".{field}",
+        holds=lambda model: _matches(URI_PATTERN, getattr(model, field)),
+    )
+
+
+def _matches(pattern: str, value: str) -> bool:
+    return re.search(pattern, value) is not None
+
+
+class ApiModel(BaseModel):
+    """Common configuration: camelCase on the wire, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+        # Descriptions come from docstrings; a title per field would only add noise to the schema.
+        json_schema_mode_override="validation",
+    )
+
+    # Cross-field rules on this object, each with its CEL and its Python form (see rules.py).
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(core_schema)
+        if cls.cel_rules:
+            definition = handler.resolve_ref_schema(json_schema)
+            definition["x-kubernetes-validations"] = [rule.as_validation() for rule in cls.cel_rules]
+        return json_schema
+
+    @model_validator(mode="after")
+    def _check_cel_rules(self) -> Self:
+        for rule in type(self).cel_rules:
+            if not rule.holds(self):
+                raise ValueError(rule.message)
+        return self
+
+
+# --- spec.model -------------------------------------------------------------------------------------------
+
+
+class ModelSource(ApiModel):
+    """The trained model to serve: where it is and what format it is in."""
+
+    uri: str = Field(min_length=1, max_length=2048)
+    """Where the model is: pvc://CLAIM/PATH (a PersistentVolumeClaim in this namespace), s3://BUCKET/KEY,
+    http(s)://HOST/PATH or file:///PATH (development only). A URI ending in "/" is a directory (a
+    TensorFlow SavedModel, or a model with external data files)."""
+
+    format: Literal["onnx", "tensorflow", "keras", "tflite"]
+    """The model's format: onnx, tensorflow (a SavedModel directory), keras (a .keras or .h5 file) or
+    tflite. Models not in ONNX are converted by an optimization Job before they are served."""
+
+    credentials_secret: DnsSubdomain | None = None
+    """Name of a Secret in this namespace whose keys are exposed to the model fetcher as environment
+    variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL for s3://). The
+    operator never reads it; only the serving and optimization pods mount it."""
+
+    sha256: Annotated[str, Field(pattern=r"^[a-f0-9]{64}$")] | None = None
+    """Expected SHA-256 of the model file (64 lowercase hex digits). The fetcher refuses a file with a
+    different digest, so a changed or corrupted file is never served."""
+
+    cel_rules = (
+        _uri_rule("uri"),
+        CelRule(
+            cel="self.format != 'tensorflow' || self.uri.endsWith('/')",
+            message="a tensorflow SavedModel is a directory: uri must end with '/'",
+            field_path=".uri",
+            holds=lambda m: m.format != "tensorflow" or m.uri.endswith("/"),
+        ),
+        CelRule(
+            cel="!has(self.sha256) || !self.uri.endsWith('/')",
+            message="sha256 verifies a single file; it cannot be used with a directory uri (ending in '/')",
+            field_path=".sha256",
+            holds=lambda m: m.sha256 is None or not m.uri.endswith("/"),
+        ),
+    )
+
+
+# --- spec.optimize ----------------------------------------------------------------------------------------
+
+
+class Prune(ApiModel):
+    """Weight pruning: zero out a fraction of the weights, then fine-tune when data is given."""
+
+    sparsity: float = Field(ge=0.0, le=0.95)
+    """Fraction of the weights set to zero, from 0.0 to 0.95."""
+
+    method: Literal["magnitude", "structured"] = "magnitude"
+    """magnitude removes the smallest individual weights; structured removes whole channels (faster on
+    CPUs, usually a larger accuracy drop)."""
+
+    epochs: int = Field(default=1, ge=0, le=1000)
+    """Fine-tuning epochs after pruning (only when optimize.data is given); 0 disables fine-tuning."""
+
+
+class Student(ApiModel):
+    """The smaller network trained to imitate the given model."""
+
+    width_factor: float = Field(default=0.5, ge=0.1, le=1.0)
+    """Width of each student layer as a fraction of the teacher's, from 0.1 to 1.0."""
+
+    depth: int | None = Field(default=None, ge=1, le=1000)
+    """Number of hidden layers of the student; unset keeps the teacher's depth."""
+
+
+class Distill(ApiModel):
+    """Knowledge distillation: train a smaller student on the given model's outputs (needs data)."""
+
+    student: Student = Field(default_factory=Student, json_schema_extra={"default": {}})
+    """Shape of the student network."""
+
+    epochs: int = Field(default=3, ge=1, le=1000)
+    """Training epochs of the student."""
+
+    temperature: float = Field(default=2.0, gt=0.0, le=100.0)
+    """Softmax temperature applied to the teacher's logits; higher values transfer more of the teacher's
+    uncertainty."""
+
+
+class Training(ApiModel):
+    """Optimizer settings used by every step that trains (pruning fine-tune, distillation)."""
+
+    learning_rate: float = Field(default=0.001, gt=0.0, le=1.0)
+    """Initial learning rate."""
+
+    schedule: Literal["constant", "cosine", "exponential"] = "cosine"
+    """How the learning rate changes over the epochs."""
+
+    l2: float = Field(default=0.0, ge=0.0, le=1.0)
+    """L2 weight regularization factor."""
+
+    batch_size: int = Field(default=32, ge=1, le=65536)
+    """Samples per training step."""
+
+
+class OptimizeData(ApiModel):
+    """Samples for calibration, fine-tuning and the accuracy gate."""
+
+    uri: str = Field(min_length=1, max_length=2048)
+    """Where the samples are (same schemes as spec.model.uri): an .npz file with an array `x` (or one array
+    per model input name) and optionally `y` labels."""
+
+    samples: int = Field(default=512, ge=1, le=10_000_000)
+    """How many samples to use at most."""
+
+    cel_rules = (_uri_rule("uri"),)
+
+
+class Validate(ApiModel):
+    """The accuracy gate: a candidate that loses more than maxDrop is not rolled out."""
+
+    metric: Literal["accuracy", "cosine", "maxAbsError"] = "accuracy"
+    """accuracy (needs labels `y` in the data), cosine (output similarity with the original model) or
+    maxAbsError (largest absolute output difference)."""
+
+    max_drop: float = Field(default=0.01, ge=0.0)
+    """Largest accepted loss: accuracy or cosine points (0 to 1) below the original model, or the largest
+    accepted absolute error for maxAbsError."""
+
+    cel_rules = (
+        CelRule(
+            cel="self.metric == 'maxAbsError' || self.maxDrop <= 1.0",
+            message="maxDrop must be between 0 and 1 for the accuracy and cosine metrics",
+            field_path=".maxDrop",
+            holds=lambda m: m.metric == "maxAbsError" or m.max_drop <= 1.0,
+        ),
+    )
+
+
+ExportFormat = Literal["onnx", "tflite", "tflite-int8"]
+
+
+def _only_onnx() -> list[ExportFormat]:
+    return ["onnx"]
+
+
+class Optimize(ApiModel):
+    """How to optimize the model before serving it. Absent: the model is served as it is (a model not in
+    ONNX is still converted)."""
+
+    graph: Literal["disabled", "basic", "extended", "all"] = "extended"
+    """ONNX Runtime offline graph optimization level applied to the served model."""
+
+    quantize: Literal["none", "dynamic", "static", "fp16"] = "none"
+    """Quantization: dynamic (int8 weights, activations quantized at run time), static (int8 weights and
+    activations; needs data for calibration), fp16 (half-precision weights) or none."""
+
+    prune: Prune | None = None
+    """Weight pruning; absent: no pruning."""
+
+    distill: Distill | None = None
+    """Distillation into a smaller student network; absent: no distillation. Needs data."""
+
+    training: Training = Field(default_factory=Training, json_schema_extra={"default": {}})
+    """Settings of the steps that train (pruning fine-tune, distillation)."""
+
+    export: Annotated[
+        list[ExportFormat],
+        Field(min_length=1, max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    ] = Field(default_factory=_only_onnx, json_schema_extra={"default": ["onnx"]})
+    """Artifacts to produce. onnx is always needed (it is what is served); tflite and tflite-int8 also
+    export TensorFlow Lite files for edge devices."""
+
+    data: OptimizeData | None = None
+    """Samples for static quantization, fine-tuning, distillation and the accuracy gate."""
+
+    validate_: Validate | None = Field(default=None, alias="validate")
+    """The accuracy gate; absent: every candidate that converts is accepted."""
+
+    cel_rules = (
+        CelRule(
+            cel="self.quantize != 'static' || has(self.data)",
+            message="quantize: static needs calibration samples: set optimize.data",
+            field_path=".quantize",
+            holds=lambda m: m.quantize != "static" or m.data is not None,
+        ),
+        CelRule(
+            cel="!has(self.distill) || has(self.data)",
+            message="distill trains a student on samples: set optimize.data",
+            field_path=".distill",
+            holds=lambda m: m.distill is None or m.data is not None,
+        ),
+        CelRule(
+            cel="!('tflite-int8' in self.export) || has(self.data)",
+            message="export tflite-int8 needs representative samples: set optimize.data",
+            field_path=".export",
+            holds=lambda m: "tflite-int8" not in m.export or m.data is not None,
+        ),
+        CelRule(
+            cel="'onnx' in self.export",
+            message="export must include onnx: the serving runtime serves the ONNX artifact",
+            field_path=".export",
+            holds=lambda m: "onnx" in m.export,
+        ),
+    )
+
+
+# --- spec.serving -----------------------------------------------------------------------------------------
+
+
+class Autoscaling(ApiModel):
+    """Horizontal autoscaling. When set, the HorizontalPodAutoscaler owns the replica count: serving.replicas
+    must not be set and `kubectl scale` is refused (change min/maxReplicas instead)."""
+
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    """Fewest replicas the autoscaler keeps (at least 1)."""
+
+    max_replicas: int = Field(ge=1, le=1000)
+    """Most replicas the autoscaler may create."""
+
+    metric: Literal["cpu", "concurrency", "rps"] = "cpu"
+    """What the autoscaler tracks per pod: cpu (utilization of the CPU request, in percent), concurrency
+    (in-flight requests) or rps (requests per second). concurrency and rps are custom pod metrics served by
+    a metrics adapter (e.g. prometheus-adapter) from the runtime's Prometheus metrics."""
+
+    target: int | None = Field(default=None, ge=1, le=100_000)
+    """Target value per pod for the metric; unset: 70 (% CPU), 8 (in-flight requests) or 50 (requests per
+    second)."""
+
+    cel_rules = (
+        CelRule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must not be greater than maxReplicas",
+            field_path=".minReplicas",
+            holds=lambda m: m.min_replicas <= m.max_replicas,
+        ),
+    )
+
+
+class Batching(ApiModel):
+    """Dynamic batching in the runtime: requests that arrive together run as one batch."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    """Most rows combined into one model call; 1 disables batching."""
+
+    max_delay_ms: float = Field(default=0.0, ge=0.0, le=10_000.0)
+    """How long a request may wait for others to join its batch, in milliseconds; 0 batches only what is
+    already queued (no added latency)."""
+
+    max_queue_size: int = Field(default=256, ge=1, le=1_000_000)
+    """Requests waiting beyond this are refused with 503 and Retry-After instead of queueing without
+    bound."""
+
+    cel_rules = (
+        CelRule(
+            cel="self.maxQueueSize >= self.maxBatchSize",
+            message="maxQueueSize must hold at least one full batch (>= maxBatchSize)",
+            field_path=".maxQueueSize",
+            holds=lambda m: m.max_queue_size >= m.max_batch_size,
+        ),
+    )
+
+
+class ResourceRequirements(ApiModel):
+    """CPU and memory for each serving container, as in a Pod's resources."""
+
+    requests: dict[str, Quantity] | None = None
+    """Resources the scheduler reserves, e.g. {cpu: 500m, memory: 1Gi}. The cpu autoscaling metric is a
+    percentage of the CPU request."""
+
+    limits: dict[str, Quantity] | None = None
+    """Upper bounds, e.g. {memory: 2Gi}. Use serving.gpu for GPUs."""
+
+
+class Toleration(ApiModel):
+    """A toleration, as in a Pod's spec.tolerations."""
+
+    key: str | None = None
+    """Taint key the toleration applies to; empty with operator Exists matches all taints."""
+
+    operator: Literal["Exists", "Equal"] | None = None
+    """Exists or Equal (the default)."""
+
+    value: str | None = None
+    """Taint value the toleration matches (with operator Equal)."""
+
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all effects."""
+
+    toleration_seconds: int | None = None
+    """How long a NoExecute taint is tolerated before eviction; unset: forever."""
+
+
+class Serving(ApiModel):
+    """How the model is served: replicas, autoscaling, batching and pod placement."""
+
+    replicas: int | None = Field(default=None, ge=0, le=1000)
+    """Number of serving pods (unset: 1). `kubectl scale modeldeployment/NAME` sets this field. Must not be
+    set together with autoscaling, which then owns the replica count."""
+
+    autoscaling: Autoscaling | None = None
+    """Horizontal autoscaling; absent: a fixed number of replicas."""
+
+    batching: Batching = Field(default_factory=Batching, json_schema_extra={"default": {}})
+    """Dynamic batching in the runtime."""
+
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(requests=dict(DEFAULT_REQUESTS)),
+        json_schema_extra={"default": {"requests": dict(DEFAULT_REQUESTS)}},
+    )
+    """CPU and memory of each serving pod's runtime container."""
+
+    gpu: int = Field(default=0, ge=0, le=16)
+    """GPUs per pod (nvidia.com/gpu); 0 serves on CPU."""
+
+    node_selector: dict[str, str] | None = None
+    """Node labels the serving pods must match."""
+
+    tolerations: list[Toleration] | None = None
+    """Taints the serving pods tolerate."""
+
+    affinity: (
+        Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+        | None
+    ) = None
+    """Pod affinity and anti-affinity, as in a Pod's spec.affinity."""
+
+    image: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Serving image override; unset: the operator's configured ferry-runtime image."""
+
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    """ONNX Runtime intra-op threads per pod; unset: derived by the runtime from its CPU allowance."""
+
+    cel_rules = (
+        CelRule(
+            cel="!(has(self.replicas) && has(self.autoscaling))",
+            message=(
+                "replicas must not be set together with autoscaling: the HorizontalPodAutoscaler owns the "
+                "replica count (change autoscaling.minReplicas/maxReplicas, or remove autoscaling to scale "
+                "by hand)"
+            ),
+            field_path=".replicas",
+            holds=lambda m: not (m.replicas is not None and m.autoscaling is not None),
+        ),
+        CelRule(
+            cel=(
+                "self.gpu == 0 || !has(self.resources.limits) || !('nvidia.com/gpu' in self.resources.limits)"
+            ),
+            message="set GPUs with serving.gpu, not with resources.limits['nvidia.com/gpu']",
+            field_path=".gpu",
+            holds=lambda m: (
+                m.gpu == 0 or m.resources.limits is None or "nvidia.com/gpu" not in m.resources.limits
+            ),
+        ),
+    )
+
+
+# --- spec.rollout, spec.monitoring ------------------------------------------------------------------------
+
+
+class Rollout(ApiModel):
+    """How a new revision replaces the current one."""
+
+    auto_rollback: bool = True
+    """Return to the last good revision when a rollout misses its deadline or crash-loops."""
+
+    progress_deadline_seconds: int = Field(default=600, ge=10, le=86_400)
+    """How long a rollout may take before it is declared failed (the Deployment's
+    progressDeadlineSeconds)."""
+
+
+class Monitoring(ApiModel):
+    """Prometheus integration."""
+
+    service_monitor: Literal["auto", "enabled", "disabled"] = "auto"
+    """Create a ServiceMonitor for the serving pods: auto creates one when the monitoring.coreos.com CRDs
+    exist, enabled requires them, disabled never creates one. Pods carry prometheus.io scrape annotations
+    either way."""
+
+
+# --- the object -------------------------------------------------------------------------------------------
+
+
+class ModelDeploymentSpec(ApiModel):
+    """The desired state: which model, how to optimize it and how to serve it."""
+
+    model: ModelSource
+    """The trained model to serve."""
+
+    optimize: Optimize | None = None
+    """Optimization before serving; absent: serve the model as it is (non-ONNX models are converted)."""
+
+    serving: Serving = Field(default_factory=Serving, json_schema_extra={"default": {}})
+    """Serving replicas, autoscaling, batching, resources and placement."""
+
+    rollout: Rollout = Field(default_factory=Rollout, json_schema_extra={"default": {}})
+    """Rollout deadline and automatic rollback."""
+
+    monitoring: Monitoring = Field(default_factory=Monitoring, json_schema_extra={"default": {}})
+    """Prometheus integration."""
+
+    cel_rules = (
+        CelRule(
+            cel=(
+                "!has(self.optimize) || !self.optimize.export.exists(e, e.startsWith('tflite')) || "
+                "self.model.format in ['tensorflow', 'keras', 'tflite']"
+            ),
+            message="TensorFlow Lite export needs a tensorflow, keras or tflite source model (model.format)",
+            field_path=".optimize.export",
+            holds=lambda m: (
+                m.optimize is None
+                or not any(e.startswith("tflite") for e in m.optimize.export)
+                or m.model.format in ("tensorflow", "keras", "tflite")
+            ),
+        ),
+    )
+
+
+# --- status -----------------------------------------------------------------------------------------------
+
+ConditionType = Literal["ModelResolved", "Optimized", "Deployed", "Ready", "Progressing", "Degraded"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+Phase = Literal["Pending", "Optimizing", "Deploying", "Ready", "Degraded", "Failed"]
+
+
+class Condition(ApiModel):
+    """One aspect of the observed state, in the standard Kubernetes condition shape."""
+
+    type: ConditionType
+    """ModelResolved, Optimized, Deployed, Ready, Progressing or Degraded."""
+
+    status: ConditionStatus
+    """True, False or Unknown."""
+
+    reason: str = Field(min_length=1, max_length=1024)
+    """A one-word CamelCase cause, for tools and alerts."""
+
+    message: str = Field(default="", max_length=32_768)
+    """What happened and what to do about it, for people."""
+
+    last_transition_time: str
+    """When the status last changed (RFC 3339); unchanged while only the reason or message changes."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The metadata.generation this condition was computed for."""
+
+
+class ModelInfo(ApiModel):
+    """The model being served."""
+
+    format: str | None = None
+    """Format of the served artifact."""
+
+    digest: str | None = None
+    """Content digest of the served artifact (sha256:HEX) when known."""
+
+    size_bytes: int | None = Field(default=None, ge=0)
+    """Size of the served artifact in bytes when known."""
+
+    uri: str | None = None
+    """Where the serving pods fetch the artifact from."""
+
+
+class Revision(ApiModel):
+    """Serving revisions: a revision is a digest of everything that shapes the serving pods."""
+
+    current: str | None = None
+    """The revision the serving Deployment runs or rolls out now."""
+
+    previous: str | None = None
+    """The last revision that was fully rolled out before the current one (the rollback target)."""
+
+
+class Artifact(ApiModel):
+    """An optimized model in the artifact store."""
+
+    uri: str
+    """Where the artifact is."""
+
+    sha256: str
+    """SHA-256 of the artifact's model file."""
+
+    size_bytes: int = Field(ge=0)
+    """Size of the artifact's model file in bytes."""
+
+
+class MetricResult(ApiModel):
+    """The accuracy gate's measurement."""
+
+    name: str
+    """The metric (accuracy, cosine or maxAbsError)."""
+
+    baseline: float
+    """The metric of the original model."""
+
+    value: float
+    """The metric of the chosen candidate."""
+
+
+class Candidate(ApiModel):
+    """One optimized candidate the optimizer measured."""
+
+    name: str
+    """Which steps produced it."""
+
+    passed: bool
+    """Whether it passed the accuracy gate."""
+
+    size_bytes: int = Field(ge=0)
+    """Model file size in bytes."""
+
+    latency_ms: float
+    """Median single-request latency in milliseconds."""
+
+    metric: float
+    """The gate's metric for this candidate."""
+
+
+class OptimizationStatus(ApiModel):
+    """The latest optimization: the Job that ran it and the summary it reported."""
+
+    job: str | None = None
+    """Name of the optimization Job."""
+
+    key: str | None = None
+    """Content key of the optimization (digest of source model, optimize spec and optimizer version)."""
+
+    passed: bool | None = None
+    """Whether a candidate passed the accuracy gate."""
+
+    chosen: str | None = None
+    """The candidate that is served."""
+
+    reason: str | None = None
+    """Why that candidate was chosen, or why none was."""
+
+    artifact: Artifact | None = None
+    """The served optimized artifact."""
+
+    metric: MetricResult | None = None
+    """The gate's measurement of the chosen candidate."""
+
+    candidates: list[Candidate] | None = None
+    """Every candidate with size, latency and metric (the full report is in the artifact store)."""
+
+
+class ModelDeploymentStatus(ApiModel):
+    """The observed state, written by the operator."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The metadata.generation the status was computed for."""
+
+    phase: Phase | None = None
+    """Summary: Pending, Optimizing, Deploying, Ready, Degraded or Failed. The conditions say why."""
+
+    conditions: (
+        Annotated[
+            list[Condition],
+            Field(
+                json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+            ),
+        ]
+        | None
+    ) = None
+    """ModelResolved, Optimized, Deployed, Ready, Progressing and Degraded, each with a reason and a message
+    a person can act on."""
+
+    replicas: int | None = Field(default=None, ge=0)
+    """Serving pods that exist (the scale subresource reports this)."""
+
+    ready_replicas: int | None = Field(default=None, ge=0)
+    """Serving pods that are ready to take requests."""
+
+    selector: str | None = None
+    """Label selector of the serving pods (the scale subresource reports this, so an autoscaler can target
+    the ModelDeployment)."""
+
+    url: str | None = None
+    """In-cluster URL of the model over the Open Inference Protocol v2 (REST)."""
+
+    model: ModelInfo | None = None
+    """The model being served."""
+
+    revision: Revision | None = None
+    """The current and previous serving revisions."""
+
+    optimization: OptimizationStatus | None = None
+    """The latest optimization, when spec.optimize is set."""
