@@ -1,0 +1,319 @@
+"""`up`, `down` and `status`: bring the processes to the wanted state and wait until the cluster works.
+
+`up` is a reconcile, not a script: each process is started only if it is not already running with the
+same command line (a changed command line, say after a devcluster upgrade, restarts just that process),
+and the cluster objects are applied server-side. Running it twice gives one cluster.
+
+The node side is a list of processes plus the objects that register nodes; fake nodes (kwok) are the
+one kind today. A real node (containerd, kubelet, kube-proxy, CNI) is another such provider; see
+docs/devcluster.md, "Adding the real node".
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from ferry_devcluster import (
+    build,
+    components,
+    control_plane,
+    fake_nodes,
+    kube,
+    kubeconfig,
+    metrics_server,
+    pki,
+    processes,
+)
+from ferry_devcluster.config import LOOPBACK, ClusterConfig
+from ferry_devcluster.processes import ProcessSpec, Supervisor
+
+# Generous: on a loaded 2-core machine the API server alone can take a minute to become ready.
+START_TIMEOUT_SECONDS = 300.0
+# Stop order: dependants first, etcd last, so nothing logs a storm of connection errors on the way down.
+STOP_ORDER: tuple[str, ...] = (
+    "metrics-server",
+    "kwok",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kube-apiserver",
+    "etcd",
+)
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be brought to the wanted state; the message says which part and why."""
+
+
+class NotYetAvailable(ClusterError):
+    """A requested feature that devcluster does not provide yet."""
+
+
+@dataclass
+class Timings:
+    """Seconds spent per phase of `up`, printed at the end."""
+
+    phases: list[tuple[str, float]] = field(default_factory=list)
+    _started: float = field(default_factory=time.monotonic)
+    _phase_started: float = field(default_factory=time.monotonic)
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self.phases.append((phase, now - self._phase_started))
+        self._phase_started = now
+
+    @property
+    def total(self) -> float:
+        return time.monotonic() - self._started
+
+    def render(self) -> str:
+        parts = ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in self.phases)
+        return f"{parts}; total {self.total:.1f}s"
+
+
+def _command_digest(spec: ProcessSpec) -> str:
+    return hashlib.sha256(json.dumps([spec.argv, dict(spec.env)]).encode()).hexdigest()[:16]
+
+
+def _log_tail(supervisor: Supervisor, name: str, lines: int = 25) -> str:
+    path = supervisor.log_file(name)
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _wait_until(
+    what: str,
+    ready: Callable[[], bool],
+    supervisor: Supervisor,
+    watched: Sequence[str],
+    timeout: float = START_TIMEOUT_SECONDS,
+) -> None:
+    """Poll `ready` until true; fail fast with the log tail if a watched process dies meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if ready():
+            return
+        for name in watched:
+            if supervisor.pid(name) is None:
+                raise ClusterError(
+                    f"{name} exited while waiting for {what}; last lines of {supervisor.log_file(name)}:\n"
+                    f"{_log_tail(supervisor, name)}"
+                )
+        if time.monotonic() > deadline:
+            logs = ", ".join(str(supervisor.log_file(name)) for name in watched)
+            raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}; see {logs}")
+        time.sleep(0.25)
+
+
+class Cluster:
+    """One devcluster, identified by its state directory."""
+
+    def __init__(self, config: ClusterConfig, out: TextIO) -> None:
+        self.config = config
+        self.out = out
+        self.supervisor = Supervisor(config.run_dir, config.log_dir)
+
+    def say(self, message: str) -> None:
+        print(message, file=self.out, flush=True)
+
+    # ----------------------------------------------------------------------------- probes
+    def _apiserver(self) -> kube.ApiClient:
+        return kube.ApiClient.for_apiserver(self.config)
+
+    def _component_endpoint(self, port_name: str, verify_with_ca: bool) -> kube.ApiClient:
+        pki_dir = self.config.pki_dir
+        return kube.ApiClient(
+            f"https://{LOOPBACK}:{self.config.port(port_name)}",
+            pki_dir / "ca.crt" if verify_with_ca else None,
+            pki_dir / "admin.crt",
+            pki_dir / "admin.key",
+        )
+
+    def etcd_healthy(self) -> bool:
+        try:
+            url = f"http://{LOOPBACK}:{self.config.port('etcd')}/health"
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                return bool(json.loads(reply.read()).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+    def apiserver_ready(self) -> bool:
+        return self._apiserver().get("/readyz")[0] == 200
+
+    def component_healthy(self, port_name: str, verify_with_ca: bool = False) -> bool:
+        # the controller manager and scheduler serve /healthz with a self-signed certificate
+        return self._component_endpoint(port_name, verify_with_ca).get("/healthz")[0] == 200
+
+    def ready_nodes(self) -> list[str]:
+        nodes = self._apiserver().get_json("/api/v1/nodes")
+        if nodes is None:
+            return []
+        ready = []
+        for node in nodes.get("items", []):
+            conditions = node.get("status", {}).get("conditions", [])
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+                ready.append(str(node["metadata"]["name"]))
+        return ready
+
+    def default_service_account_exists(self) -> bool:
+        return self._apiserver().get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
+
+    def metrics_api_available(self) -> bool:
+        apiservice = self._apiserver().get_json(
+            f"/apis/apiregistration.k8s.io/v1/apiservices/{metrics_server.APISERVICE_NAME}"
+        )
+        if apiservice is None:
+            return False
+        conditions = apiservice.get("status", {}).get("conditions", [])
+        return any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
+
+    # ----------------------------------------------------------------------------- processes
+    def _ensure_running(self, spec: ProcessSpec) -> bool:
+        """Start the process unless it already runs with this command line. True if started."""
+        digest_file = self.config.run_dir / f"{spec.name}.command"
+        digest = _command_digest(spec)
+        if self.supervisor.pid(spec.name) is not None:
+            if digest_file.exists() and digest_file.read_text() == digest:
+                return False
+            self.say(f"devcluster: {spec.name}'s command line changed; restarting it")
+            self.supervisor.stop(spec.name)
+        self.supervisor.start(spec)
+        digest_file.write_text(digest)
+        return True
+
+    # ----------------------------------------------------------------------------- up
+    def up(self, real_node: bool = False) -> Timings:
+        if real_node:
+            raise NotYetAvailable(
+                "--real-node is not yet available: devcluster runs fake (kwok) nodes only for now; a real "
+                "node (containerd, runc, kubelet, CNI, kube-proxy) is the next devcluster issue"
+            )
+        config = self.config
+        timings = Timings()
+        config.save()
+
+        binaries = build.ensure(components.CONTROL_PLANE_BINARIES)
+        timings.mark("binaries")
+
+        pki.ensure(config)
+        kubeconfig.write_all(config)
+        config.config_dir.mkdir(parents=True, exist_ok=True)
+        control_plane.scheduler_config_path(config).write_text(control_plane.scheduler_configuration(config))
+        fake_nodes.kwok_config_path(config).write_text(
+            fake_nodes.kwok_configuration(fake_nodes.kwok_module_dir())
+        )
+        timings.mark("pki+config")
+
+        self._ensure_running(control_plane.etcd(config, binaries["etcd"]))
+        _wait_until("etcd /health", self.etcd_healthy, self.supervisor, ["etcd"])
+        timings.mark("etcd")
+
+        self._ensure_running(control_plane.apiserver(config, binaries["kube-apiserver"]))
+        _wait_until(
+            "kube-apiserver /readyz", self.apiserver_ready, self.supervisor, ["etcd", "kube-apiserver"]
+        )
+        timings.mark("apiserver")
+
+        self._ensure_running(control_plane.controller_manager(config, binaries["kube-controller-manager"]))
+        self._ensure_running(control_plane.scheduler(config, binaries["kube-scheduler"]))
+        self._apply_cluster_objects()
+        self._ensure_running(fake_nodes.kwok_process(config, binaries["kwok"]))
+        self._ensure_running(metrics_server.process(config, binaries["metrics-server"]))
+        self._reconcile_nodes()
+        timings.mark("components")
+
+        everything = list(reversed(STOP_ORDER))
+        _wait_until(
+            "the controller manager, scheduler, kwok and metrics-server to report healthy",
+            lambda: (
+                self.component_healthy("kube-controller-manager")
+                and self.component_healthy("kube-scheduler")
+                and self.component_healthy("kwok", verify_with_ca=True)
+                and self.component_healthy("metrics-server", verify_with_ca=True)
+            ),
+            self.supervisor,
+            everything,
+        )
+        wanted_nodes = set(fake_nodes.node_names(config))
+        _wait_until(
+            f"{len(wanted_nodes)} nodes Ready",
+            lambda: wanted_nodes <= set(self.ready_nodes()),
+            self.supervisor,
+            everything,
+        )
+        _wait_until(
+            "the default ServiceAccount", self.default_service_account_exists, self.supervisor, everything
+        )
+        _wait_until(
+            f"APIService {metrics_server.APISERVICE_NAME} Available",
+            self.metrics_api_available,
+            self.supervisor,
+            everything,
+        )
+        timings.mark("ready")
+        return timings
+
+    def _apply_cluster_objects(self) -> None:
+        config = self.config
+        kube.apply_files(
+            config,
+            metrics_server.upstream_manifest_paths(metrics_server.module_dir())
+            + [fake_nodes.kwok_module_dir() / relative for relative in fake_nodes.KWOK_MANIFEST_FILES],
+        )
+        ca_bundle = base64.b64encode((config.pki_dir / "ca.crt").read_bytes()).decode()
+        kube.apply(config, metrics_server.cluster_objects(config, ca_bundle))
+
+    def _reconcile_nodes(self) -> None:
+        config = self.config
+        kube.apply(config, fake_nodes.node_objects(config, components.KUBERNETES.version))
+        key, value = fake_nodes.MANAGED_BY_LABEL
+        listed = kube.kubectl(config, "get", "nodes", "-l", f"{key}={value}", "-o", "name").stdout.split()
+        wanted = {f"node/{name}" for name in fake_nodes.node_names(config)}
+        surplus = [name for name in listed if name not in wanted]
+        if surplus:
+            kube.kubectl(config, "delete", "--wait=false", *surplus)
+
+    # ----------------------------------------------------------------------------- down / status
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop every process of this cluster; with purge, delete its state too. Returns what ran."""
+        stopped = [name for name in STOP_ORDER if self.supervisor.stop(name)]
+        stopped += [name for name in self.supervisor.known_names() if self.supervisor.stop(name)]
+        # belt and braces: a cluster binary still running with files of this state directory (its pid
+        # file lost, or a child that left its group) is ours too
+        strays = processes.strays(self.config.state_dir, build.cache_dir() / "bin")
+        if strays:
+            processes.terminate_pids(strays, grace_seconds=10.0)
+            stopped.append(f"{len(strays)} stray process(es)")
+        if purge and self.config.state_dir.exists():
+            shutil.rmtree(self.config.state_dir)
+        return stopped
+
+    def status(self) -> dict[str, Any]:
+        running = {name: self.supervisor.pid(name) for name in reversed(STOP_ORDER)}
+        report: dict[str, Any] = {
+            "state_dir": str(self.config.state_dir),
+            "kubeconfig": str(self.config.admin_kubeconfig),
+            "server": self.config.server_url,
+            "processes": running,
+        }
+        if running["kube-apiserver"] is not None and self.apiserver_ready():
+            version = self._apiserver().get_json("/version") or {}
+            report["apiserver"] = f"ready ({version.get('gitVersion', '?')})"
+            report["ready_nodes"] = self.ready_nodes()
+            report["metrics_api"] = "available" if self.metrics_api_available() else "unavailable"
+        else:
+            report["apiserver"] = "not running"
+        return report
+
+
+def versions() -> dict[str, str]:
+    """Every pinned upstream component and its version (kubectl is whatever build.kubectl() finds)."""
+    return {component.module: component.version for component in components.ALL}
