@@ -1,0 +1,151 @@
+"""The transport-agnostic data plane: health, metadata and inference, shared by REST and gRPC.
+
+It resolves the model and version, validates inputs against the model's metadata (names, datatypes,
+shapes) with messages that say what was expected and what was sent, and hands the inputs to the batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ferry_runtime import __version__
+from ferry_runtime.batching import Batcher, Outputs
+from ferry_runtime.errors import InvalidInput, NotFound, Unavailable
+from ferry_runtime.inference import InferenceRequest, InferenceResponse, OutputTensor, RequestedOutput
+from ferry_runtime.model import Array, Model, ModelMetadata, TensorSpec
+
+SERVER_NAME = "ferry-runtime"
+# Protocol extensions this server implements, as Triton names them.
+EXTENSIONS = ("binary_tensor_data",)
+
+
+class DataPlane:
+    def __init__(self, model_name: str, model_version: str) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self.model: Model | None = None
+        self.batcher: Batcher | None = None
+        self._ready = False
+        # Requests accepted and not yet answered, across transports (read by the in-flight gauge).
+        self.in_flight = 0
+        self._inputs: tuple[TensorSpec, ...] = ()
+        self._input_names: frozenset[str] = frozenset()
+        self._outputs: dict[str, TensorSpec] = {}
+
+    # --- lifecycle (driven by server.py) ---
+
+    def attach(self, model: Model, batcher: Batcher) -> None:
+        self.model = model
+        self.batcher = batcher
+        self._inputs = model.metadata.inputs
+        self._input_names = frozenset(spec.name for spec in self._inputs)
+        self._outputs = {spec.name: spec for spec in model.metadata.outputs}
+
+    def set_ready(self, ready: bool) -> None:
+        """What health probes report; a draining server reports not ready yet still answers requests."""
+        self._ready = ready and self.model is not None
+
+    # --- health and metadata ---
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def check_model(self, name: str, version: str) -> None:
+        """Raise NotFound naming what exists when (name, version) is not the served model."""
+        if name != self.model_name:
+            raise NotFound(f"unknown model '{name}'; this server serves model '{self.model_name}'")
+        if version and version != self.model_version:
+            raise NotFound(
+                f"model '{name}' has no version '{version}'; available versions: {self.model_version}"
+            )
+
+    def model_ready(self, name: str, version: str) -> bool:
+        self.check_model(name, version)
+        return self._ready
+
+    def model_metadata(self, name: str, version: str) -> ModelMetadata:
+        self.check_model(name, version)
+        if self.model is None:
+            raise Unavailable(f"model '{name}' is still loading; its metadata is not known yet")
+        return self.model.metadata
+
+    # --- inference ---
+
+    def submit(self, request: InferenceRequest, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Outputs]:
+        """Validate and queue a request; the future resolves with every output of the model."""
+        self.check_model(request.model_name, request.model_version)
+        model, batcher = self.model, self.batcher
+        if model is None or batcher is None:
+            raise Unavailable(f"model '{self.model_name}' is still loading")
+        feed = self._validate_inputs(model, request)
+        if request.outputs is not None:
+            self._validate_outputs(request.outputs)
+        return batcher.submit(feed, loop)
+
+    def response(self, request: InferenceRequest, outputs: Outputs) -> InferenceResponse:
+        if request.outputs is None:
+            tensors = [OutputTensor(name, spec.datatype, outputs[name]) for name, spec in self._outputs.items()]
+        else:
+            tensors = [
+                OutputTensor(wanted.name, self._outputs[wanted.name].datatype, outputs[wanted.name])
+                for wanted in request.outputs
+            ]
+        return InferenceResponse(self.model_name, self.model_version, tensors, request.id)
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        outputs = await self.submit(request, asyncio.get_running_loop())
+        return self.response(request, outputs)
+
+    def _validate_inputs(self, model: Model, request: InferenceRequest) -> dict[str, Array]:
+        given = {tensor.name: tensor for tensor in request.inputs}
+        if len(given) != len(request.inputs):
+            names = [tensor.name for tensor in request.inputs]
+            duplicated = sorted({name for name in names if names.count(name) > 1})
+            raise InvalidInput(f"model '{self.model_name}': input(s) {', '.join(duplicated)} given more than once")
+        feed: dict[str, Array] = {}
+        for spec in self._inputs:
+            tensor = given.get(spec.name)
+            if tensor is None:
+                raise InvalidInput(
+                    f"model '{self.model_name}' needs input '{spec.name}' ({spec.describe()}); "
+                    f"the request has: {', '.join(given) or 'no inputs'}"
+                )
+            shape = tensor.array.shape
+            if tensor.datatype != spec.datatype:
+                raise InvalidInput(
+                    f"model '{self.model_name}' input '{spec.name}' expects {spec.describe()}; "
+                    f"got {tensor.datatype} with shape {list(shape)}"
+                )
+            expected = spec.shape
+            if len(shape) != len(expected) or any(
+                want not in (-1, have) for want, have in zip(expected, shape, strict=True)
+            ):
+                raise InvalidInput(
+                    f"model '{self.model_name}' input '{spec.name}' expects {spec.describe()}; "
+                    f"got {tensor.datatype} with shape {list(shape)}"
+                )
+            feed[spec.name] = model.adapt_input(spec, tensor.array)
+        if len(given) > len(feed):
+            extra = [name for name in given if name not in self._input_names]
+            raise InvalidInput(
+                f"model '{self.model_name}' has no input(s) {', '.join(map(repr, extra))}; "
+                f"its inputs are: {', '.join(spec.name for spec in self._inputs)}"
+            )
+        return feed
+
+    def _validate_outputs(self, requested: list[RequestedOutput]) -> None:
+        for wanted in requested:
+            if wanted.name not in self._outputs:
+                raise InvalidInput(
+                    f"model '{self.model_name}' has no output '{wanted.name}'; "
+                    f"its outputs are: {', '.join(self._outputs)}"
+                )

@@ -1,0 +1,84 @@
+"""The runtime's error protocol: every failure a client can cause or see is a `FerryError`.
+
+Each subclass carries its HTTP status and gRPC status code, so one handler per transport maps any of
+them (REST: `{"error": message}` with the status; gRPC: the status code with the message as details).
+Messages name the model, the input and what was expected and sent, because the client reads them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class FerryError(Exception):
+    """Base class: a failure with a client-facing message and its status on each transport."""
+
+    http_status: ClassVar[int] = 500
+    grpc_status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(FerryError):
+    """The request is malformed or does not match the model (shape, datatype, names, data length)."""
+
+    http_status = 400
+    grpc_status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(FerryError):
+    """Unknown model, version, output or route."""
+
+    http_status = 404
+    grpc_status = grpc.StatusCode.NOT_FOUND
+
+
+class MethodNotAllowed(FerryError):
+    """A known route called with the wrong HTTP method."""
+
+    http_status = 405
+    grpc_status = grpc.StatusCode.UNIMPLEMENTED
+
+    def __init__(self, message: str, allowed: str) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
+class PayloadTooLarge(FerryError):
+    """The request body exceeds the configured limit; refused before the body is read."""
+
+    http_status = 413
+    grpc_status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UnsupportedMediaType(FerryError):
+    """A body encoding the server does not speak (e.g. an unknown Content-Encoding)."""
+
+    http_status = 415
+    grpc_status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Unavailable(FerryError):
+    """The server cannot take the request now (queue full, model not ready, shutting down): retry later."""
+
+    http_status = 503
+    grpc_status = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, retry_after_seconds: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class InferenceFailed(FerryError):
+    """The model itself failed on input that passed validation (a server-side fault)."""
+
+    http_status = 500
+    grpc_status = grpc.StatusCode.INTERNAL
+
+
+class ModelLoadError(FerryError):
+    """The model cannot be served (missing file, unsupported output types, failed warm-up)."""

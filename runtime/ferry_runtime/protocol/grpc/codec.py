@@ -1,0 +1,113 @@
+"""gRPC messages <-> InferenceRequest/InferenceResponse.
+
+Inputs may arrive as typed `contents` or as `raw_input_contents`; outputs always leave as
+`raw_output_contents` (one bytes field per output, no per-element protobuf encoding), which every v2
+client reads and which is much cheaper to build than repeated fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ferry_runtime.datatypes import NUMPY_DTYPES, check_datatype, decode_raw, element_count, encode_raw, parse_shape
+from ferry_runtime.errors import InvalidInput
+from ferry_runtime.inference import (
+    InferenceRequest,
+    InferenceResponse,
+    InputTensor,
+    Parameters,
+    RequestedOutput,
+)
+from ferry_runtime.model import Array
+from ferry_runtime.protocol.grpc.generated import grpc_predict_v2_pb2 as pb
+
+# Which InferTensorContents field carries each datatype (FP16 has none: it must travel raw).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
+    raw_contents = message.raw_input_contents
+    if raw_contents and len(raw_contents) != len(message.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw_contents)} entries for {len(message.inputs)} inputs; "
+            f"give one per input, in order"
+        )
+    inputs: list[InputTensor] = []
+    for position, tensor in enumerate(message.inputs):
+        name = tensor.name
+        if not name:
+            raise InvalidInput(f"inputs[{position}] needs a name")
+        datatype = check_datatype(tensor.datatype, name)
+        shape = parse_shape(list(tensor.shape), name)
+        if raw_contents:
+            array = decode_raw(raw_contents[position], datatype, shape, name)
+        else:
+            array = _decode_contents(tensor.contents, datatype, shape, name)
+        inputs.append(InputTensor(name, datatype, array))
+    if not inputs:
+        raise InvalidInput("request needs at least one input")
+    outputs = (
+        [RequestedOutput(output.name, _parameters(output.parameters)) for output in message.outputs]
+        if message.outputs
+        else None
+    )
+    return InferenceRequest(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        inputs=inputs,
+        outputs=outputs,
+        id=message.id,
+        parameters=_parameters(message.parameters),
+    )
+
+
+def _decode_contents(contents: pb.InferTensorContents, datatype: str, shape: tuple[int, ...], name: str) -> Array:
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"input '{name}': {datatype} data must be sent in raw_input_contents")
+    values: Any = getattr(contents, field)
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {count} elements, {field} holds {len(values)}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=np.object_)
+        array[:] = list(values)
+        return array.reshape(shape)
+    try:
+        return np.array(values, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
+    except OverflowError as error:
+        raise InvalidInput(f"input '{name}': a value does not fit {datatype}: {error}") from None
+
+
+def _parameters(parameters: Any) -> Parameters:
+    decoded: Parameters = {}
+    for key, value in parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        if choice is not None:
+            decoded[key] = getattr(value, choice)
+    return decoded
+
+
+def encode_response(response: InferenceResponse) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    for tensor in response.outputs:
+        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
+        message.raw_output_contents.append(encode_raw(tensor.array))
+    return message

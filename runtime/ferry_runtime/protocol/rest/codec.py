@@ -1,0 +1,202 @@
+"""REST bodies <-> InferenceRequest/InferenceResponse: JSON, plus Triton's binary tensor data extension.
+
+Binary extension (as Triton's clients use it): the body is a JSON header of `Inference-Header-Content-Length`
+bytes followed by raw tensors. An input with `parameters.binary_data_size` takes its bytes from there, in
+input order. An output is returned binary when it asks for `parameters.binary_data` or the request sets
+`parameters.binary_data_output`; the response then carries the same header and layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ferry_runtime.datatypes import NUMPY_DTYPES, check_datatype, decode_raw, element_count, encode_raw, parse_shape
+from ferry_runtime.errors import InvalidInput
+from ferry_runtime.inference import (
+    InferenceRequest,
+    InferenceResponse,
+    InputTensor,
+    Parameters,
+    RequestedOutput,
+)
+from ferry_runtime.model import Array
+
+_SERIALIZE_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def decode_request(
+    body: bytes, json_length: int | None, model_name: str, model_version: str
+) -> InferenceRequest:
+    if json_length is None:
+        header_bytes: bytes | memoryview = body
+        binary = memoryview(b"")
+    else:
+        if json_length > len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length is {json_length} but the body holds only {len(body)} bytes"
+            )
+        view = memoryview(body)
+        header_bytes, binary = view[:json_length], view[json_length:]
+    try:
+        document = orjson.loads(header_bytes)
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput(f"request body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput(f"request body must be a JSON object, got {type(document).__name__}")
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("request needs an 'inputs' list with at least one input")
+    offset = 0
+    inputs: list[InputTensor] = []
+    for position, raw in enumerate(raw_inputs):
+        if not isinstance(raw, dict):
+            raise InvalidInput(f"inputs[{position}] must be an object with name, datatype, shape and data")
+        tensor, offset = _decode_input(raw, position, binary, offset)
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise InvalidInput(
+            f"the body carries {len(binary)} bytes of binary tensor data but the inputs' binary_data_size "
+            f"add up to {offset}"
+        )
+    outputs = _decode_outputs(document.get("outputs"))
+    parameters = _parameters(document.get("parameters"), "request")
+    request_id = document.get("id", "")
+    return InferenceRequest(
+        model_name=model_name,
+        model_version=model_version,
+        inputs=inputs,
+        outputs=outputs,
+        id=request_id if isinstance(request_id, str) else str(request_id),
+        parameters=parameters,
+    )
+
+
+def _decode_input(
+    raw: dict[str, Any], position: int, binary: memoryview, offset: int
+) -> tuple[InputTensor, int]:
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"inputs[{position}] needs a 'name' string")
+    datatype = check_datatype(raw.get("datatype"), name)
+    shape = parse_shape(raw.get("shape"), name)
+    parameters = raw.get("parameters")
+    binary_size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    if binary_size is not None:
+        if type(binary_size) is not int or binary_size < 0:
+            raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
+        if offset + binary_size > len(binary):
+            raise InvalidInput(
+                f"input '{name}': binary_data_size {binary_size} runs past the end of the binary data "
+                f"({len(binary) - offset} bytes left)"
+            )
+        array = decode_raw(binary[offset : offset + binary_size], datatype, shape, name)
+        return InputTensor(name, datatype, array), offset + binary_size
+    if "data" not in raw:
+        raise InvalidInput(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
+    return InputTensor(name, datatype, _decode_json_data(raw["data"], datatype, shape, name)), offset
+
+
+def _decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> Array:
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        if datatype == "BYTES":
+            array = _json_bytes(data, name)
+        else:
+            array = np.asarray(data, dtype=NUMPY_DTYPES[datatype])
+    except (ValueError, TypeError, OverflowError) as error:
+        raise InvalidInput(f"input '{name}': data cannot be read as {datatype}: {error}") from None
+    count = element_count(shape)
+    if array.size != count:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {count} elements, data holds {array.size}"
+        )
+    return array.reshape(shape)
+
+
+def _json_bytes(data: list[Any], name: str) -> Array:
+    flat: list[Any] = []
+    stack = [data]
+    # Nested lists are flattened in row-major order without recursion limits.
+    while stack:
+        current = stack.pop()
+        for index in range(len(current) - 1, -1, -1):
+            element = current[index]
+            if isinstance(element, list):
+                stack.append(element)
+            elif isinstance(element, str):
+                flat.append(element)
+            else:
+                raise InvalidInput(f"input '{name}': BYTES data must be strings, got {element!r}")
+    flat.reverse()
+    array = np.empty(len(flat), dtype=np.object_)
+    array[:] = flat
+    return array
+
+
+def _decode_outputs(raw: Any) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise InvalidInput("'outputs' must be a list of {name, parameters} objects")
+    outputs: list[RequestedOutput] = []
+    for position, entry in enumerate(raw):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise InvalidInput(f"outputs[{position}] needs a 'name' string")
+        outputs.append(RequestedOutput(entry["name"], _parameters(entry.get("parameters"), entry["name"])))
+    return outputs
+
+
+def _parameters(raw: Any, owner: str) -> Parameters:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"parameters of {owner} must be a JSON object")
+    return raw
+
+
+def encode_response(response: InferenceResponse, request: InferenceRequest) -> tuple[bytes, int | None]:
+    """The response body and, when it carries binary tensors, the length of its JSON header."""
+    all_binary = bool(request.parameters.get("binary_data_output", False))
+    binary_names: set[str] = set()
+    if request.outputs is None:
+        if all_binary:
+            binary_names = {tensor.name for tensor in response.outputs}
+    else:
+        binary_names = {
+            wanted.name for wanted in request.outputs if wanted.parameters.get("binary_data", all_binary)
+        }
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for tensor in response.outputs:
+        array = tensor.array
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": array.shape}
+        if tensor.name in binary_names:
+            raw = encode_raw(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif tensor.datatype == "BYTES":
+            entry["data"] = [_text(element) for element in array.ravel().tolist()]
+        else:
+            entry["data"] = np.ascontiguousarray(array).ravel()
+        outputs.append(entry)
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
+    if response.id:
+        document["id"] = response.id
+    header = orjson.dumps(document, option=_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def _text(element: Any) -> str:
+    if isinstance(element, bytes):
+        return element.decode("utf-8", errors="replace")
+    return str(element)

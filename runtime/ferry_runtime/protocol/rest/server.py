@@ -1,0 +1,525 @@
+"""The v2 REST endpoints on a small HTTP/1.1 server built directly on asyncio protocols and httptools.
+
+Why not an ASGI stack: per-request framework overhead (scope dicts, middleware, coroutines per request)
+costs more CPU than a small model's inference. Here a request is parsed by httptools' C parser, routed by
+a dict lookup, and an inference completes through a future callback: no task or coroutine per request.
+
+HTTP behaviour: keep-alive (HTTP/1.1 default, HTTP/1.0 on request); pipelined requests are answered in
+order; bodies framed by Content-Length or chunked transfer coding; a declared Content-Length above the
+limit is answered 413 before any body is read (and `Expect: 100-continue` is honoured, so well-behaved
+clients never send it); gzip/deflate request bodies are inflated under the same limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ferry_runtime.batching import Outputs
+from ferry_runtime.dataplane import DataPlane
+from ferry_runtime.errors import (
+    FerryError,
+    InvalidInput,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from ferry_runtime.inference import InferenceRequest
+from ferry_runtime.metrics import Metrics, RequestRecorder
+from ferry_runtime.model import ModelMetadata
+from ferry_runtime.protocol.rest import codec
+
+log = logging.getLogger(__name__)
+
+JSON = b"application/json"
+OCTET_STREAM = b"application/octet-stream"
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Headers the server acts on; every other header is ignored without being stored.
+_WANTED_HEADERS = frozenset(
+    {b"content-length", b"inference-header-content-length", b"content-encoding", b"expect", b"transfer-encoding"}
+)
+# More queued pipelined requests than this on one connection and the server stops reading from it.
+_MAX_PIPELINED = 64
+
+
+def http_response(
+    status: int, body: bytes, content_type: bytes, keep_alive: bool, extra_headers: bytes = b""
+) -> bytes:
+    return b"%scontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
+        _STATUS_LINES[status],
+        content_type,
+        len(body),
+        extra_headers,
+        b"" if keep_alive else b"connection: close\r\n",
+        body,
+    )
+
+
+def error_response(error: FerryError, keep_alive: bool) -> bytes:
+    extra = b""
+    if isinstance(error, Unavailable):
+        extra = b"retry-after: %d\r\n" % error.retry_after_seconds
+    elif isinstance(error, MethodNotAllowed):
+        extra = b"allow: %s\r\n" % error.allowed.encode()
+    return http_response(error.http_status, orjson.dumps({"error": error.message}), JSON, keep_alive, extra)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    # "live", "ready", "server", "metrics", "model", "model_ready", "infer"
+    kind: str
+    model: str = ""
+    version: str = ""
+
+
+_ROUTE_METHODS = {
+    "live": b"GET",
+    "ready": b"GET",
+    "server": b"GET",
+    "metrics": b"GET",
+    "model": b"GET",
+    "model_ready": b"GET",
+    "infer": b"POST",
+}
+
+
+def parse_route(path: bytes) -> _Route:
+    if path == b"/v2/health/live":
+        return _Route("live")
+    if path == b"/v2/health/ready":
+        return _Route("ready")
+    if path in (b"/v2", b"/v2/"):
+        return _Route("server")
+    if path == b"/metrics":
+        return _Route("metrics")
+    if path.startswith(b"/v2/models/"):
+        parts = [unquote(part.decode("utf-8", "replace")) for part in path[len(b"/v2/models/") :].split(b"/")]
+        version = ""
+        if len(parts) >= 3 and parts[1] == "versions":
+            version = parts[2]
+            parts = [parts[0], *parts[3:]]
+        if parts[0]:
+            if len(parts) == 1:
+                return _Route("model", parts[0], version)
+            if len(parts) == 2 and parts[1] in ("ready", "infer"):
+                return _Route("model_ready" if parts[1] == "ready" else "infer", parts[0], version)
+    raise NotFound(
+        f"no endpoint at {path.decode('utf-8', 'replace')}; endpoints: /v2/health/live, /v2/health/ready, "
+        f"/v2, /v2/models/{{model}}[/versions/{{version}}][/ready|/infer], /metrics"
+    )
+
+
+def metadata_document(metadata: ModelMetadata) -> dict[str, Any]:
+    def tensors(specs: tuple[Any, ...]) -> list[dict[str, Any]]:
+        return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
+
+    return {
+        "name": metadata.name,
+        "versions": [metadata.version],
+        "platform": metadata.platform,
+        "inputs": tensors(metadata.inputs),
+        "outputs": tensors(metadata.outputs),
+    }
+
+
+class RestApp:
+    """Routes a complete request to the data plane and renders the response bytes."""
+
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, max_body_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.recorder = RequestRecorder(metrics, dataplane.model_name, "rest")
+        self._routes: dict[bytes, _Route] = {}
+        self._metadata_body: bytes | None = None
+
+    def route(self, path: bytes) -> _Route:
+        route = self._routes.get(path)
+        if route is None:
+            route = parse_route(path)
+            # Only routes to the served model are cached, so unknown paths cannot grow the cache.
+            if route.model in ("", self.dataplane.model_name) and len(self._routes) < 64:
+                self._routes[path] = route
+        return route
+
+    def handle(
+        self,
+        connection: HttpConnection,
+        method: bytes,
+        url: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        keep_alive: bool,
+        received: float,
+    ) -> bytes | None:
+        """The response bytes, or None when an inference will answer through `connection.respond`."""
+        path = url.partition(b"?")[0]
+        try:
+            route = self.route(path)
+            expected = _ROUTE_METHODS[route.kind]
+            if method != expected and not (method == b"HEAD" and expected == b"GET"):
+                raise MethodNotAllowed(
+                    f"{path.decode('utf-8', 'replace')} accepts {expected.decode()}, not {method.decode()}",
+                    expected.decode(),
+                )
+            if route.kind == "infer":
+                return self._infer(connection, route, headers, body, keep_alive, received)
+            response = self._get(route, keep_alive)
+        except FerryError as error:
+            if route_is_infer(path):
+                self.recorder.record(str(error.http_status), time.perf_counter() - received)
+            return error_response(error, keep_alive)
+        if method == b"HEAD":
+            head, _, _ = response.partition(b"\r\n\r\n")
+            return head + b"\r\n\r\n"
+        return response
+
+    def _get(self, route: _Route, keep_alive: bool) -> bytes:
+        plane = self.dataplane
+        kind = route.kind
+        if kind == "live":
+            return http_response(200, b'{"live":true}', JSON, keep_alive)
+        if kind == "ready":
+            if plane.ready:
+                return http_response(200, b'{"ready":true}', JSON, keep_alive)
+            return http_response(503, b'{"ready":false}', JSON, keep_alive, b"retry-after: 1\r\n")
+        if kind == "server":
+            return http_response(200, orjson.dumps(plane.server_metadata()), JSON, keep_alive)
+        if kind == "metrics":
+            return http_response(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode(), keep_alive)
+        if kind == "model_ready":
+            ready = plane.model_ready(route.model, route.version)
+            body = orjson.dumps({"name": route.model, "ready": ready})
+            return http_response(200 if ready else 503, body, JSON, keep_alive)
+        metadata = plane.model_metadata(route.model, route.version)
+        if self._metadata_body is None:
+            self._metadata_body = orjson.dumps(metadata_document(metadata))
+        return http_response(200, self._metadata_body, JSON, keep_alive)
+
+    def _infer(
+        self,
+        connection: HttpConnection,
+        route: _Route,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        keep_alive: bool,
+        received: float,
+    ) -> bytes | None:
+        encoding = headers.get(b"content-encoding")
+        if encoding is not None:
+            body = inflate(body, encoding, self.max_body_bytes)
+        json_length = None
+        header_length = headers.get(b"inference-header-content-length")
+        if header_length is not None:
+            try:
+                json_length = int(header_length)
+            except ValueError:
+                raise InvalidInput(
+                    f"Inference-Header-Content-Length must be an integer, got {header_length.decode('latin-1')!r}"
+                ) from None
+        request = codec.decode_request(body, json_length, route.model, route.version)
+        future = self.dataplane.submit(request, connection.loop)
+        self.dataplane.in_flight += 1
+        slot = connection.reserve()
+        future.add_done_callback(
+            lambda done: self._complete(connection, slot, request, done, keep_alive, received)
+        )
+        return None
+
+    def _complete(
+        self,
+        connection: HttpConnection,
+        slot: _Slot,
+        request: InferenceRequest,
+        future: asyncio.Future[Outputs],
+        keep_alive: bool,
+        received: float,
+    ) -> None:
+        self.dataplane.in_flight -= 1
+        keep_alive = keep_alive and not connection.draining
+        error = future.exception()
+        if error is None:
+            try:
+                body, json_length = codec.encode_response(self.dataplane.response(request, future.result()), request)
+            except Exception as failure:  # an output the protocol cannot carry is a server-side fault
+                log.exception("cannot encode the response of model '%s'", request.model_name)
+                error = failure
+            else:
+                if json_length is None:
+                    data = http_response(200, body, JSON, keep_alive)
+                else:
+                    extra = b"inference-header-content-length: %d\r\n" % json_length
+                    data = http_response(200, body, OCTET_STREAM, keep_alive, extra)
+                self.recorder.record("200", time.perf_counter() - received)
+                connection.respond(slot, data, keep_alive)
+                return
+        if not isinstance(error, FerryError):
+            log.error("inference failed: %r", error)
+            error = FerryError(f"internal error: {error}")
+        self.recorder.record(str(error.http_status), time.perf_counter() - received)
+        connection.respond(slot, error_response(error, keep_alive), keep_alive)
+
+
+def route_is_infer(path: bytes) -> bool:
+    return path.endswith(b"/infer")
+
+
+def inflate(body: bytes, encoding: bytes, limit: int) -> bytes:
+    name = encoding.strip().lower()
+    if name == b"identity":
+        return body
+    if name not in (b"gzip", b"deflate"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; use gzip, deflate or identity"
+        )
+    # wbits 47 accepts gzip and zlib headers alike; max_length stops a decompression bomb at the limit.
+    inflater = zlib.decompressobj(47)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise InvalidInput(f"request body is not valid {name.decode()} data: {error}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"request body inflates to more than the {limit}-byte limit")
+    return data
+
+
+class _Slot:
+    """A response position on a connection, so pipelined requests are answered in order."""
+
+    __slots__ = ("data", "keep_alive")
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+        self.keep_alive = True
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, app: RestApp, server: RestServer) -> None:
+        self.app = app
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.draining = False
+        self.last_active = self.loop.time()
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._slots: deque[_Slot] = deque()
+        self._rejected = False
+        self._closed = False
+        self._reading_paused = False
+        self._received = 0.0
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.connections.add(self)
+        self.draining = self.server.draining
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.server.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._rejected:
+            return  # discarding the rest of an oversized body until the client closes
+        self.last_active = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(InvalidInput("protocol upgrades are not supported; speak HTTP/1.1"))
+        except httptools.HttpParserError as error:
+            self._reject(InvalidInput(f"malformed HTTP request: {error}"))
+
+    def pause_writing(self) -> None:
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._resume_reading()
+
+    # --- httptools callbacks ---
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._body = []
+        self._body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in _WANTED_HEADERS:
+            self._headers[name] = value
+
+    def on_headers_complete(self) -> None:
+        length = self._headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.app.max_body_bytes:
+            self._reject(
+                PayloadTooLarge(
+                    f"request body of {int(length)} bytes exceeds the {self.app.max_body_bytes}-byte limit"
+                )
+            )
+            return
+        if self._headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+            self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        if self._rejected:
+            return
+        self._body_size += len(body)
+        if self._body_size > self.app.max_body_bytes:
+            self._reject(PayloadTooLarge(f"request body exceeds the {self.app.max_body_bytes}-byte limit"))
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._rejected:
+            return
+        received = time.perf_counter()
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        keep_alive = self.parser.should_keep_alive() and not self.draining
+        method = self.parser.get_method()
+        try:
+            response = self.app.handle(self, method, self._url, self._headers, body, keep_alive, received)
+        except FerryError as error:
+            response = error_response(error, keep_alive)
+        except Exception as error:
+            log.exception("unexpected failure handling %s %s", method, self._url)
+            response = error_response(FerryError(f"internal error: {error}"), keep_alive)
+        if self.parser.get_http_version() == "1.0" and keep_alive and response is not None:
+            response = response.replace(b"\r\n", b"\r\nconnection: keep-alive\r\n", 1)
+        if response is not None:
+            if not self._slots:
+                self._write(response, keep_alive)
+                return
+            slot = self.reserve()
+            self.respond(slot, response, keep_alive)
+        elif len(self._slots) >= _MAX_PIPELINED:
+            self._pause_reading()
+
+    # --- responses ---
+
+    def reserve(self) -> _Slot:
+        slot = _Slot()
+        self._slots.append(slot)
+        return slot
+
+    def respond(self, slot: _Slot, data: bytes, keep_alive: bool) -> None:
+        slot.data = data
+        slot.keep_alive = keep_alive
+        slots = self._slots
+        while slots and slots[0].data is not None:
+            ready = slots.popleft()
+            assert ready.data is not None
+            self._write(ready.data, ready.keep_alive)
+        if self._reading_paused and len(slots) < _MAX_PIPELINED // 2:
+            self._resume_reading()
+
+    def _write(self, data: bytes, keep_alive: bool) -> None:
+        self.last_active = self.loop.time()
+        transport = self.transport
+        if self._closed or transport is None:
+            return
+        transport.write(data)
+        if not keep_alive:
+            self._closed = True
+            transport.close()
+
+    def idle(self) -> bool:
+        return not self._slots
+
+    def close(self) -> None:
+        if self.transport is not None and not self._closed:
+            self._closed = True
+            self.transport.close()
+
+    def _reject(self, error: FerryError) -> None:
+        """Answer a request whose body will not be read, then stop reading from this connection."""
+        self._rejected = True
+        data = error_response(error, keep_alive=False)
+        if self._slots:
+            self.respond(self.reserve(), data, keep_alive=False)
+            return
+        transport = self.transport
+        if transport is None or self._closed:
+            return
+        transport.write(data)
+        # Half-close and keep discarding input for a moment: closing with unread data in the socket
+        # makes the kernel send RST, which can destroy the 413 before the client reads it.
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(2.0, self.close)
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self._closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self._closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+
+class RestServer:
+    def __init__(self, app: RestApp, keepalive_timeout: float) -> None:
+        self.app = app
+        self.keepalive_timeout = keepalive_timeout
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[HttpConnection] = set()
+        self.draining = False
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        factory: Callable[[], HttpConnection] = lambda: HttpConnection(self.app, self)  # noqa: E731
+        self._server = await self.loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+        self._sweep()
+        sockets = self._server.sockets
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    def _sweep(self) -> None:
+        # One timer for all connections instead of one per request: close keep-alive connections idle
+        # past the timeout (or, while draining, idle for a moment after their last response).
+        now = self.loop.time()
+        limit = 0.25 if self.draining else self.keepalive_timeout
+        for connection in list(self.connections):
+            if connection.idle() and now - connection.last_active > limit:
+                connection.close()
+        self._sweeper = self.loop.call_later(0.05 if self.draining else 1.0, self._sweep)
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Stop accepting connections, let in-flight requests finish (answered with Connection: close)."""
+        self.draining = True
+        for connection in self.connections:
+            connection.draining = True
+        if self._server is not None:
+            self._server.close()
+        deadline = self.loop.time() + grace_seconds
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(self.connections):
+            connection.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()

@@ -1,0 +1,144 @@
+"""The runtime's lifecycle: listen, load and warm up the model, serve, and drain on SIGTERM.
+
+Order matters for Kubernetes: the listeners come up first so liveness answers while a large model
+loads; readiness turns true only after warm-up; on SIGTERM readiness turns false first, then (after
+`shutdown_delay_seconds`) the listeners close and in-flight requests get `drain_grace_seconds` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+
+from ferry_runtime.batching import Batcher, classify_onnxruntime_error
+from ferry_runtime.dataplane import DataPlane
+from ferry_runtime.errors import ModelLoadError
+from ferry_runtime.metrics import BatchRecorder, Metrics
+from ferry_runtime.onnx_model import OnnxModel, OnnxModelConfig, find_model_file
+from ferry_runtime.protocol.grpc.server import GrpcServer, InferenceService
+from ferry_runtime.protocol.rest.server import RestApp, RestServer
+from ferry_runtime.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+class Runtime:
+    def __init__(self, settings: RuntimeSettings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.dataplane = DataPlane(settings.model_name, settings.model_version)
+        self.http_port = 0
+        self.grpc_port = 0
+        self._stop = asyncio.Event()
+        self._batcher: Batcher | None = None
+        self._model: OnnxModel | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        name = settings.model_name
+        self.metrics.bind_gauges(
+            name,
+            in_flight=lambda: self.dataplane.in_flight,
+            queue_depth=lambda: self._batcher.depth() if self._batcher else 0,
+        )
+        self.metrics.model_ready.labels(name).set(0)
+        rest = RestServer(RestApp(self.dataplane, self.metrics, settings.max_body_bytes), settings.keepalive_timeout_seconds)
+        self.http_port = await rest.start(settings.host, settings.http_port)
+        grpc_server: GrpcServer | None = None
+        if settings.grpc_port:
+            grpc_server = GrpcServer(InferenceService(self.dataplane, self.metrics), settings.max_body_bytes)
+            self.grpc_port = await grpc_server.start(settings.host, settings.grpc_port)
+        log.info("listening: REST on %s:%d, gRPC on %s", settings.host, self.http_port,
+                 f"{settings.host}:{self.grpc_port}" if grpc_server else "(disabled)")
+        loading = asyncio.ensure_future(asyncio.to_thread(self._load))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
+        exit_code = 0
+        if loading.done() and loading.exception() is None:
+            self.dataplane.set_ready(True)
+            self.metrics.model_ready.labels(name).set(1)
+            log.info("model '%s' is ready", name)
+            await stopping
+        elif loading.done():
+            error = loading.exception()
+            log.error("cannot serve model '%s': %s", name, error)
+            _write_termination_log(f"cannot serve model '{name}': {error}")
+            exit_code = 1
+        await self._drain(rest, grpc_server, loading)
+        return exit_code
+
+    def _load(self) -> None:
+        settings = self.settings
+        assert settings.model_dir is not None
+        started = time.perf_counter()
+        model = OnnxModel(
+            OnnxModelConfig(
+                path=find_model_file(settings.model_dir),
+                name=settings.model_name,
+                version=settings.model_version,
+                intra_op_threads=settings.intra_op_threads,
+                inter_op_threads=settings.inter_op_threads,
+                execution_providers=settings.execution_providers,
+                graph_optimization=settings.graph_optimization,
+            )
+        )
+        model.load()
+        try:
+            model.warm_up(settings.warmup_runs)
+        except Exception as error:
+            raise ModelLoadError(
+                f"warm-up inference on zero-filled inputs failed: {error}; set --warmup-runs 0 to skip it"
+            ) from error
+        batcher = Batcher(
+            model,
+            max_batch_size=settings.max_batch_size,
+            max_delay_seconds=settings.max_batch_delay_ms / 1000,
+            max_queue_size=settings.max_queue_size,
+            workers=settings.inference_workers,
+            recorder=BatchRecorder(self.metrics, settings.model_name),
+            classify_error=classify_onnxruntime_error(settings.model_name),
+        )
+        batcher.start()
+        self._model, self._batcher = model, batcher
+        self.dataplane.attach(model, batcher)
+        seconds = time.perf_counter() - started
+        self.metrics.model_load_seconds.labels(settings.model_name).set(seconds)
+        log.info("model '%s' loaded and warmed up in %.2f s", settings.model_name, seconds)
+
+    async def _drain(self, rest: RestServer, grpc_server: GrpcServer | None, loading: asyncio.Future[None]) -> None:
+        settings = self.settings
+        self.dataplane.set_ready(False)
+        self.metrics.model_ready.labels(settings.model_name).set(0)
+        log.info("shutting down: not ready; closing listeners in %.1f s", settings.shutdown_delay_seconds)
+        if settings.shutdown_delay_seconds > 0:
+            await asyncio.sleep(settings.shutdown_delay_seconds)
+        grace = settings.drain_grace_seconds
+        await asyncio.gather(rest.drain(grace), grpc_server.stop(grace) if grpc_server else asyncio.sleep(0))
+        if not loading.done():
+            log.info("waiting for the model load to finish before exiting")
+        await asyncio.wait((loading,))
+        if self._batcher is not None:
+            await asyncio.to_thread(self._batcher.stop, grace)
+        if self._model is not None:
+            self._model.unload()
+        log.info("drained; exiting")
+
+
+def _write_termination_log(message: str) -> None:
+    # Kubernetes shows this file's content in `kubectl describe pod` as the container's last message.
+    try:
+        with TERMINATION_LOG.open("w") as file:
+            file.write(message[:4000])
+    except OSError:
+        pass

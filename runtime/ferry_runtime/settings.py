@@ -1,0 +1,139 @@
+"""The runtime's settings: one typed object, read from FERRY_RUNTIME_* environment variables and flags.
+
+Every field is a flag (`--model-dir`) and an environment variable (`FERRY_RUNTIME_MODEL_DIR`); a flag wins
+over the environment, the environment over the default. The help text of each field is the one place
+its meaning is written down: the CLI's --help and docs/runtime.md's settings table are both built from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FERRY_RUNTIME_"
+
+
+def _setting(default: Any, help_text: str) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    model_dir: Path | None = _setting(None, "Directory holding model.onnx (or exactly one .onnx file). Required.")
+    model_name: str = _setting("", "Name clients address the model by. Required.")
+    model_version: str = _setting("1", "Version the model is served as.")
+    host: str = _setting("0.0.0.0", "Address both listeners bind to.")
+    http_port: int = _setting(8080, "REST port (v2 endpoints and /metrics).")
+    grpc_port: int = _setting(8081, "gRPC port; 0 disables gRPC.")
+    intra_op_threads: int = _setting(0, "ONNX Runtime threads within one operator; 0 = one per physical core.")
+    inter_op_threads: int = _setting(0, "ONNX Runtime threads across operators; 0 = ONNX Runtime's default.")
+    execution_providers: tuple[str, ...] = _setting(
+        ("auto",),
+        "Comma-separated ONNX Runtime execution providers, or 'auto' (TensorRT, CUDA when available, then CPU).",
+    )
+    graph_optimization: str = _setting("all", "ONNX Runtime graph optimization: disabled, basic, extended or all.")
+    max_batch_size: int = _setting(32, "Most rows combined into one model call; 1 disables batching.")
+    max_batch_delay_ms: float = _setting(
+        0.0, "Longest a request waits for others to join its batch; 0 batches only what is already queued."
+    )
+    max_queue_size: int = _setting(256, "Requests that may wait for inference; more are answered 503 / UNAVAILABLE.")
+    inference_workers: int = _setting(1, "Threads calling the model concurrently.")
+    warmup_runs: int = _setting(1, "Inferences on zero-filled inputs before the model reports ready; 0 skips warm-up.")
+    max_body_bytes: int = _setting(64 * 1024 * 1024, "Largest request body (REST) or message (gRPC) accepted.")
+    shutdown_delay_seconds: float = _setting(
+        0.0, "On SIGTERM: seconds between reporting not-ready and closing the listeners (lets load balancers catch up)."
+    )
+    drain_grace_seconds: float = _setting(25.0, "On SIGTERM: the longest in-flight requests get to finish.")
+    keepalive_timeout_seconds: float = _setting(75.0, "Idle HTTP keep-alive connections are closed after this.")
+    log_level: str = _setting("info", "debug, info, warning or error.")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.model_dir is None:
+            problems.append("model_dir is required (--model-dir or FERRY_RUNTIME_MODEL_DIR)")
+        if not self.model_name:
+            problems.append("model_name is required (--model-name or FERRY_RUNTIME_MODEL_NAME)")
+        for name in ("max_batch_size", "max_queue_size", "inference_workers"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("intra_op_threads", "inter_op_threads", "warmup_runs", "http_port", "grpc_port"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            problems.append(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _convert(field_name: str, kind: Any, raw: str, source: str) -> Any:
+    try:
+        if kind is int or kind == "int":
+            return int(raw)
+        if kind is float or kind == "float":
+            return float(raw)
+        if kind in (Path, "Path", "Path | None"):
+            return Path(raw)
+        if kind in (tuple[str, ...], "tuple[str, ...]"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{source} must be a {kind if isinstance(kind, str) else kind.__name__}, got {raw!r}") from None
+    return raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferry-runtime",
+        description="Serve one ONNX model over the Open Inference Protocol v2 (REST and gRPC).",
+    )
+    for setting in dataclasses.fields(RuntimeSettings):
+        default = setting.default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        parser.add_argument(
+            flag_name(setting.name),
+            dest=setting.name,
+            default=None,
+            metavar=setting.name.upper(),
+            help=f"{setting.metadata['help']} [env {env_name(setting.name)}; default {shown}]",
+        )
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> RuntimeSettings:
+    """Flags win over FERRY_RUNTIME_* variables, which win over the defaults."""
+    environ = os.environ if environ is None else environ
+    arguments = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    for setting in dataclasses.fields(RuntimeSettings):
+        raw = arguments.get(setting.name)
+        source = flag_name(setting.name)
+        if raw is None:
+            raw = environ.get(env_name(setting.name))
+            source = env_name(setting.name)
+        if raw is not None:
+            values[setting.name] = _convert(setting.name, setting.type, raw, source)
+    return RuntimeSettings(**values)
+
+
+def settings_table() -> str:
+    """The Markdown table of settings for docs/runtime.md."""
+    rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    for setting in dataclasses.fields(RuntimeSettings):
+        default = setting.default
+        shown = ",".join(default) if isinstance(default, tuple) else ("(required)" if default in (None, "") else default)
+        rows.append(
+            f"| `{flag_name(setting.name)}` | `{env_name(setting.name)}` | `{shown}` | {setting.metadata['help']} |"
+        )
+    return "\n".join(rows) + "\n"
