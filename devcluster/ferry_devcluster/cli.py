@@ -179,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "monitoring-crds":
             if args.action == "install":
-                monitoring.install(config)
+                monitoring.install(config.admin_kubeconfig)
             elif args.action == "uninstall":
-                monitoring.uninstall(config)
-            print(" ".join(monitoring.installed(config)) or "(none installed)")
+                monitoring.uninstall(config.admin_kubeconfig)
+            print(" ".join(monitoring.installed(config.admin_kubeconfig)) or "(none installed)")
             return 0
         if args.command == "which":
             print(build.kubectl() if args.binary == "kubectl" else build.ensure([args.binary])[args.binary])

@@ -264,22 +264,24 @@ class Cluster:
     def _apply_cluster_objects(self) -> None:
         config = self.config
         kube.apply_files(
-            config,
+            config.admin_kubeconfig,
             metrics_server.upstream_manifest_paths(metrics_server.module_dir())
             + [fake_nodes.kwok_module_dir() / relative for relative in fake_nodes.KWOK_MANIFEST_FILES],
         )
         ca_bundle = base64.b64encode((config.pki_dir / "ca.crt").read_bytes()).decode()
-        kube.apply(config, metrics_server.cluster_objects(config, ca_bundle))
+        kube.apply(config.admin_kubeconfig, metrics_server.cluster_objects(config, ca_bundle))
 
     def _reconcile_nodes(self) -> None:
         config = self.config
-        kube.apply(config, fake_nodes.node_objects(config, components.KUBERNETES.version))
+        kube.apply(config.admin_kubeconfig, fake_nodes.node_objects(config, components.KUBERNETES.version))
         key, value = fake_nodes.MANAGED_BY_LABEL
-        listed = kube.kubectl(config, "get", "nodes", "-l", f"{key}={value}", "-o", "name").stdout.split()
+        listed = kube.kubectl(
+            config.admin_kubeconfig, "get", "nodes", "-l", f"{key}={value}", "-o", "name"
+        ).stdout.split()
         wanted = {f"node/{name}" for name in fake_nodes.node_names(config)}
         surplus = [name for name in listed if name not in wanted]
         if surplus:
-            kube.kubectl(config, "delete", "--wait=false", *surplus)
+            kube.kubectl(config.admin_kubeconfig, "delete", "--wait=false", *surplus)
 
     # ----------------------------------------------------------------------------- down / status
     def down(self, purge: bool = False) -> list[str]:

@@ -60,9 +60,9 @@ class ApiClient:
 
 
 def kubectl(
-    config: ClusterConfig, *args: str, stdin: str | None = None, check: bool = True
+    kubeconfig: Path, *args: str, stdin: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    command = [str(build.kubectl()), "--kubeconfig", str(config.admin_kubeconfig), *args]
+    command = [str(build.kubectl()), "--kubeconfig", str(kubeconfig), *args]
     result = subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         raise KubectlError(
@@ -71,13 +71,13 @@ def kubectl(
     return result
 
 
-def apply(config: ClusterConfig, objects: Sequence[Mapping[str, Any]]) -> None:
+def apply(kubeconfig: Path, objects: Sequence[Mapping[str, Any]]) -> None:
     """Server-side apply (field manager "devcluster"); kubectl reads a JSON List as one document."""
     if not objects:
         return
     document = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
     kubectl(
-        config,
+        kubeconfig,
         "apply",
         "--server-side",
         "--force-conflicts",
@@ -88,6 +88,6 @@ def apply(config: ClusterConfig, objects: Sequence[Mapping[str, Any]]) -> None:
     )
 
 
-def apply_files(config: ClusterConfig, paths: list[Path]) -> None:
+def apply_files(kubeconfig: Path, paths: list[Path]) -> None:
     args = [arg for path in paths for arg in ("-f", str(path))]
-    kubectl(config, "apply", "--server-side", "--force-conflicts", "--field-manager=devcluster", *args)
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "--field-manager=devcluster", *args)

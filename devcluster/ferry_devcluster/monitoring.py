@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ferry_devcluster import build, components, kube
-from ferry_devcluster.config import ClusterConfig
 
 CRD_DIR = "example/prometheus-operator-crd"
 # plural resource name -> the CRD's object name
@@ -34,20 +33,20 @@ def crd_files() -> list[Path]:
     return files
 
 
-def install(config: ClusterConfig) -> None:
+def install(kubeconfig: Path) -> None:
     # server-side: the CRDs are too large for client-side apply's last-applied annotation
-    kube.apply_files(config, crd_files())
+    kube.apply_files(kubeconfig, crd_files())
     kube.kubectl(
-        config, "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{crd}" for crd in CRDS)
+        kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{crd}" for crd in CRDS)
     )
 
 
-def uninstall(config: ClusterConfig) -> None:
-    kube.kubectl(config, "delete", "crd", "--ignore-not-found", "--wait=true", *CRDS)
+def uninstall(kubeconfig: Path) -> None:
+    kube.kubectl(kubeconfig, "delete", "crd", "--ignore-not-found", "--wait=true", *CRDS)
 
 
-def installed(config: ClusterConfig) -> list[str]:
-    result = kube.kubectl(config, "get", "crd", "-o", "name", check=False)
+def installed(kubeconfig: Path) -> list[str]:
+    result = kube.kubectl(kubeconfig, "get", "crd", "-o", "name", check=False)
     present = {
         line.removeprefix("customresourcedefinition.apiextensions.k8s.io/") for line in result.stdout.split()
     }

@@ -1,0 +1,167 @@
+"""Fixtures shared by every test that needs Kubernetes.
+
+`kube` (session-wide cluster, handed to each test): a `Kube` whose `kubeconfig` points at a real API
+server, with `kubectl(...)`, `kubectl_json(...)`, `apply(...)` and `helm(...)` helpers.
+  * KUBECONFIG set: that cluster (its current context) is used as is, and only if its server is a
+    loopback address; a test suite must never touch a remote cluster by accident.
+  * KUBECONFIG unset: `devcluster up` runs once per session (seconds when it is already up, a cold
+    binary build the first time on a machine). A cluster the session started is stopped at the end
+    (`devcluster down`, state kept so the next start is warm) unless FERRY_DEVCLUSTER_KEEP=1; one that
+    was already running is left running. So CI ends with nothing running, and a developer who ran
+    `devcluster/devcluster up` once keeps a warm cluster between test runs.
+`namespace` (per test): a fresh namespace, deleted after the test without waiting.
+
+Only tests marked `cluster` or `e2e` may use these fixtures (a fast unit test that quietly starts a
+cluster would make `make unit` slow); using them elsewhere fails the test with the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import ferry_devcluster  # noqa: F401
+except ImportError:  # the venv predates the package; it is stdlib-only, so the source tree will do
+    sys.path.insert(0, str(ROOT / "devcluster"))
+
+from ferry_devcluster import build, cluster  # noqa: E402
+from ferry_devcluster.config import ClusterConfig, default_port_base, default_state_dir  # noqa: E402
+
+CLUSTER_MARKERS = ("cluster", "e2e")
+KUBECTL_TIMEOUT_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class Kube:
+    """A cluster to test against."""
+
+    kubeconfig: Path
+    # True when the cluster is the devcluster of this checkout (its `devcluster` commands apply)
+    is_devcluster: bool
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        command = [str(build.kubectl()), "--kubeconfig", str(self.kubeconfig), *args]
+        result = subprocess.run(
+            command, input=stdin, capture_output=True, text=True, check=False, timeout=KUBECTL_TIMEOUT_SECONDS
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+        return result
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def apply(self, manifest: dict[str, Any] | str, namespace: str | None = None) -> None:
+        document = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        self.kubectl("apply", *(["-n", namespace] if namespace else []), "-f", "-", stdin=document)
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        helm = build.ensure(["helm"])["helm"]
+        result = subprocess.run(
+            [str(helm), "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=KUBECTL_TIMEOUT_SECONDS,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+        return result
+
+
+def _server_of(kubeconfig_env: str) -> str:
+    result = subprocess.run(
+        [str(build.kubectl()), "config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "KUBECONFIG": kubeconfig_env},
+    )
+    if result.returncode != 0:
+        raise pytest.UsageError(f"KUBECONFIG={kubeconfig_env} has no usable current context: {result.stderr}")
+    return result.stdout.strip()
+
+
+def is_loopback_server(server: str) -> bool:
+    host = urllib.parse.urlsplit(server).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def _kube_session() -> Iterator[Kube]:
+    kubeconfig_env = os.environ.get("KUBECONFIG")
+    if kubeconfig_env:
+        server = _server_of(kubeconfig_env)
+        if not is_loopback_server(server):
+            pytest.fail(
+                f"KUBECONFIG's current context talks to {server}, which is not a loopback address; the "
+                "tests create and delete objects, so they only run against a local cluster. Unset "
+                "KUBECONFIG to use the devcluster.",
+                pytrace=False,
+            )
+        # a single path is the common case; a colon-separated list is handed to kubectl as is
+        yield Kube(kubeconfig=Path(kubeconfig_env.split(os.pathsep)[0]), is_devcluster=False)
+        return
+
+    state_dir = default_state_dir()
+    config = ClusterConfig.load(state_dir) or ClusterConfig(
+        state_dir=state_dir, port_base=default_port_base()
+    )
+    the_cluster = cluster.Cluster(config, sys.stderr)
+    was_running = the_cluster.supervisor.pid("kube-apiserver") is not None
+    try:
+        the_cluster.up()
+    except (cluster.ClusterError, build.BuildError) as error:
+        pytest.fail(f"devcluster up failed: {error}", pytrace=False)
+    yield Kube(kubeconfig=config.admin_kubeconfig, is_devcluster=True)
+    if not was_running and os.environ.get("FERRY_DEVCLUSTER_KEEP") != "1":
+        the_cluster.down()
+
+
+def _require_cluster_marker(request: pytest.FixtureRequest) -> None:
+    if not any(request.node.get_closest_marker(marker) for marker in CLUSTER_MARKERS):
+        pytest.fail(
+            f"{request.node.nodeid} uses a cluster fixture but is not marked "
+            "@pytest.mark.cluster (or e2e); only marked tests may start the cluster",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def kube(request: pytest.FixtureRequest) -> Kube:
+    _require_cluster_marker(request)
+    session: Kube = request.getfixturevalue("_kube_session")
+    return session
+
+
+@pytest.fixture
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    # a readable prefix from the test's name, a random suffix so reruns never collide with a namespace
+    # still terminating from the previous run
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
+    name = f"t-{stem}-{secrets.token_hex(3)}"
+    kube.kubectl("create", "namespace", name)
+    kube.kubectl("label", "namespace", name, "ferry.dev/test=true")
+    yield name
+    kube.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
