@@ -1,0 +1,35 @@
+"""Pure builders: one ModelDeployment's resolved inputs -> the manifests of its children.
+
+No I/O and no clock: the same inputs give byte-identical manifests (golden-file tested), which is what
+makes the input-hash annotation meaningful and the reconcile idempotent.
+"""
+
+from __future__ import annotations
+
+from ferry_operator import kinds
+from ferry_operator.builders.common import Manifest
+from ferry_operator.builders.inputs import BuildInputs
+from ferry_operator.builders.monitoring import service_monitor
+from ferry_operator.builders.network import service
+from ferry_operator.builders.scaling import horizontal_pod_autoscaler, pod_disruption_budget
+from ferry_operator.builders.serving import deployment
+
+
+def desired_replicas(inputs: BuildInputs) -> int | None:
+    """The Deployment's replica count, or None when an autoscaler owns it."""
+    serving = inputs.spec.serving
+    if serving.autoscaling is not None:
+        return None
+    return serving.replicas if serving.replicas is not None else 1
+
+
+def desired_children(inputs: BuildInputs) -> dict[kinds.Kind, Manifest]:
+    """Every child the ModelDeployment should have, by kind; kinds absent here are pruned."""
+    children: dict[kinds.Kind, Manifest | None] = {
+        kinds.SERVICE: service(inputs),
+        kinds.DEPLOYMENT: deployment(inputs, desired_replicas(inputs)),
+        kinds.POD_DISRUPTION_BUDGET: pod_disruption_budget(inputs),
+        kinds.HORIZONTAL_POD_AUTOSCALER: horizontal_pod_autoscaler(inputs),
+        kinds.SERVICE_MONITOR: service_monitor(inputs),
+    }
+    return {kind: manifest for kind, manifest in children.items() if manifest is not None}

@@ -1,0 +1,62 @@
+"""Everything a child manifest is built from, so a builder is a pure function of one value."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ferry_operator.api import models
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """The ModelDeployment that owns the children (their owner reference points at it)."""
+
+    # metadata.name: also the fixed name of every child.
+    name: str
+    # metadata.namespace: children live beside their owner.
+    namespace: str
+    # metadata.uid: owner references name the exact object, so a recreated namespace-mate is not adopted.
+    uid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedArtifact:
+    """What the serving pods fetch and load. Today spec.model for ONNX models; the seam where the
+    optimization integration substitutes the optimized (or converted) artifact."""
+
+    # Where ferry-fetch downloads the model directory or file from.
+    uri: str
+    # Digest ferry-fetch verifies, when known.
+    sha256: str | None = None
+    # The format the runtime loads (always onnx for the runtime; kept for status.model).
+    format: str = "onnx"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingDefaults:
+    """Operator-wide settings that shape the children (from the operator's config)."""
+
+    # ferry-runtime image the serving pods run unless spec.serving.image overrides it.
+    runtime_image: str
+    # imagePullPolicy of the serving and fetch containers.
+    image_pull_policy: str = "IfNotPresent"
+    # Secrets the serving pods pull images with.
+    image_pull_secrets: tuple[str, ...] = ()
+    # DNS suffix of Services, for status.url.
+    cluster_domain: str = "cluster.local"
+    # Custom pod metric (served by a metrics adapter) the autoscaler tracks for metric: concurrency.
+    concurrency_metric: str = "ferry_runtime_inflight_requests"
+    # Custom pod metric the autoscaler tracks for metric: rps.
+    rps_metric: str = "ferry_runtime_requests_per_second"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildInputs:
+    """One ModelDeployment's desired state, resolved: the only input of the builders."""
+
+    owner: Owner
+    spec: models.ModelDeploymentSpec
+    artifact: ServedArtifact
+    defaults: ServingDefaults
+    # Whether the monitoring.coreos.com ServiceMonitor CRD is installed (for serviceMonitor: auto).
+    service_monitor_available: bool = False

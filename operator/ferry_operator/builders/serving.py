@@ -1,0 +1,236 @@
+"""The serving Deployment: a storage init container fetches the model, the runtime container serves it."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from ferry_operator import kinds
+from ferry_operator.builders.common import Manifest, digest, metadata, with_input_hash
+from ferry_operator.builders.inputs import BuildInputs
+
+MODEL_DIR = "/mnt/models"
+PVC_ROOT = "/mnt/pvc"
+HTTP_PORT = 8080
+GRPC_PORT = 8081
+# Non-root UID/GID of the ferry images (numeric, so the kubelet can check runAsNonRoot without /etc/passwd).
+RUNTIME_UID = 65532
+# After the pod is marked terminating, keep serving this long so every endpoint watcher (kube-proxy,
+# ingress, service meshes) removes it before the runtime stops accepting requests.
+PRE_STOP_SLEEP_SECONDS = 5
+# The runtime drains in-flight requests for up to 25 s after SIGTERM (FERRY_RUNTIME_DRAIN_GRACE_SECONDS);
+# the grace period covers the pre-stop sleep, the drain and a margin before the kubelet sends SIGKILL.
+TERMINATION_GRACE_SECONDS = 40
+# Loading and warming a large model can take minutes; liveness must not kill a pod that is still loading.
+STARTUP_PROBE_PERIOD_SECONDS = 2
+STARTUP_PROBE_FAILURES = 300
+
+
+def restricted_security_context() -> dict[str, Any]:
+    """A container securityContext that meets the Pod Security Standard "restricted"."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_UID,
+        "runAsGroup": RUNTIME_UID,
+        # The fetched model in the emptyDir must be readable by the runtime container's group.
+        "fsGroup": RUNTIME_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pvc_claims(uri: str) -> list[str]:
+    """PersistentVolumeClaims a URI reads from (pvc://CLAIM/PATH), mounted at /mnt/pvc/CLAIM."""
+    parts = urlsplit(uri)
+    return [parts.netloc] if parts.scheme == "pvc" and parts.netloc else []
+
+
+def container_resources(inputs: BuildInputs) -> dict[str, Any]:
+    serving = inputs.spec.serving
+    requests = dict(serving.resources.requests or {})
+    limits = dict(serving.resources.limits or {})
+    if serving.gpu:
+        # Extended resources must be requested and limited alike; the limit is what the scheduler counts.
+        limits["nvidia.com/gpu"] = serving.gpu
+        requests["nvidia.com/gpu"] = serving.gpu
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return resources
+
+
+def runtime_env(inputs: BuildInputs) -> list[dict[str, str]]:
+    """FERRY_RUNTIME_* settings of the runtime container (names from ferry_runtime.settings)."""
+    serving = inputs.spec.serving
+    env = {
+        "FERRY_RUNTIME_MODEL_DIR": MODEL_DIR,
+        "FERRY_RUNTIME_MODEL_NAME": inputs.owner.name,
+        "FERRY_RUNTIME_HTTP_PORT": str(HTTP_PORT),
+        "FERRY_RUNTIME_GRPC_PORT": str(GRPC_PORT),
+        "FERRY_RUNTIME_MAX_BATCH_SIZE": str(serving.batching.max_batch_size),
+        "FERRY_RUNTIME_MAX_BATCH_DELAY_MS": f"{serving.batching.max_delay_ms:g}",
+        "FERRY_RUNTIME_MAX_QUEUE_SIZE": str(serving.batching.max_queue_size),
+    }
+    if serving.threads is not None:
+        env["FERRY_RUNTIME_INTRA_OP_THREADS"] = str(serving.threads)
+    return [{"name": name, "value": value} for name, value in env.items()]
+
+
+def fetch_container(inputs: BuildInputs, image: str) -> dict[str, Any]:
+    artifact = inputs.artifact
+    args = [artifact.uri, MODEL_DIR]
+    if artifact.sha256:
+        args += ["--sha256", artifact.sha256]
+    mounts: list[dict[str, Any]] = [
+        {"name": "models", "mountPath": MODEL_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    mounts += [
+        {"name": _pvc_volume(claim), "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
+        for claim in pvc_claims(artifact.uri)
+    ]
+    container: dict[str, Any] = {
+        "name": "fetch-model",
+        "image": image,
+        "imagePullPolicy": inputs.defaults.image_pull_policy,
+        "command": ["ferry-fetch"],
+        "args": args,
+        "env": [{"name": "FERRY_PVC_ROOT", "value": PVC_ROOT}],
+        # Same resources as the runtime: an init container's requests do not add to the pod's (the pod
+        # reserves the larger of the two), and a large download needs memory as much as serving does.
+        "resources": container_resources(inputs),
+        "securityContext": restricted_security_context(),
+        "volumeMounts": mounts,
+        # The fetcher's last words (e.g. "digest mismatch") become the pod's termination message, which
+        # the operator shows in the ModelResolved condition.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if inputs.spec.model.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": inputs.spec.model.credentials_secret}}]
+    return container
+
+
+def runtime_container(inputs: BuildInputs, image: str) -> dict[str, Any]:
+    def probe(path: str, period: int, failures: int) -> dict[str, Any]:
+        return {
+            "httpGet": {"path": path, "port": "http"},
+            "periodSeconds": period,
+            "failureThreshold": failures,
+            "timeoutSeconds": 5,
+        }
+
+    return {
+        "name": "runtime",
+        "image": image,
+        "imagePullPolicy": inputs.defaults.image_pull_policy,
+        "command": ["ferry-runtime"],
+        "args": ["--model-dir", MODEL_DIR, "--model-name", inputs.owner.name],
+        "env": runtime_env(inputs),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+        ],
+        # Ready: the model is loaded and warmed up; the Service sends traffic only then.
+        "readinessProbe": probe("/v2/health/ready", 5, 3),
+        # Live: the process answers at all; restarts a wedged server.
+        "livenessProbe": probe("/v2/health/live", 10, 3),
+        "startupProbe": probe("/v2/health/live", STARTUP_PROBE_PERIOD_SECONDS, STARTUP_PROBE_FAILURES),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_SECONDS}}},
+        "resources": container_resources(inputs),
+        "securityContext": restricted_security_context(),
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def pod_template(inputs: BuildInputs) -> dict[str, Any]:
+    serving = inputs.spec.serving
+    image = serving.image or inputs.defaults.runtime_image
+    volumes: list[dict[str, Any]] = [
+        {"name": "models", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    volumes += [
+        {"name": _pvc_volume(claim), "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        for claim in pvc_claims(inputs.artifact.uri)
+    ]
+    spec: dict[str, Any] = {
+        # The runtime never talks to the Kubernetes API.
+        "automountServiceAccountToken": False,
+        # With hundreds of models in a namespace, service links would put thousands of variables in every pod.
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": pod_security_context(),
+        "initContainers": [fetch_container(inputs, image)],
+        "containers": [runtime_container(inputs, image)],
+        "volumes": volumes,
+    }
+    if inputs.defaults.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": name} for name in inputs.defaults.image_pull_secrets]
+    if serving.node_selector:
+        spec["nodeSelector"] = dict(serving.node_selector)
+    if serving.tolerations:
+        spec["tolerations"] = [
+            toleration.model_dump(by_alias=True, exclude_none=True) for toleration in serving.tolerations
+        ]
+    if serving.affinity:
+        spec["affinity"] = serving.affinity
+    return {
+        "metadata": {
+            "labels": kinds.child_labels(inputs.owner.name),
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(HTTP_PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": spec,
+    }
+
+
+def revision(template: dict[str, Any]) -> str:
+    """The serving revision: a digest of the pod template, so equal pods mean an equal revision."""
+    return digest(template, length=10)
+
+
+def deployment(inputs: BuildInputs, replicas: int | None) -> Manifest:
+    """The serving Deployment. `replicas` None leaves the count to a HorizontalPodAutoscaler."""
+    template = pod_template(inputs)
+    current_revision = revision(template)
+    template["metadata"]["annotations"][kinds.REVISION_ANNOTATION] = current_revision
+    spec: dict[str, Any] = {} if replicas is None else {"replicas": replicas}
+    spec |= {
+        "selector": {"matchLabels": kinds.selector_labels(inputs.owner.name)},
+        "progressDeadlineSeconds": inputs.spec.rollout.progress_deadline_seconds,
+        # A rollback goes to an earlier ReplicaSet; a few are enough.
+        "revisionHistoryLimit": 3,
+        # Capacity never drops during a rollout: a new pod must be ready before an old one goes.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+        "template": template,
+    }
+    manifest: Manifest = {
+        "apiVersion": kinds.DEPLOYMENT.api_version,
+        "kind": kinds.DEPLOYMENT.kind,
+        "metadata": metadata(inputs.owner, {kinds.REVISION_ANNOTATION: current_revision}),
+        "spec": spec,
+    }
+    return with_input_hash(manifest)
+
+
+def _pvc_volume(claim: str) -> str:
+    # Volume names are DNS labels; the claim name is one already, the prefix keeps it apart from ours.
+    return f"pvc-{claim}"[:63]

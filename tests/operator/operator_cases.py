@@ -1,0 +1,155 @@
+"""ModelDeployment specs shared by the unit tests (pydantic) and the cluster tests (the API server).
+
+Each invalid spec breaks exactly one rule of the API; both the operator's models and the API server must
+refuse it, and the API server's message must name `field`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+VALID_SPEC: dict[str, Any] = {"model": {"uri": "pvc://models/digits/model.onnx", "format": "onnx"}}
+
+
+def spec_with(**sections: Any) -> dict[str, Any]:
+    """VALID_SPEC with the given top-level sections replaced (model is merged, not replaced)."""
+    spec = copy.deepcopy(VALID_SPEC)
+    for key, value in sections.items():
+        if key == "model":
+            spec["model"] = {**spec["model"], **value}
+        else:
+            spec[key] = value
+    return spec
+
+
+DATA = {"uri": "pvc://models/digits/data.npz"}
+
+
+@dataclasses.dataclass(frozen=True)
+class InvalidSpec:
+    id: str
+    spec: dict[str, Any]
+    # The field the API server must name in its message.
+    field: str
+    # A fragment of the message (the rule's message, or the schema's wording for bounds and enums).
+    fragment: str
+
+
+INVALID_SPECS: tuple[InvalidSpec, ...] = (
+    InvalidSpec(
+        "uri-scheme", spec_with(model={"uri": "ftp://host/model.onnx"}), "spec.model.uri", "uri must be"
+    ),
+    InvalidSpec("format-enum", spec_with(model={"format": "pytorch"}), "spec.model.format", "pytorch"),
+    InvalidSpec(
+        "savedmodel-not-dir",
+        spec_with(model={"uri": "s3://bucket/model", "format": "tensorflow"}),
+        "spec.model.uri",
+        "must end with '/'",
+    ),
+    InvalidSpec(
+        "sha256-on-directory",
+        spec_with(model={"uri": "pvc://models/dir/", "sha256": "a" * 64}),
+        "spec.model.sha256",
+        "single file",
+    ),
+    InvalidSpec("sha256-malformed", spec_with(model={"sha256": "abc"}), "spec.model.sha256", "should match"),
+    InvalidSpec(
+        "credentials-secret-name",
+        spec_with(model={"credentialsSecret": "Bad_Name"}),
+        "spec.model.credentialsSecret",
+        "should match",
+    ),
+    InvalidSpec(
+        "static-quantize-without-data",
+        spec_with(optimize={"quantize": "static"}),
+        "spec.optimize.quantize",
+        "needs calibration samples",
+    ),
+    InvalidSpec(
+        "distill-without-data",
+        spec_with(optimize={"distill": {"epochs": 2}}),
+        "spec.optimize.distill",
+        "set optimize.data",
+    ),
+    InvalidSpec(
+        "sparsity-too-high",
+        spec_with(optimize={"prune": {"sparsity": 0.99}}),
+        "spec.optimize.prune.sparsity",
+        "0.95",
+    ),
+    InvalidSpec(
+        "export-without-onnx",
+        spec_with(model={"uri": "pvc://models/m.keras", "format": "keras"}, optimize={"export": ["tflite"]}),
+        "spec.optimize.export",
+        "must include onnx",
+    ),
+    InvalidSpec(
+        "tflite-from-onnx",
+        spec_with(optimize={"export": ["onnx", "tflite"]}),
+        "spec.optimize.export",
+        "TensorFlow Lite export needs",
+    ),
+    InvalidSpec(
+        "max-drop-above-one",
+        spec_with(optimize={"data": DATA, "validate": {"metric": "accuracy", "maxDrop": 2}}),
+        "spec.optimize.validate.maxDrop",
+        "between 0 and 1",
+    ),
+    InvalidSpec(
+        "distill-temperature-zero",
+        spec_with(optimize={"data": DATA, "distill": {"temperature": 0}}),
+        "spec.optimize.distill.temperature",
+        "greater than 0",
+    ),
+    InvalidSpec(
+        "min-above-max",
+        spec_with(serving={"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
+        "spec.serving.autoscaling.minReplicas",
+        "must not be greater than maxReplicas",
+    ),
+    InvalidSpec(
+        "replicas-with-autoscaling",
+        spec_with(serving={"replicas": 3, "autoscaling": {"maxReplicas": 4}}),
+        "spec.serving.replicas",
+        "HorizontalPodAutoscaler owns the replica count",
+    ),
+    InvalidSpec(
+        "negative-replicas",
+        spec_with(serving={"replicas": -1}),
+        "spec.serving.replicas",
+        "greater than or equal to 0",
+    ),
+    InvalidSpec(
+        "gpu-twice",
+        spec_with(serving={"gpu": 1, "resources": {"limits": {"nvidia.com/gpu": 1}}}),
+        "spec.serving.gpu",
+        "set GPUs with serving.gpu",
+    ),
+    InvalidSpec(
+        "queue-smaller-than-batch",
+        spec_with(serving={"batching": {"maxBatchSize": 64, "maxQueueSize": 8}}),
+        "spec.serving.batching.maxQueueSize",
+        "at least one full batch",
+    ),
+    InvalidSpec(
+        "autoscaling-metric-enum",
+        spec_with(serving={"autoscaling": {"maxReplicas": 3, "metric": "memory"}}),
+        "spec.serving.autoscaling.metric",
+        "memory",
+    ),
+    InvalidSpec(
+        "progress-deadline-too-short",
+        spec_with(rollout={"progressDeadlineSeconds": 5}),
+        "spec.rollout.progressDeadlineSeconds",
+        "greater than or equal to 10",
+    ),
+    InvalidSpec(
+        "service-monitor-enum",
+        spec_with(monitoring={"serviceMonitor": "yes"}),
+        "spec.monitoring.serviceMonitor",
+        "yes",
+    ),
+    InvalidSpec("model-missing", {"serving": {"replicas": 1}}, "spec.model", "Required"),
+)
