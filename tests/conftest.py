@@ -17,18 +17,13 @@ cluster would make `make unit` slow); using them elsewhere fails the test with t
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import os
 import re
 import secrets
 import subprocess
 import sys
-import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -40,49 +35,9 @@ except ImportError:  # the venv predates the package; it is stdlib-only, so the 
 
 from ferry_devcluster import build, cluster  # noqa: E402
 from ferry_devcluster.config import ClusterConfig, default_port_base, default_state_dir  # noqa: E402
+from ferry_devcluster.testing import Kube, is_loopback_server  # noqa: E402
 
 CLUSTER_MARKERS = ("cluster", "e2e")
-KUBECTL_TIMEOUT_SECONDS = 300
-
-
-@dataclass(frozen=True)
-class Kube:
-    """A cluster to test against."""
-
-    kubeconfig: Path
-    # True when the cluster is the devcluster of this checkout (its `devcluster` commands apply)
-    is_devcluster: bool
-
-    def kubectl(
-        self, *args: str, stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        command = [str(build.kubectl()), "--kubeconfig", str(self.kubeconfig), *args]
-        result = subprocess.run(
-            command, input=stdin, capture_output=True, text=True, check=False, timeout=KUBECTL_TIMEOUT_SECONDS
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
-        return result
-
-    def kubectl_json(self, *args: str) -> Any:
-        return json.loads(self.kubectl(*args, "-o", "json").stdout)
-
-    def apply(self, manifest: dict[str, Any] | str, namespace: str | None = None) -> None:
-        document = manifest if isinstance(manifest, str) else json.dumps(manifest)
-        self.kubectl("apply", *(["-n", namespace] if namespace else []), "-f", "-", stdin=document)
-
-    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        helm = build.ensure(["helm"])["helm"]
-        result = subprocess.run(
-            [str(helm), "--kubeconfig", str(self.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=KUBECTL_TIMEOUT_SECONDS,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
-        return result
 
 
 def _server_of(kubeconfig_env: str) -> str:
@@ -96,16 +51,6 @@ def _server_of(kubeconfig_env: str) -> str:
     if result.returncode != 0:
         raise pytest.UsageError(f"KUBECONFIG={kubeconfig_env} has no usable current context: {result.stderr}")
     return result.stdout.strip()
-
-
-def is_loopback_server(server: str) -> bool:
-    host = urllib.parse.urlsplit(server).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @pytest.fixture(scope="session")

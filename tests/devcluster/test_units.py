@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from ferry_devcluster import build, cli, components, control_plane, fake_nodes, kubeconfig, pki, processes
+from ferry_devcluster import (
+    build,
+    cli,
+    components,
+    control_plane,
+    fake_nodes,
+    kubeconfig,
+    pki,
+    processes,
+    testing,
+)
 from ferry_devcluster.config import PORT_OFFSETS, ClusterConfig
 from ferry_devcluster.processes import ProcessSpec, Supervisor
 
@@ -298,3 +308,19 @@ def test_a_reused_pid_is_not_taken_for_ours(tmp_path: Path) -> None:
     # this test process is alive, but its start time differs from the one "recorded"
     (tmp_path / "run" / "impostor.pid").write_text(json.dumps({"pid": os.getpid(), "start_time": 1}))
     assert supervisor.pid("impostor") is None
+
+
+@pytest.mark.parametrize(
+    ("server", "loopback"),
+    [
+        ("https://127.0.0.1:26443", True),
+        ("https://127.5.0.1:6443", True),
+        ("https://[::1]:6443", True),
+        ("https://localhost:6443", True),
+        ("https://10.0.0.1:6443", False),
+        ("https://prod.example.com", False),
+        ("https://localhost.example.com:6443", False),
+    ],
+)
+def test_only_loopback_clusters_are_accepted_from_kubeconfig(server: str, loopback: bool) -> None:
+    assert testing.is_loopback_server(server) is loopback
