@@ -39,8 +39,10 @@ if [[ -z "$base" ]]; then
     mkdir -p "$(dirname "$rootfs_tar")"
     if [[ ! -s "$rootfs_tar" ]]; then
       echo "making a Debian bookworm base with python3 (mmdebstrap)"
+      # mmdebstrap picks the output format from the file name, so the partial file must end in .tar too.
       mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1 \
-        bookworm "$rootfs_tar.tmp" && mv "$rootfs_tar.tmp" "$rootfs_tar"
+        bookworm "${rootfs_tar%.tar}.partial.tar"
+      mv "${rootfs_tar%.tar}.partial.tar" "$rootfs_tar"
     fi
     podman import --change 'CMD ["/bin/bash"]' "$rootfs_tar" "$base"
   fi
