@@ -201,6 +201,6 @@ def test_hash_and_revision_change_only_with_their_inputs() -> None:
 
 
 def test_url_names_the_service_and_the_model() -> None:
-    assert network.url(build(CASES["minimal"])) == (
+    assert network.url(OWNER.name, OWNER.namespace, DEFAULTS.cluster_domain) == (
         "http://digits.ml.svc.cluster.local:8080/v2/models/digits"
     )

@@ -599,14 +599,8 @@ class Candidate(ApiModel):
     """The gate's metric for this candidate."""
 
 
-class OptimizationStatus(ApiModel):
-    """The latest optimization: the Job that ran it and the summary it reported."""
-
-    job: str | None = None
-    """Name of the optimization Job."""
-
-    key: str | None = None
-    """Content key of the optimization (digest of source model, optimize spec and optimizer version)."""
+class OptimizationReport(ApiModel):
+    """The optimizer's summary (its termination message); the full report.json is in the artifact store."""
 
     passed: bool | None = None
     """Whether a candidate passed the accuracy gate."""
@@ -617,14 +611,30 @@ class OptimizationStatus(ApiModel):
     reason: str | None = None
     """Why that candidate was chosen, or why none was."""
 
-    artifact: Artifact | None = None
-    """The served optimized artifact."""
-
     metric: MetricResult | None = None
     """The gate's measurement of the chosen candidate."""
 
     candidates: list[Candidate] | None = None
-    """Every candidate with size, latency and metric (the full report is in the artifact store)."""
+    """Every candidate with size, latency and metric."""
+
+
+class OptimizationStatus(ApiModel):
+    """The latest optimization: the Job that ran it and what it reported."""
+
+    job: str | None = None
+    """Name of the optimization Job."""
+
+    key: str | None = None
+    """Content key of the optimization (digest of source model, optimize spec and optimizer version)."""
+
+    step: str | None = None
+    """The step the Job is running now (while the phase is Optimizing)."""
+
+    artifact: Artifact | None = None
+    """The optimized artifact that is served."""
+
+    report: OptimizationReport | None = None
+    """The optimizer's summary: the gate's verdict and every candidate."""
 
 
 class ModelDeploymentStatus(ApiModel):

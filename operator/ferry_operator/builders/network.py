@@ -39,10 +39,6 @@ def service(inputs: BuildInputs) -> Manifest:
     )
 
 
-def url(inputs: BuildInputs) -> str:
-    """The model's in-cluster Open Inference Protocol v2 REST URL."""
-    owner = inputs.owner
-    return (
-        f"http://{owner.name}.{owner.namespace}.svc.{inputs.defaults.cluster_domain}:{HTTP_PORT}"
-        f"/v2/models/{owner.name}"
-    )
+def url(name: str, namespace: str, cluster_domain: str) -> str:
+    """The in-cluster Open Inference Protocol v2 REST URL of ModelDeployment `name` (its Service)."""
+    return f"http://{name}.{namespace}.svc.{cluster_domain}:{HTTP_PORT}/v2/models/{name}"

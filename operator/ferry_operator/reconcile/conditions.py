@@ -1,0 +1,390 @@
+"""Conditions and phase, derived from what was observed by ordered chains of small pure policies.
+
+Each condition has a chain: the first policy that recognises its situation gives the verdict (status,
+reason, message), so the most specific explanation wins and every branch can be tested on its own. The
+phase is a summary of the conditions, never tracked separately. The Optimized condition is computed by the
+optimization integration and passed in as an extra verdict; the ModelResolved/Deployed/Ready chains see
+the optimization's outcome through `Observation.artifact`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ferry_operator.api.models import ConditionStatus, ConditionType, Phase
+from ferry_operator.reconcile.observe import DeploymentState, PodSnapshot
+
+CONDITION_ORDER: tuple[ConditionType, ...] = (
+    "ModelResolved",
+    "Optimized",
+    "Deployed",
+    "Ready",
+    "Progressing",
+    "Degraded",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One condition's value: what a policy concluded."""
+
+    status: ConditionStatus
+    # CamelCase cause, for tools and alerts.
+    reason: str
+    # What happened and what to do, for people.
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactResolution:
+    """Whether a servable (ONNX) artifact is known, and if not, why. The seam where optimization plugs in."""
+
+    # True: `uri` can be served as it is.
+    ready: bool
+    # When not ready: Unknown while work is under way (e.g. optimizing), False when it cannot proceed.
+    status: ConditionStatus = "True"
+    reason: str = "Resolved"
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyFailure:
+    """A child the API server refused to create or update."""
+
+    kind: str
+    name: str
+    message: str
+    # False for throttling, timeouts and conflicts that a retry can fix.
+    permanent: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """Everything the policies look at, for one ModelDeployment at one moment."""
+
+    name: str
+    generation: int
+    # The URI the serving pods fetch.
+    model_uri: str
+    artifact: ArtifactResolution
+    apply_failures: tuple[ApplyFailure, ...]
+    deployment: DeploymentState | None
+    # Revision (pod template digest) the spec asks for; None while there is no artifact to serve.
+    desired_revision: str | None
+    # Replicas that must be available for Ready: spec.serving.replicas, or autoscaling.minReplicas.
+    required_ready: int
+    progress_deadline_seconds: int
+    pods: tuple[PodSnapshot, ...] = ()
+
+
+Policy = Callable[[Observation], Verdict | None]
+
+
+# --- ModelResolved ----------------------------------------------------------------------------------------
+
+
+def artifact_unresolved(obs: Observation) -> Verdict | None:
+    if obs.artifact.ready:
+        return None
+    return Verdict(obs.artifact.status, obs.artifact.reason, obs.artifact.message)
+
+
+def fetch_failed(obs: Observation) -> Verdict | None:
+    for pod in obs.pods:
+        if pod.problem is not None and pod.problem.reason == "FetchFailed":
+            return Verdict(
+                "False",
+                "FetchFailed",
+                f"pod {pod.name} could not fetch the model from {obs.model_uri}: {pod.problem.message}. "
+                "Check spec.model.uri, spec.model.sha256 and the keys of spec.model.credentialsSecret.",
+            )
+    return None
+
+
+def fetched(obs: Observation) -> Verdict | None:
+    if any(pod.fetched for pod in obs.pods) or (obs.deployment is not None and obs.deployment.ready_replicas):
+        return Verdict("True", "Fetched", f"serving pods fetched the model from {obs.model_uri}")
+    return None
+
+
+def fetch_pending(obs: Observation) -> Verdict:
+    return Verdict(
+        "Unknown", "Fetching", f"waiting for a serving pod to fetch the model from {obs.model_uri}"
+    )
+
+
+# --- Deployed ---------------------------------------------------------------------------------------------
+
+
+def waiting_for_artifact(obs: Observation) -> Verdict | None:
+    if obs.artifact.ready:
+        return None
+    return Verdict(
+        "False", "WaitingForArtifact", "nothing to deploy until the model is resolved (see ModelResolved)"
+    )
+
+
+def apply_failed(obs: Observation) -> Verdict | None:
+    if not obs.apply_failures:
+        return None
+    message = "; ".join(f"{f.kind} {f.name}: {f.message}" for f in obs.apply_failures)
+    return Verdict("False", "ApplyFailed", f"the API server refused a child: {message}")
+
+
+def deployment_missing(obs: Observation) -> Verdict | None:
+    if obs.deployment is not None:
+        return None
+    return Verdict("Unknown", "Creating", f"creating the serving Deployment {obs.name}")
+
+
+def deployment_current(obs: Observation) -> Verdict | None:
+    deployment = obs.deployment
+    if deployment is None or deployment.revision != obs.desired_revision:
+        return None
+    if deployment.observed_generation < deployment.generation:
+        return None
+    return Verdict("True", "Applied", f"Deployment {obs.name} runs revision {obs.desired_revision}")
+
+
+def deployment_catching_up(obs: Observation) -> Verdict:
+    return Verdict(
+        "Unknown",
+        "Applying",
+        f"the Deployment controller has not yet picked up revision {obs.desired_revision}",
+    )
+
+
+# --- Ready ------------------------------------------------------------------------------------------------
+
+
+def not_deployable(obs: Observation) -> Verdict | None:
+    if not obs.artifact.ready:
+        return Verdict("False", obs.artifact.reason, obs.artifact.message)
+    if obs.apply_failures:
+        return Verdict("False", "ApplyFailed", "the serving objects could not be applied (see Deployed)")
+    if obs.deployment is None:
+        return Verdict("False", "Creating", f"creating the serving Deployment {obs.name}")
+    return None
+
+
+def scaled_to_zero(obs: Observation) -> Verdict | None:
+    if obs.required_ready:
+        return None
+    return Verdict(
+        "False",
+        "ScaledToZero",
+        f"spec.serving.replicas is 0, so nothing serves the model; `kubectl scale modeldeployment/{obs.name} "
+        "--replicas=1` serves it again",
+    )
+
+
+def rollout_in_progress(obs: Observation) -> Verdict | None:
+    deployment = obs.deployment
+    assert deployment is not None
+    if deployment.revision != obs.desired_revision or deployment.observed_generation < deployment.generation:
+        return Verdict("False", "RollingOut", f"revision {obs.desired_revision} is being rolled out")
+    old = deployment.replicas - deployment.updated_replicas
+    if old > 0:
+        return Verdict(
+            "False",
+            "RollingOut",
+            f"revision {obs.desired_revision}: {deployment.updated_replicas} replicas updated, {old} old "
+            "replicas still running",
+        )
+    return None
+
+
+def waiting_for_replicas(obs: Observation) -> Verdict | None:
+    deployment = obs.deployment
+    assert deployment is not None
+    if deployment.available_replicas >= obs.required_ready:
+        return None
+    return Verdict(
+        "False",
+        "WaitingForReplicas",
+        f"{deployment.available_replicas} of {obs.required_ready} replicas of revision "
+        f"{obs.desired_revision} are available",
+    )
+
+
+def serving(obs: Observation) -> Verdict:
+    deployment = obs.deployment
+    assert deployment is not None
+    return Verdict(
+        "True",
+        "Serving",
+        f"{deployment.available_replicas} replicas serve revision {obs.desired_revision}",
+    )
+
+
+# --- Progressing ------------------------------------------------------------------------------------------
+
+
+def nothing_to_roll_out(obs: Observation) -> Verdict | None:
+    if obs.deployment is not None:
+        return None
+    if not obs.artifact.ready or obs.apply_failures:
+        return Verdict("False", "Blocked", "no rollout can start (see ModelResolved and Deployed)")
+    return Verdict("True", "Creating", f"creating the serving Deployment {obs.name}")
+
+
+def deadline_exceeded(obs: Observation) -> Verdict | None:
+    deployment = obs.deployment
+    assert deployment is not None
+    status, reason, message = deployment.conditions.get("Progressing", ("", "", ""))
+    if status == "False" and reason == "ProgressDeadlineExceeded":
+        return Verdict(
+            "False",
+            "ProgressDeadlineExceeded",
+            f"the rollout of revision {obs.desired_revision} did not finish within "
+            f"spec.rollout.progressDeadlineSeconds ({obs.progress_deadline_seconds} s): {message}",
+        )
+    return None
+
+
+def rolling_out(obs: Observation) -> Verdict | None:
+    deployment = obs.deployment
+    assert deployment is not None
+    target = deployment.spec_replicas if deployment.spec_replicas is not None else 1
+    current = (
+        deployment.revision == obs.desired_revision
+        and deployment.observed_generation >= deployment.generation
+    )
+    if not current:
+        return Verdict("True", "RollingOut", f"rolling out revision {obs.desired_revision}")
+    old = deployment.replicas - deployment.updated_replicas
+    if old > 0 or deployment.updated_replicas < target or deployment.available_replicas < target:
+        return Verdict(
+            "True",
+            "RollingOut",
+            f"revision {obs.desired_revision}: {deployment.available_replicas} of {target} replicas available"
+            + (f", {old} old replicas terminating" if old > 0 else ""),
+        )
+    return None
+
+
+def rollout_complete(obs: Observation) -> Verdict:
+    deployment = obs.deployment
+    assert deployment is not None
+    return Verdict(
+        "False",
+        "Complete",
+        f"revision {obs.desired_revision} is rolled out: {deployment.available_replicas} replicas available",
+    )
+
+
+# --- Degraded ---------------------------------------------------------------------------------------------
+
+
+def pod_in_trouble(obs: Observation) -> Verdict | None:
+    problems = [pod.problem for pod in obs.pods if pod.problem is not None]
+    if not problems:
+        return None
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more pods)" if len(problems) > 1 else ""
+    return Verdict(
+        "True", first.reason, f"pod {first.pod}: {first.reason}: {first.message}{more}".rstrip(": ")
+    )
+
+
+def rollout_stuck(obs: Observation) -> Verdict | None:
+    if obs.deployment is None:
+        return None
+    verdict = deadline_exceeded(obs)
+    if verdict is not None:
+        return Verdict("True", verdict.reason, verdict.message)
+    status, _, message = obs.deployment.conditions.get("ReplicaFailure", ("", "", ""))
+    if status == "True":
+        return Verdict(
+            "True", "ReplicaFailure", f"pods of Deployment {obs.name} cannot be created: {message}"
+        )
+    return None
+
+
+def as_expected(_: Observation) -> Verdict:
+    return Verdict("False", "AsExpected", "no problem observed")
+
+
+# --- chains -----------------------------------------------------------------------------------------------
+
+CHAINS: Mapping[ConditionType, Sequence[Policy]] = {
+    "ModelResolved": (artifact_unresolved, fetch_failed, fetched, fetch_pending),
+    "Deployed": (
+        waiting_for_artifact,
+        apply_failed,
+        deployment_missing,
+        deployment_current,
+        deployment_catching_up,
+    ),
+    "Ready": (not_deployable, scaled_to_zero, rollout_in_progress, waiting_for_replicas, serving),
+    "Progressing": (nothing_to_roll_out, deadline_exceeded, rolling_out, rollout_complete),
+    "Degraded": (pod_in_trouble, rollout_stuck, as_expected),
+}
+
+
+def evaluate(obs: Observation) -> dict[ConditionType, Verdict]:
+    """Every condition's verdict: the first policy of its chain that has one."""
+    verdicts: dict[ConditionType, Verdict] = {}
+    for condition_type, chain in CHAINS.items():
+        for policy in chain:
+            verdict = policy(obs)
+            if verdict is not None:
+                verdicts[condition_type] = verdict
+                break
+        else:  # pragma: no cover - every chain ends with a policy that always answers
+            raise AssertionError(f"the {condition_type} chain has no verdict")
+    return verdicts
+
+
+def phase(verdicts: Mapping[ConditionType, Verdict]) -> Phase:
+    """The one-word summary of the conditions."""
+
+    def status(condition_type: ConditionType) -> str:
+        verdict = verdicts.get(condition_type)
+        return verdict.status if verdict is not None else "Unknown"
+
+    if status("ModelResolved") == "False" or status("Optimized") == "False" or status("Deployed") == "False":
+        return "Failed"
+    if status("Degraded") == "True":
+        return "Degraded" if status("Ready") == "True" else "Failed"
+    if status("Ready") == "True":
+        return "Ready"
+    optimized = verdicts.get("Optimized")
+    if optimized is not None and optimized.status == "Unknown":
+        return "Optimizing"
+    ready = verdicts.get("Ready")
+    if ready is not None and ready.reason in ("ScaledToZero", "Creating"):
+        return "Pending"
+    return "Deploying"
+
+
+def merge(
+    previous: Sequence[Mapping[str, Any]],
+    verdicts: Mapping[ConditionType, Verdict],
+    now: str,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """The status.conditions list: one entry per verdict, lastTransitionTime kept unless the status flips."""
+    before = {str(c.get("type")): c for c in previous}
+    merged = []
+    for condition_type in CONDITION_ORDER:
+        verdict = verdicts.get(condition_type)
+        if verdict is None:
+            continue
+        old = before.get(condition_type)
+        since = (
+            old.get("lastTransitionTime") if old is not None and old.get("status") == verdict.status else None
+        )
+        merged.append(
+            {
+                "type": condition_type,
+                "status": verdict.status,
+                "reason": verdict.reason,
+                "message": verdict.message,
+                "lastTransitionTime": since or now,
+                "observedGeneration": generation,
+            }
+        )
+    return merged

@@ -1,0 +1,497 @@
+"""The level-based reconcile loop: observe, apply the difference, prune, report.
+
+Watch events (from kopf handlers) only enqueue the owning ModelDeployment's key; workers take keys from
+the queue and reconcile from what the indices hold at that moment, so the result never depends on which
+event arrived or in what order, and an operator restarted at any point converges to the same children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from ferry_operator import builders, kinds, metrics
+from ferry_operator.api import models
+from ferry_operator.builders.common import Manifest
+from ferry_operator.builders.inputs import BuildInputs, Owner, ServingDefaults
+from ferry_operator.builders.network import url as service_url
+from ferry_operator.config import OperatorConfig
+from ferry_operator.kube import ApiError, KubeClient
+from ferry_operator.reconcile import conditions, plan, status
+from ferry_operator.reconcile.artifacts import ArtifactResolver, Resolution, ServeAsIs
+from ferry_operator.reconcile.conditions import ApplyFailure, Observation
+from ferry_operator.reconcile.observe import (
+    ChildSnapshot,
+    ModelDeploymentSnapshot,
+    OwnerKey,
+    PodSnapshot,
+    child_snapshot,
+)
+from ferry_operator.reconcile.workqueue import WorkQueue
+
+logger = logging.getLogger("ferry_operator.reconcile")
+
+# Phases whose arrival is worth a Warning event.
+WARNING_PHASES = frozenset({"Degraded", "Failed"})
+
+
+@dataclasses.dataclass
+class Indices:
+    """The watch caches (kopf indices), keyed by owning ModelDeployment."""
+
+    model_deployments: Mapping[OwnerKey, Iterable[ModelDeploymentSnapshot]]
+    children: Mapping[kinds.Kind, Mapping[OwnerKey, Iterable[ChildSnapshot]]]
+    pods: Mapping[OwnerKey, Iterable[PodSnapshot]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Desired:
+    """Builder output for one generation of one ModelDeployment (rebuilt only when an input changes)."""
+
+    cache_key: tuple[Any, ...]
+    inputs: BuildInputs | None
+    children: Mapping[kinds.Kind, Manifest]
+    revision: str | None
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Controller:
+    """Reconciles ModelDeployments. One instance per operator process."""
+
+    def __init__(
+        self,
+        config: OperatorConfig,
+        client: KubeClient,
+        resolver: ArtifactResolver | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.resolver: ArtifactResolver = resolver or ServeAsIs()
+        self.queue: WorkQueue[OwnerKey] = WorkQueue()
+        self.indices: Indices | None = None
+        self.service_monitor_available = False
+        self.defaults = ServingDefaults(
+            runtime_image=config.runtime_image,
+            image_pull_policy=config.runtime_image_pull_policy,
+            image_pull_secrets=config.image_pull_secrets,
+            cluster_domain=config.cluster_domain,
+            concurrency_metric=config.concurrency_metric,
+            rps_metric=config.rps_metric,
+        )
+        # In-memory knowledge that the watch may not reflect yet (it lags our own writes).
+        self._applied: dict[tuple[OwnerKey, kinds.Kind], plan.AppliedRecord] = {}
+        self._written_status: dict[OwnerKey, tuple[str, dict[str, Any]]] = {}
+        self._desired: dict[OwnerKey, _Desired] = {}
+        self._phases: dict[OwnerKey, str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._instance = socket.gethostname()
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    def bind(self, indices: Indices) -> None:
+        self.indices = indices
+
+    def start(self) -> None:
+        for number in range(self.config.workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"ferry-reconcile-worker-{number}"))
+        self._tasks.append(asyncio.create_task(self._resync(), name="ferry-resync"))
+        self._tasks.append(
+            asyncio.create_task(self._discover_monitoring(), name="ferry-monitoring-discovery")
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def healthy(self) -> tuple[bool, str]:
+        dead = [task.get_name() for task in self._tasks if task.done()]
+        if dead:
+            return False, f"stopped: {', '.join(dead)}"
+        return True, f"ok: {len(self.queue)} queued"
+
+    def enqueue(self, key: OwnerKey | None) -> None:
+        if key is not None:
+            self.queue.add(key)
+            metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                outcome = await self.reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                delay = self.queue.retry(key)
+                logger.error(
+                    "reconcile of %s/%s failed (retry in %.1f s): %s", *key, delay, error, exc_info=True
+                )
+            else:
+                if outcome == "retry":
+                    delay = self.queue.retry(key)
+                    logger.info("reconcile of %s/%s will retry in %.1f s", *key, delay)
+                else:
+                    self.queue.forget(key)
+            finally:
+                self.queue.done(key)
+                metrics.QUEUE_DEPTH.set(len(self.queue))
+                metrics.RECONCILES.labels(outcome=outcome).inc()
+                metrics.RECONCILE_SECONDS.labels(outcome=outcome).observe(time.perf_counter() - started)
+
+    async def _resync(self) -> None:
+        # Level-based safety net: whatever events were missed, every object is looked at periodically.
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            if self.indices is not None:
+                for key in list(self.indices.model_deployments):
+                    self.enqueue(key)
+
+    async def _discover_monitoring(self) -> None:
+        while True:
+            try:
+                available = await self.client.resource_exists(
+                    kinds.SERVICE_MONITOR.api_version, kinds.SERVICE_MONITOR.plural
+                )
+            except (ApiError, OSError, TimeoutError) as error:
+                logger.warning("cannot tell whether ServiceMonitors are available: %s", error)
+            else:
+                if available != self.service_monitor_available:
+                    logger.info("ServiceMonitor CRD %s", "found" if available else "not installed")
+                    self.service_monitor_available = available
+                    if self.indices is not None:
+                        for key in list(self.indices.model_deployments):
+                            self.enqueue(key)
+            await asyncio.sleep(self.config.monitoring_discovery_seconds)
+
+    # --- one reconcile ------------------------------------------------------------------------------------
+
+    async def reconcile(self, key: OwnerKey) -> str:
+        """Bring one ModelDeployment's children and status in line with its spec. Returns the outcome:
+        noop, applied, status, retry (a temporary failure) or gone."""
+        assert self.indices is not None, "reconcile before the watch caches were bound"
+        md = _single(self.indices.model_deployments.get(key))
+        if md is None:
+            self._forget(key)
+            return "gone"
+        try:
+            spec = models.ModelDeploymentSpec.model_validate(md.spec)
+        except ValidationError as error:
+            # The API server validated the spec with the same rules; this only happens with a CRD older
+            # than the operator (or the other way round).
+            return await self._report_invalid_spec(md, error)
+
+        resolution = await self.resolver.resolve(md, spec)
+        desired = self._desired_children(md, spec, resolution)
+        observed = self._observed_children(key)
+        failures: list[ApplyFailure] = []
+        outcome = "noop"
+        if desired.inputs is not None:
+            the_plan = plan.plan(
+                desired.children,
+                observed,
+                {kind: rec for (k, kind), rec in self._applied.items() if k == key},
+            )
+            if not the_plan.empty:
+                outcome = "applied"
+            failures = await self._execute(key, desired.inputs, the_plan, observed)
+        pods = tuple(self.indices.pods.get(key, ()))
+        obs = Observation(
+            name=md.name,
+            generation=md.generation,
+            model_uri=resolution.artifact.uri if resolution.artifact else spec.model.uri,
+            artifact=resolution.resolution,
+            apply_failures=tuple(failures),
+            deployment=observed[kinds.DEPLOYMENT].deployment if kinds.DEPLOYMENT in observed else None,
+            desired_revision=desired.revision,
+            required_ready=_required_ready(spec),
+            progress_deadline_seconds=spec.rollout.progress_deadline_seconds,
+            pods=pods,
+        )
+        verdicts = conditions.evaluate(obs)
+        if resolution.optimized is not None:
+            verdicts["Optimized"] = resolution.optimized
+        written = await self._write_status(md, obs, verdicts, resolution)
+        if written and outcome == "noop":
+            outcome = "status"
+        if any(not failure.permanent for failure in failures):
+            return "retry"
+        return outcome
+
+    def _desired_children(
+        self, md: ModelDeploymentSnapshot, spec: models.ModelDeploymentSpec, resolution: Resolution
+    ) -> _Desired:
+        cache_key = (md.uid, md.generation, self.service_monitor_available, resolution.artifact)
+        cached = self._desired.get(md.key)
+        if cached is not None and cached.cache_key == cache_key:
+            return cached
+        if resolution.artifact is None:
+            desired = _Desired(cache_key, None, {}, None)
+        else:
+            inputs = BuildInputs(
+                owner=Owner(md.name, md.namespace, md.uid),
+                spec=spec,
+                artifact=resolution.artifact,
+                defaults=self.defaults,
+                service_monitor_available=self.service_monitor_available,
+            )
+            children = builders.desired_children(inputs)
+            template = children[kinds.DEPLOYMENT]["spec"]["template"]
+            desired = _Desired(
+                cache_key, inputs, children, template["metadata"]["annotations"][kinds.REVISION_ANNOTATION]
+            )
+        self._desired[md.key] = desired
+        return desired
+
+    def _observed_children(self, key: OwnerKey) -> dict[kinds.Kind, ChildSnapshot]:
+        assert self.indices is not None
+        observed = {}
+        for kind, index in self.indices.children.items():
+            # Fixed names: a second object of a kind would be someone else's copy, not ours to manage.
+            child = _single(index.get(key))
+            if child is not None and child.name == key[1]:
+                observed[kind] = child
+        return observed
+
+    async def _execute(
+        self,
+        key: OwnerKey,
+        inputs: BuildInputs,
+        the_plan: plan.Plan,
+        observed: dict[kinds.Kind, ChildSnapshot],
+    ) -> list[ApplyFailure]:
+        failures: list[ApplyFailure] = []
+        for kind, manifest in the_plan.apply:
+            try:
+                if kind == kinds.DEPLOYMENT:
+                    await self._hand_replicas_to_autoscaler(inputs, observed.get(kind))
+                body = await self.client.apply(kind, manifest, kinds.FIELD_MANAGER)
+            except ApiError as error:
+                failures.append(
+                    ApplyFailure(
+                        kind.kind, manifest["metadata"]["name"], _describe(kind, error), error.permanent
+                    )
+                )
+                continue
+            except (OSError, TimeoutError) as error:
+                failures.append(
+                    ApplyFailure(kind.kind, manifest["metadata"]["name"], str(error), permanent=False)
+                )
+                continue
+            snapshot = child_snapshot(kind, body)
+            observed[kind] = snapshot
+            self._applied[(key, kind)] = plan.AppliedRecord(
+                snapshot.uid, snapshot.input_hash, snapshot.generation, snapshot.resource_version
+            )
+            if kind == kinds.DEPLOYMENT:
+                await self._set_initial_autoscaled_replicas(inputs, snapshot)
+        for child in the_plan.prune:
+            try:
+                await self.client.delete(child.kind, key[0], child.name, child.uid)
+            except ApiError as error:
+                failures.append(
+                    ApplyFailure(child.kind.kind, child.name, f"cannot delete: {error.message}", False)
+                )
+                continue
+            observed.pop(child.kind, None)
+            self._applied.pop((key, child.kind), None)
+        return failures
+
+    async def _hand_replicas_to_autoscaler(self, inputs: BuildInputs, seen: ChildSnapshot | None) -> None:
+        """Before the operator stops stating spec.replicas (autoscaling turned on), another field manager
+        takes the field over at its current value. Otherwise server-side apply would remove the field and
+        the Deployment would drop to its default of one replica until the autoscaler reacts."""
+        if inputs.spec.serving.autoscaling is None or seen is None or seen.deployment is None:
+            return
+        if not seen.deployment.replicas_owned_by_operator:
+            return
+        await self._apply_replicas(inputs, seen.deployment.spec_replicas or 1)
+
+    async def _set_initial_autoscaled_replicas(self, inputs: BuildInputs, created: ChildSnapshot) -> None:
+        """A new autoscaled Deployment starts at minReplicas rather than the API default of one."""
+        autoscaling = inputs.spec.serving.autoscaling
+        state = created.deployment
+        if autoscaling is None or state is None or state.generation != 1 or autoscaling.min_replicas <= 1:
+            return
+        if state.spec_replicas is None or state.spec_replicas < autoscaling.min_replicas:
+            await self._apply_replicas(inputs, autoscaling.min_replicas)
+
+    async def _apply_replicas(self, inputs: BuildInputs, replicas: int) -> None:
+        manifest = {
+            "apiVersion": kinds.DEPLOYMENT.api_version,
+            "kind": kinds.DEPLOYMENT.kind,
+            "metadata": {"name": inputs.owner.name, "namespace": inputs.owner.namespace},
+            "spec": {"replicas": replicas},
+        }
+        await self.client.apply(kinds.DEPLOYMENT, manifest, kinds.REPLICAS_HANDOVER_MANAGER)
+
+    async def _write_status(
+        self,
+        md: ModelDeploymentSnapshot,
+        obs: Observation,
+        verdicts: dict[models.ConditionType, conditions.Verdict],
+        resolution: Resolution,
+    ) -> bool:
+        current = self._current_status(md)
+        artifact = resolution.artifact
+        model_info: dict[str, Any] = {}
+        if artifact is not None:
+            model_info = {"format": artifact.format, "uri": artifact.uri}
+            if artifact.sha256:
+                model_info["digest"] = f"sha256:{artifact.sha256}"
+        url = service_url(md.name, md.namespace, self.defaults.cluster_domain)
+        new = status.compose(
+            current,
+            obs,
+            verdicts,
+            now=utc_now(),
+            url=url,
+            selector=kinds.selector_string(md.name),
+            model=model_info,
+            extra=resolution.status,
+        )
+        self._track_phase(md.key, new["phase"])
+        patch = status.diff(current, new)
+        if patch is None:
+            return False
+        response = await self.client.patch_status(md.namespace, md.name, patch)
+        written = status.applied(current, patch)
+        self._written_status[md.key] = (str(response.get("metadata", {}).get("resourceVersion", "")), written)
+        if current.get("phase") != new["phase"]:
+            await self._post_phase_event(md, new, verdicts)
+        return True
+
+    def _current_status(self, md: ModelDeploymentSnapshot) -> Mapping[str, Any]:
+        """The status as the server holds it: our last write when the watch has not delivered it yet."""
+        remembered = self._written_status.get(md.key)
+        if remembered is not None and plan.older(md.resource_version, remembered[0]):
+            return remembered[1]
+        return md.status
+
+    async def _post_phase_event(
+        self,
+        md: ModelDeploymentSnapshot,
+        new: Mapping[str, Any],
+        verdicts: Mapping[models.ConditionType, conditions.Verdict],
+    ) -> None:
+        reason, message = _explain_phase(new["phase"], verdicts)
+        now = utc_now()
+        event = {
+            "metadata": {"generateName": f"{md.name}.", "namespace": md.namespace},
+            "involvedObject": {
+                "apiVersion": models.API_VERSION,
+                "kind": models.KIND,
+                "name": md.name,
+                "namespace": md.namespace,
+                "uid": md.uid,
+            },
+            "type": "Warning" if new["phase"] in WARNING_PHASES else "Normal",
+            "reason": reason,
+            "message": f"{new['phase']}: {message}"[:1024],
+            "source": {"component": "ferry-operator"},
+            "reportingComponent": "ferry.dev/operator",
+            "reportingInstance": self._instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.client.create_event(md.namespace, event)
+        except ApiError as error:
+            # An event is informational; the status already says the same.
+            logger.warning("cannot post event for %s/%s: %s", md.namespace, md.name, error)
+
+    async def _report_invalid_spec(self, md: ModelDeploymentSnapshot, error: ValidationError) -> str:
+        message = "; ".join(
+            f"spec.{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}" for problem in error.errors()
+        )
+        verdict = conditions.Verdict("False", "InvalidSpec", f"the operator cannot read the spec: {message}")
+        current = self._current_status(md)
+        new = {
+            "observedGeneration": md.generation,
+            "phase": "Failed",
+            "conditions": conditions.merge(
+                current.get("conditions") or [], {"Ready": verdict}, utc_now(), md.generation
+            ),
+        }
+        patch = status.diff(current, {**dict(current), **new})
+        if patch:
+            await self.client.patch_status(md.namespace, md.name, patch)
+        return "status" if patch else "noop"
+
+    def _track_phase(self, key: OwnerKey, phase: str) -> None:
+        old = self._phases.get(key)
+        if old == phase:
+            return
+        if old is not None:
+            metrics.MODEL_DEPLOYMENTS.labels(phase=old).dec()
+        metrics.MODEL_DEPLOYMENTS.labels(phase=phase).inc()
+        self._phases[key] = phase
+
+    def _forget(self, key: OwnerKey) -> None:
+        self._desired.pop(key, None)
+        self._written_status.pop(key, None)
+        for memo_key in [k for k in self._applied if k[0] == key]:
+            del self._applied[memo_key]
+        old = self._phases.pop(key, None)
+        if old is not None:
+            metrics.MODEL_DEPLOYMENTS.labels(phase=old).dec()
+
+
+def _single(values: Iterable[Any] | None) -> Any:
+    for value in values or ():
+        return value
+    return None
+
+
+def _required_ready(spec: models.ModelDeploymentSpec) -> int:
+    serving = spec.serving
+    if serving.autoscaling is not None:
+        return serving.autoscaling.min_replicas
+    return serving.replicas if serving.replicas is not None else 1
+
+
+def _describe(kind: kinds.Kind, error: ApiError) -> str:
+    if error.status == 404 and kind == kinds.SERVICE_MONITOR:
+        return (
+            "the ServiceMonitor CRD (monitoring.coreos.com/v1) is not installed; install the Prometheus "
+            "Operator CRDs or set spec.monitoring.serviceMonitor to auto or disabled"
+        )
+    return f"{error.status} {error.reason}: {error.message}"
+
+
+def _explain_phase(
+    phase: str, verdicts: Mapping[models.ConditionType, conditions.Verdict]
+) -> tuple[str, str]:
+    """The condition that best explains a phase: its reason and message become the event's."""
+    order: tuple[models.ConditionType, ...]
+    if phase in ("Failed", "Degraded"):
+        candidates: tuple[models.ConditionType, ...] = ("ModelResolved", "Optimized", "Deployed", "Degraded")
+        failing = [t for t in candidates if t in verdicts]
+        for condition_type in failing:
+            verdict = verdicts[condition_type]
+            if (condition_type == "Degraded") == (verdict.status == "True") and verdict.status != "Unknown":
+                return verdict.reason, verdict.message
+        order = ("Ready",)
+    elif phase == "Optimizing":
+        order = ("Optimized",)
+    else:
+        order = ("Ready", "Progressing")
+    for condition_type in order:
+        if condition_type in verdicts:
+            return verdicts[condition_type].reason, verdicts[condition_type].message
+    return phase, phase

@@ -1,0 +1,142 @@
+"""The operator process: kopf settings, credentials, the controller and the metrics endpoint, tied together.
+
+handlers.py registers kopf handlers that call the functions here; cli.py builds the pieces and runs kopf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from aiohttp import web
+
+from ferry_operator import kinds, metrics
+from ferry_operator.api import models
+from ferry_operator.config import OperatorConfig
+from ferry_operator.kube import KubeClient
+from ferry_operator.reconcile.controller import Controller, Indices
+from ferry_operator.reconcile.observe import OwnerKey, PodSnapshot
+
+logger = logging.getLogger("ferry_operator")
+
+# Names of the kopf index handlers (handlers.py), by what they index. kopf hands each index to handlers as
+# a keyword argument named after its function.
+MODEL_DEPLOYMENT_INDEX = "modeldeployment_index"
+CHILD_INDEXES: Mapping[kinds.Kind, str] = {
+    kinds.DEPLOYMENT: "deployment_index",
+    kinds.SERVICE: "service_index",
+    kinds.HORIZONTAL_POD_AUTOSCALER: "hpa_index",
+    kinds.POD_DISRUPTION_BUDGET: "pdb_index",
+    kinds.SERVICE_MONITOR: "servicemonitor_index",
+}
+POD_INDEX = "pod_index"
+MANAGED_SELECTOR = f"{kinds.MANAGED_BY_LABEL}={kinds.MANAGED_BY}"
+
+
+@dataclasses.dataclass
+class Ferry:
+    """Everything one operator process holds; passed to kopf as the memo, so handlers reach it."""
+
+    config: OperatorConfig
+    client: KubeClient
+    controller: Controller
+    metrics_server: web.AppRunner | None = None
+    # Last seen state of each serving pod (by uid): a pod event only matters when this changes.
+    pod_states: dict[str, tuple[OwnerKey, PodSnapshot]] = dataclasses.field(default_factory=dict)
+
+
+def create(config: OperatorConfig) -> Ferry:
+    client = KubeClient(max_connections=max(8, config.workers * 2))
+    return Ferry(config=config, client=client, controller=Controller(config, client))
+
+
+def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    """kopf configured for production; each setting says why."""
+    settings = kopf.OperatorSettings()
+    # kopf's markers carry Ferry's API group: `kubectl get md -o yaml` shows whose they are, and another
+    # kopf-based operator in the cluster never mistakes them for its own. (The reconcile itself is
+    # level-based and stores no progress; these matter for any future on.create/on.delete handler.)
+    settings.persistence.finalizer = f"{models.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=models.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=models.GROUP, key="last-handled-configuration"
+    )
+    # A watch stream ends after server_timeout and kopf resumes from the last resourceVersion; without a
+    # timeout a half-open TCP connection (NAT, load balancer) would silently stop all events.
+    settings.watching.server_timeout = config.watch_server_timeout_seconds
+    settings.watching.client_timeout = config.watch_client_timeout_seconds
+    settings.watching.connect_timeout = 30
+    # Short API calls (lists at start-up) fail fast rather than hang the start.
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 30
+    # Server-side filtering: the child watches stream only Ferry's objects, not every Deployment and Pod
+    # in the cluster.
+    for kind in (*kinds.CHILD_KINDS, kinds.POD):
+        settings.watching.label_selectors[kind.group or "v1", kind.plural] = MANAGED_SELECTOR
+    # kopf posts events for its own handler errors; only warnings and worse (the reconcile posts one event
+    # per phase transition itself, so kopf must not add one per handler run).
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "ferry-operator"
+    # One active operator (the chart runs one replica with the Recreate strategy), so no peering CRDs.
+    settings.peering.standalone = True
+    return settings
+
+
+def configure_logging(config: OperatorConfig) -> None:
+    kopf.configure(
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
+        debug=config.log_level == "DEBUG",
+        quiet=config.log_level in ("WARNING", "ERROR"),
+    )
+    logging.getLogger().setLevel(config.log_level)
+
+
+def login(ferry: Ferry, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log in as kopf would (service account in a pod, else the kubeconfig) and share the credentials with
+    the reconcile's own client (kopf calls this again when credentials expire)."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is not None:
+        ferry.client.login(info)
+    return info
+
+
+async def startup(ferry: Ferry, indices: Mapping[str, Any]) -> None:
+    ferry.controller.bind(
+        Indices(
+            model_deployments=indices[MODEL_DEPLOYMENT_INDEX],
+            children={kind: indices[name] for kind, name in CHILD_INDEXES.items()},
+            pods=indices[POD_INDEX],
+        )
+    )
+    ferry.controller.start()
+    if ferry.config.metrics_port:
+        ferry.metrics_server = await metrics.serve(ferry.config.metrics_port, ferry.controller.healthy)
+    logger.info(
+        "ferry-operator started (%d workers, runtime image %s)",
+        ferry.config.workers,
+        ferry.config.runtime_image,
+    )
+
+
+async def cleanup(ferry: Ferry) -> None:
+    await ferry.controller.stop()
+    if ferry.metrics_server is not None:
+        await ferry.metrics_server.cleanup()
+    await ferry.client.close()
+
+
+def pod_changed(ferry: Ferry, uid: str, key: OwnerKey | None, snapshot: PodSnapshot | None) -> None:
+    """Reconcile the owner when a serving pod's fetch state or trouble changes (not on every pod event)."""
+    if snapshot is None:
+        previous = ferry.pod_states.pop(uid, None)
+        if previous is not None:
+            ferry.controller.enqueue(previous[0])
+        return
+    if key is None:
+        return
+    if ferry.pod_states.get(uid) != (key, snapshot):
+        ferry.pod_states[uid] = (key, snapshot)
+        ferry.controller.enqueue(key)
