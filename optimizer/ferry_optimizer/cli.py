@@ -1,0 +1,125 @@
+"""`ferry-optimize`: optimize a model, print the report as a table, write the artifacts and the summary.
+
+Exit status: 0 when the run completed (whether or not a candidate passed the gate: the verdict is in the
+report and the termination message), 2 for bad input (a flag, the spec, the model or data file), 1 when
+a step failed unexpectedly. The termination message is written in every case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from ferry_optimizer import __version__, locations, spec
+from ferry_optimizer.errors import InputError, OptimizerError
+from ferry_optimizer.pipeline import FORMATS, Pipeline, Request, Settings
+
+DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+EXIT_INPUT = 2
+EXIT_FAILURE = 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ferry-optimize",
+        description="Convert, optimize, quantize, prune and distill a model; gate it on quality; write the chosen one.",
+    )
+    p.add_argument("--model", required=True, help="model URI: a path, file://, pvc://, s3:// or http(s)://")
+    p.add_argument("--format", required=True, choices=FORMATS, help="the model's format")
+    p.add_argument("--spec", required=True, type=Path, help="the optimize spec, a JSON or YAML file")
+    p.add_argument("--data", help="data URI (.npz); overrides optimize.data.uri")
+    p.add_argument("--output", required=True, help="output directory URI: a path, file:// or pvc://")
+    p.add_argument(
+        "--termination-log",
+        type=Path,
+        help=f"where the JSON summary goes (default {DEFAULT_TERMINATION_LOG} when it is writable)",
+    )
+    p.add_argument(
+        "--key",
+        help="content key recorded in the report (the operator passes the one it named the Job after)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime threads for latency measurement (default 1)"
+    )
+    p.add_argument(
+        "--runs", type=int, default=50, help="timed runs per latency measurement; the median is reported"
+    )
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
+    p.add_argument("--latency-batch", type=int, default=1, help="samples per timed inference (default 1)")
+    p.add_argument("--version", action="version", version=f"ferry-optimize {__version__}")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    termination = args.termination_log or (
+        DEFAULT_TERMINATION_LOG if os.access(DEFAULT_TERMINATION_LOG, os.W_OK) else None
+    )
+    with tempfile.TemporaryDirectory(prefix="ferry-optimize-") as scratch:
+        try:
+            request = _request(args, Path(scratch))
+            work = Path(scratch) / "work"
+            work.mkdir()
+            report = Pipeline(request, work).run()
+        except InputError as error:
+            return _fail(termination, args.key, f"bad input: {error.message}", EXIT_INPUT)
+        except OptimizerError as error:
+            return _fail(termination, args.key, f"optimization failed: {error.message}", EXIT_FAILURE)
+        except Exception as error:  # a bug or an unexpected library failure: still tell the operator why
+            traceback.print_exc()
+            return _fail(
+                termination, args.key, f"optimization failed: {type(error).__name__}: {error}", EXIT_FAILURE
+            )
+    (request.output / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    print(report.table())
+    if termination is not None:
+        termination.write_text(report.termination_message())
+    return 0
+
+
+def _request(args: argparse.Namespace, scratch: Path) -> Request:
+    optimize = spec.load(args.spec)
+    if args.data:
+        optimize = optimize.with_data_uri(args.data)
+    spec.check_needs_data(optimize)
+    model = locations.fetch(args.model, scratch / "fetched", "--model")
+    data = locations.fetch(optimize.data.uri, scratch / "fetched", "--data") if optimize.data else None
+    return Request(
+        model=model,
+        model_uri=args.model,
+        format=args.format,
+        spec=optimize,
+        data=data,
+        output=locations.output_dir(args.output),
+        output_uri=args.output,
+        key=args.key,
+        settings=Settings(
+            threads=args.threads, runs=args.runs, warmup=args.warmup, latency_batch=args.latency_batch
+        ),
+    )
+
+
+def _fail(termination: Path | None, key: str | None, reason: str, code: int) -> int:
+    print(f"ferry-optimize: {reason}", file=sys.stderr)
+    if termination is not None:
+        summary = {
+            "passed": False,
+            "chosen": None,
+            "reason": reason[:1500],
+            "key": key or "",
+            "artifact": None,
+            "metric": None,
+            "candidates": [],
+        }
+        termination.write_text(json.dumps(summary, separators=(",", ":")))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""ONNX and ONNX Runtime operations of the pipeline: run, time, optimize the graph, quantize, rename.
+
+Every latency in a report comes from `measure_latency`: one CPU session with fixed threads and the same
+online graph optimization a serving pod applies, warmed up, then the median of timed runs.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
+from onnxruntime.quantization import quantize_dynamic as _ort_quantize_dynamic
+from onnxruntime.quantization import quantize_static as _ort_quantize_static
+
+from ferry_optimizer.errors import StepError
+
+Feeds = dict[str, np.ndarray]
+
+_ORT_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int | str | None, ...]
+    # Fixed dimensions are ints; symbolic ones their name or None.
+    dtype: np.dtype[Any]
+
+
+@dataclass(frozen=True)
+class Timing:
+    latency_ms: float
+    # Median of the timed runs.
+    load_ms: float
+    # Session creation (includes online graph optimization: what offline optimization saves at start).
+
+
+def session(
+    model: Path, threads: int = 1, level: str = "all", optimized_path: Path | None = None
+) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = _ORT_LEVELS[level]
+    options.log_severity_level = 3
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    try:
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own untyped exception classes
+        raise StepError(f"ONNX Runtime cannot load {model.name}: {error}") from error
+
+
+def inputs_of(sess: ort.InferenceSession) -> list[TensorInfo]:
+    return [_info(arg) for arg in sess.get_inputs()]
+
+
+def outputs_of(sess: ort.InferenceSession) -> list[TensorInfo]:
+    return [_info(arg) for arg in sess.get_outputs()]
+
+
+def _info(arg: Any) -> TensorInfo:
+    shape = tuple(d if isinstance(d, int) else (d if isinstance(d, str) else None) for d in arg.shape)
+    return TensorInfo(name=arg.name, shape=shape, dtype=np.dtype(_NUMPY_TYPES.get(arg.type, np.float32)))
+
+
+def batches(feeds: Mapping[str, np.ndarray], size: int) -> Iterator[Feeds]:
+    count = len(next(iter(feeds.values())))
+    for start in range(0, count, size):
+        yield {name: array[start : start + size] for name, array in feeds.items()}
+
+
+def fixed_batch(sess: ort.InferenceSession) -> int | None:
+    """The batch size a model's inputs fix (e.g. 1 for a model exported with a static shape), if any."""
+    for info in inputs_of(sess):
+        if info.shape and isinstance(info.shape[0], int):
+            return info.shape[0]
+    return None
+
+
+def run_all(
+    sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray], batch: int = 256
+) -> list[np.ndarray]:
+    """Every output over every sample, run in batches (or one by one for a fixed-batch model)."""
+    size = fixed_batch(sess) or batch
+    names = [info.name for info in outputs_of(sess)]
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    for chunk in batches(feeds, size):
+        for index, value in enumerate(sess.run(names, chunk)):
+            parts[index].append(np.asarray(value))
+    return [np.concatenate(part) for part in parts]
+
+
+def measure_latency(
+    model: Path, feeds: Mapping[str, np.ndarray], threads: int, runs: int, warmup: int
+) -> Timing:
+    started = time.perf_counter()
+    sess = session(model, threads=threads)
+    load_ms = (time.perf_counter() - started) * 1000
+    for _ in range(warmup):
+        sess.run(None, dict(feeds))
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        sess.run(None, dict(feeds))
+        samples.append((time.perf_counter() - started) * 1000)
+    return Timing(latency_ms=statistics.median(samples), load_ms=load_ms)
+
+
+def size_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def compressed_bytes(path: Path) -> int:
+    """Size after zlib (level 6): what zeroed weights save in storage and transfer, though not in memory."""
+    compressor = zlib.compressobj(6)
+    total = 0
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with file.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                total += len(compressor.compress(chunk))
+    return total + len(compressor.flush())
+
+
+def optimize_graph(source: Path, target: Path, level: str) -> None:
+    """ONNX Runtime offline graph optimization: the session writes the graph it optimized."""
+    session(source, level=level, optimized_path=target)
+    if not target.exists():
+        raise StepError(f"ONNX Runtime wrote no optimized model at graph level {level}")
+
+
+def quantize_dynamic(source: Path, target: Path) -> None:
+    # Per-channel with 7-bit weights (reduce_range): accurate on x86 CPUs without VNNI, where 8-bit
+    # products saturate, and still correct on CPUs with it; the serving node's CPU is not known here.
+    try:
+        _ort_quantize_dynamic(
+            source, target, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True
+        )
+    except Exception as error:  # the quantizer raises bare Exceptions and assertion errors
+        raise StepError(f"dynamic quantization failed: {error}") from error
+
+
+class _Calibration(CalibrationDataReader):  # type: ignore[misc]  # untyped base class
+    """Feeds calibration samples one batch at a time."""
+
+    def __init__(self, feeds: Mapping[str, np.ndarray], batch: int) -> None:
+        self._batches = iter(list(batches(feeds, batch)))
+
+    def get_next(self) -> Feeds | None:
+        return next(self._batches, None)
+
+
+def quantize_static(source: Path, target: Path, feeds: Mapping[str, np.ndarray], batch: int) -> None:
+    reader = _Calibration(feeds, batch)
+    try:
+        _ort_quantize_static(
+            source,
+            target,
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    except Exception as error:  # the quantizer raises bare Exceptions and assertion errors
+        raise StepError(f"static quantization failed: {error}") from error
+
+
+def convert_fp16(source: Path, target: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # keep_io_types: inputs and outputs stay float32, so clients and the serving contract do not change.
+    try:
+        converted = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    except Exception as error:  # the converter raises bare Exceptions
+        raise StepError(f"fp16 conversion failed: {error}") from error
+    onnx.save(converted, str(target))
+
+
+def rename_outputs(path: Path, names: Sequence[str]) -> None:
+    """Give a converted graph's outputs the source model's output names (tf2onnx names them Identity:0)."""
+    model = onnx.load(str(path))
+    if len(names) != len(model.graph.output):
+        return
+    renames = {out.name: new for out, new in zip(model.graph.output, names, strict=True) if out.name != new}
+    if not renames:
+        return
+    for node in model.graph.node:
+        node.output[:] = [renames.get(name, name) for name in node.output]
+        node.input[:] = [renames.get(name, name) for name in node.input]
+    for out in model.graph.output:
+        out.name = renames.get(out.name, out.name)
+    onnx.save(model, str(path))
+
+
+def onnxruntime_version() -> str:
+    return str(ort.__version__)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return os.uname().machine

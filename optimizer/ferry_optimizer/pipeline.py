@@ -1,0 +1,796 @@
+"""The optimization pipeline: convert, then build one candidate per lineage, measure, gate and choose.
+
+Lineages are alternative models derived from the source: `original` (the source itself), `pruned`
+(spec.prune) and `student` (spec.distill). Each is converted to ONNX and then goes through the requested
+ONNX steps in this order: quantize (on a clean graph, which is what the quantizers support), then the
+offline graph optimization. The final model of each lineage is a requested candidate; `baseline`, the
+converted and otherwise untouched source, is the gate's reference and the fallback.
+
+Choosing (docs/optimizer.md): among requested candidates that pass the gate, those within 5% of the lowest
+latency count as equally fast, and of those the smallest file wins (then the smallest compressed size,
+then the better metric). With a gate (spec.validate) and no passing candidate, nothing is chosen and no
+model is written: the operator keeps serving what it serves. Without a gate, only a candidate that failed
+to build is rejected, and if all failed the baseline is chosen with passed=false.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ferry_optimizer import __version__, data, onnxtools, quality
+from ferry_optimizer.errors import InputError, OptimizerError, StepError
+from ferry_optimizer.key import content_key, file_sha256, model_digest
+from ferry_optimizer.report import Artifact, Candidate, Measurement, Report, Step
+from ferry_optimizer.spec import MetricName, OptimizeSpec
+
+if TYPE_CHECKING:
+    import keras
+
+FORMATS = ("onnx", "tensorflow", "keras", "tflite")
+# Requested candidates within this factor of the fastest count as equally fast (timing noise).
+LATENCY_TIE = 1.05
+# Fraction of the data kept for validation when a step learns from data (fine-tuning, calibration).
+HOLDOUT = 0.25
+FP16_NOTE = (
+    "fp16 halves the weights; it speeds up GPUs with fp16 units, not CPUs (ONNX Runtime inserts casts)"
+)
+ALL_LEVEL_NOTE = (
+    "graph level all includes layout optimizations for this machine's CPU: the optimized file may be slower "
+    "or fail to load on a different CPU; use extended for portable artifacts"
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    threads: int = 1
+    # ONNX Runtime intra-op threads for every latency measurement.
+    runs: int = 50
+    warmup: int = 5
+    latency_batch: int = 1
+    # Samples per timed inference.
+
+
+@dataclass(frozen=True)
+class Request:
+    model: Path
+    model_uri: str
+    format: str
+    spec: OptimizeSpec
+    data: Path | None
+    output: Path
+    output_uri: str
+    key: str | None = None
+    # Given by the operator (which names the Job after it); computed from the model bytes when None.
+    settings: Settings = field(default_factory=Settings)
+
+
+@dataclass
+class Lineage:
+    name: str
+    onnx: Path
+    keras_model: keras.Model | None
+    # The Keras model behind this lineage (None for ONNX, SavedModel and TFLite sources).
+    steps: list[str]
+    error: str | None = None
+
+
+class Progress:
+    """A tqdm bar over the planned steps on a terminal; one log line per step otherwise (Job logs)."""
+
+    def __init__(self, total: int) -> None:
+        self.interactive = sys.stderr.isatty()
+        self.bar = tqdm(
+            total=total, desc="ferry-optimize", unit="step", file=sys.stderr, disable=not self.interactive
+        )
+
+    @contextlib.contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        self.bar.set_description(label)
+        started = time.perf_counter()
+        if not self.interactive:
+            print(f"[ferry-optimize] {label} ...", file=sys.stderr, flush=True)
+        try:
+            yield
+        finally:
+            self.bar.update(1)
+            if not self.interactive:
+                print(
+                    f"[ferry-optimize] {label} done in {time.perf_counter() - started:.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def check_request(request: Request) -> None:
+    """Refuse combinations no step can carry out, before any work is done."""
+    spec, fmt = request.spec, request.format
+    if fmt not in FORMATS:
+        raise InputError("--format", f"one of {list(FORMATS)}", fmt)
+    if spec.prune is not None and fmt != "keras":
+        raise InputError("prune", "a model in format keras (pruning edits Keras layers)", f"format {fmt}")
+    if spec.distill is not None and fmt != "keras":
+        raise InputError(
+            "distill", "a model in format keras (the student is derived from its layers)", f"format {fmt}"
+        )
+    tflite = [f for f in spec.export if f != "onnx"]
+    if tflite and fmt == "onnx":
+        raise InputError(
+            "export",
+            "only onnx for an ONNX model (Ferry does not convert ONNX to TensorFlow)",
+            list(spec.export),
+        )
+    if "tflite-int8" in tflite and fmt == "tflite":
+        raise InputError(
+            "export", "onnx or tflite for a TFLite model (it cannot be re-quantized)", list(spec.export)
+        )
+    if request.settings.threads < 1 or request.settings.runs < 1 or request.settings.latency_batch < 1:
+        raise InputError("--threads/--runs/--latency-batch", "integers of at least 1", request.settings)
+
+
+class Pipeline:
+    def __init__(self, request: Request, work: Path) -> None:
+        check_request(request)
+        self.request = request
+        self.spec = request.spec
+        self.work = work
+        self.settings = request.settings
+        self.measured: dict[Path, Measurement] = {}
+        self.tensorboard = request.output / "tensorboard"
+        self.progress = Progress(total=self._planned_steps())
+        self.tf: Any = None
+
+    def _planned_steps(self) -> int:
+        lineages = 1 + (self.spec.prune is not None) + (self.spec.distill is not None)
+        per_lineage = (self.spec.quantize != "none") + (self.spec.graph != "disabled")
+        return 2 + lineages + lineages * per_lineage + len(self.spec.export)
+
+    # --- the run -----------------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        try:
+            return self._run()
+        finally:
+            self.progress.close()
+
+    def _run(self) -> Report:
+        request, spec = self.request, self.spec
+        with self.progress.step("digest source"):
+            digest = model_digest(request.model)
+            key = request.key or content_key(digest, spec, __version__)
+        baseline_path = self.work / "baseline.onnx"
+        keras_model: keras.Model | None = None
+        convert_started = time.perf_counter()
+        with self.progress.step(f"convert {request.format} to ONNX"):
+            keras_model = self._convert(baseline_path)
+        convert_seconds = time.perf_counter() - convert_started
+        baseline_session = onnxtools.session(baseline_path, threads=self.settings.threads)
+        self.inputs = onnxtools.inputs_of(baseline_session)
+        self.output_names = [info.name for info in onnxtools.outputs_of(baseline_session)]
+        dataset = self._dataset()
+        self.train, self.validation = self._split(dataset)
+        self.metric_name: MetricName = self._metric_name(dataset)
+        reference_outputs = onnxtools.run_all(baseline_session, self.validation.inputs)
+        self.reference = quality.Reference(quality.floating(reference_outputs), self.validation.labels)
+        self.latency_feeds = self._latency_feeds()
+        baseline = self.measure(baseline_path)
+        report = Report(
+            optimizer_version=__version__,
+            key=key,
+            source={
+                "uri": request.model_uri,
+                "format": request.format,
+                "sha256": digest,
+                "sizeBytes": onnxtools.size_bytes(request.model),
+            },
+            spec=spec.to_dict(),
+            data=self._data_summary(dataset),
+            metric={
+                "name": self.metric_name,
+                "higherIsBetter": quality.HIGHER_IS_BETTER[self.metric_name],
+                "baseline": baseline.metric,
+                "maxDrop": spec.validate.max_drop if spec.validate else None,
+                "gate": spec.validate is not None,
+            },
+            measurement={
+                "threads": self.settings.threads,
+                "batch": self.settings.latency_batch,
+                "runs": self.settings.runs,
+                "warmup": self.settings.warmup,
+                "statistic": "median",
+                "sessionGraphLevel": "all",
+                "provider": "CPUExecutionProvider",
+                "onnxruntime": onnxtools.onnxruntime_version(),
+                "cpu": onnxtools.cpu_name(),
+            },
+            output_uri=request.output_uri,
+        )
+        if request.format != "onnx":
+            report.steps.append(self._convert_step(baseline, convert_seconds))
+        else:
+            report.notes.append("source is ONNX: passed through without conversion")
+        if dataset.source == "synthetic":
+            report.notes.append(
+                "no data given: quality is output agreement on generated inputs (normal floats, ones for integers), "
+                "a weak check; give optimize.data for a real one"
+            )
+        lineages = [
+            Lineage("original", baseline_path, keras_model, ["convert"] if request.format != "onnx" else [])
+        ]
+        if spec.prune is not None and keras_model is not None:
+            lineages.append(self._prune(keras_model, baseline, report))
+        if spec.distill is not None and keras_model is not None:
+            lineages.append(self._distill(keras_model, baseline, report))
+        candidates = [
+            Candidate(
+                "baseline",
+                "original",
+                list(lineages[0].steps),
+                baseline,
+                requested=False,
+                passed=True,
+                reason="reference",
+            )
+        ]
+        for lineage in lineages:
+            candidates.append(self._finish(lineage, report))
+        report.candidates = self._dedupe(candidates)
+        self._gate(report)
+        self._choose(report)
+        self._write(report, {lineage.name: lineage for lineage in lineages}, baseline_path)
+        if spec.quantize == "fp16":
+            report.notes.append(FP16_NOTE)
+        if spec.graph == "all":
+            report.notes.append(ALL_LEVEL_NOTE)
+        self._report_scalars(report)
+        return report
+
+    def _report_scalars(self, report: Report) -> None:
+        """The report's figures as TensorBoard scalars under tensorboard/report, beside any training curves."""
+        from ferry_optimizer import training
+
+        scalars: dict[str, float] = {}
+        for candidate in report.candidates:
+            m = candidate.measurement
+            if m is None:
+                continue
+            prefix = f"candidates/{candidate.name}"
+            scalars[f"{prefix}/size_bytes"] = float(m.size_bytes)
+            scalars[f"{prefix}/{self.metric_name}"] = float(m.metric or 0.0)
+            scalars[f"{prefix}/passed"] = float(candidate.passed)
+            if m.latency_ms is not None:
+                scalars[f"{prefix}/latency_ms"] = m.latency_ms
+            if m.compressed_bytes is not None:
+                scalars[f"{prefix}/compressed_bytes"] = float(m.compressed_bytes)
+        for index, step in enumerate(report.steps):
+            if step.after is not None and step.after.latency_ms is not None:
+                scalars[f"steps/{index:02d}-{step.lineage}-{step.name}/latency_ms"] = step.after.latency_ms
+                scalars[f"steps/{index:02d}-{step.lineage}-{step.name}/size_bytes"] = float(
+                    step.after.size_bytes
+                )
+        training.write_scalars(self.tensorboard / "report", scalars)
+
+    # --- steps -------------------------------------------------------------------------------------
+
+    def _tf(self) -> Any:
+        if self.tf is None:
+            from ferry_optimizer import tfmodels
+
+            self.tf = tfmodels
+        return self.tf
+
+    def _convert(self, target: Path) -> keras.Model | None:
+        request = self.request
+        if request.format == "onnx":
+            source = request.model
+            if source.is_dir():
+                found = sorted(source.glob("*.onnx"))
+                if len(found) != 1:
+                    raise InputError(
+                        "--model", "a directory with exactly one .onnx file", [p.name for p in found]
+                    )
+                source = found[0]
+            shutil.copyfile(source, target)
+            return None
+        tfm = self._tf()
+        if request.format == "keras":
+            model = tfm.load_keras(request.model)
+            tfm.keras_to_onnx(model, target)
+            return model  # type: ignore[no-any-return]
+        if request.format == "tensorflow":
+            if not request.model.is_dir():
+                raise InputError(
+                    "--model", "a SavedModel directory for --format tensorflow", str(request.model)
+                )
+            tfm.saved_model_to_onnx(request.model, target)
+            return None
+        tfm.tflite_to_onnx(request.model, target)
+        return None
+
+    def _source_outputs(
+        self, feeds: dict[str, np.ndarray], keras_model: keras.Model | None
+    ) -> list[np.ndarray]:
+        tfm = self._tf()
+        if keras_model is not None:
+            return tfm.predict_keras(keras_model, feeds)  # type: ignore[no-any-return]
+        if self.request.format == "tensorflow":
+            return tfm.predict_saved_model(self.request.model, feeds)  # type: ignore[no-any-return]
+        return tfm.predict_tflite(self.request.model, feeds)  # type: ignore[no-any-return]
+
+    def _convert_step(self, baseline: Measurement, seconds: float) -> Step:
+        keras_model = None
+        if self.request.format == "keras":
+            keras_model = self._tf().load_keras(self.request.model)
+        outputs = self._source_outputs(self.validation.inputs, keras_model)
+        source_metric = quality.score(self.metric_name, outputs, self.reference)
+        agreement = quality.score("maxAbsError", outputs, self.reference)
+        size = onnxtools.size_bytes(self.request.model)
+        before = Measurement(size, None, None, None, source_metric)
+        return Step(
+            "original",
+            "convert",
+            f"{self.request.format} -> onnx",
+            before,
+            baseline,
+            seconds,
+            notes=[f"max abs difference from the source model: {agreement:.3g}"],
+            details={"maxAbsErrorVsSource": agreement, "opset": 17},
+        )
+
+    def _prune(self, keras_model: keras.Model, baseline: Measurement, report: Report) -> Lineage:
+        from ferry_optimizer import pruning
+
+        spec = self.spec.prune
+        assert spec is not None
+        started = time.perf_counter()
+        target = self.work / "pruned.onnx"
+        notes: list[str] = []
+        details: dict[str, Any] = {"method": spec.method, "targetSparsity": spec.sparsity}
+        with self.progress.step(f"prune {spec.method} {spec.sparsity:.0%}"):
+            try:
+                fine_tune = self.request.data is not None and spec.epochs > 0
+                if spec.method == "magnitude":
+                    model = pruning.clone(keras_model)
+                    pruner = pruning.MagnitudePruner(model, spec.sparsity)
+                    if fine_tune:
+                        history = self._fine_tune(
+                            model,
+                            keras_model,
+                            spec.epochs,
+                            "prune",
+                            before_epoch=lambda epoch: pruner.prune_to(pruner.schedule(epoch, spec.epochs)),
+                            after_batch=pruner.apply,
+                        )
+                        details["epochs"] = history
+                    pruner.prune_to(spec.sparsity)
+                    result = pruner.result()
+                    notes.append(
+                        "zeroed weights keep the dense ONNX file's size and speed; the compressed size shrinks"
+                    )
+                else:
+                    result = pruning.structured(keras_model, spec.sparsity, "prune")
+                    if fine_tune:
+                        details["epochs"] = self._fine_tune(result.model, keras_model, spec.epochs, "prune")
+                    notes.append("removed units/filters: a smaller and faster dense model")
+                if not fine_tune:
+                    notes.append("no fine-tuning (no data or prune.epochs 0): one-shot pruning")
+                details.update(
+                    sparsity=result.sparsity,
+                    kernelWeightsBefore=result.parameters_before,
+                    kernelWeightsAfter=result.parameters_after,
+                )
+                self._tf().keras_to_onnx(result.model, target, self.output_names)
+                after = self.measure(target)
+                lineage = Lineage("pruned", target, result.model, ["prune", "convert"])
+                notes.insert(0, f"sparsity {result.sparsity:.1%}")
+                error = None
+            except OptimizerError as failure:
+                if isinstance(failure, InputError):
+                    raise
+                after, error = None, failure.message
+                lineage = Lineage("pruned", target, None, ["prune"], error=error)
+        report.steps.append(
+            Step(
+                "pruned",
+                "prune",
+                f"{spec.method} {spec.sparsity:g}",
+                baseline,
+                after,
+                time.perf_counter() - started,
+                notes,
+                details,
+                error,
+            )
+        )
+        return lineage
+
+    def _distill(self, teacher: keras.Model, baseline: Measurement, report: Report) -> Lineage:
+        from ferry_optimizer import distillation, layers
+
+        spec = self.spec.distill
+        assert spec is not None
+        started = time.perf_counter()
+        target = self.work / "student.onnx"
+        details: dict[str, Any] = {
+            "widthFactor": spec.student.width_factor,
+            "depth": spec.student.depth,
+            "temperature": spec.temperature,
+        }
+        with self.progress.step("distill student"):
+            logits, served = distillation.student_of(teacher, spec.student)
+            softmax = layers.ends_in_softmax(teacher)
+            teacher_out = self._tf().predict_keras(teacher, self.train.inputs)[0]
+            targets = [distillation.teacher_targets(teacher_out, softmax)]
+            with_labels = self.train.labels is not None and softmax
+            if with_labels:
+                assert self.train.labels is not None
+                targets.append(self.train.labels)
+            from ferry_optimizer import training
+
+            details["epochs"] = [
+                vars(epoch)
+                for epoch in training.fit(
+                    logits,
+                    self.train.inputs,
+                    targets,
+                    distillation.loss(spec.temperature, softmax, with_labels),
+                    self.spec.training,
+                    spec.epochs,
+                    self.tensorboard / "distill",
+                    lambda: self._keras_quality(served),
+                    description="distill",
+                )
+            ]
+            teacher_weights = sum(int(np.prod(w.shape)) for w in teacher.weights)
+            student_weights = sum(int(np.prod(w.shape)) for w in served.weights)
+            details.update(teacherWeights=teacher_weights, studentWeights=student_weights)
+            error = None
+            after: Measurement | None = None
+            try:
+                self._tf().keras_to_onnx(served, target, self.output_names)
+                after = self.measure(target)
+            except StepError as failure:
+                error = failure.message
+        notes = [f"student has {student_weights / teacher_weights:.0%} of the teacher's weights"]
+        report.steps.append(
+            Step(
+                "student",
+                "distill",
+                f"width {spec.student.width_factor:g}",
+                baseline,
+                after,
+                time.perf_counter() - started,
+                notes,
+                details,
+                error,
+            )
+        )
+        return Lineage("student", target, served, ["distill", "convert"], error=error)
+
+    def _fine_tune(
+        self,
+        model: keras.Model,
+        original: keras.Model,
+        epochs: int,
+        name: str,
+        before_epoch: Callable[[int], None] | None = None,
+        after_batch: Callable[[], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Fine-tune on the labels of a classifier, else towards the original model's outputs."""
+        import tensorflow as tf
+
+        from ferry_optimizer import layers, training
+
+        labels = self.train.labels
+        softmax = layers.ends_in_softmax(original)
+        if labels is not None:
+            targets = [labels]
+
+            def loss(batch_targets: Any, output: tf.Tensor) -> tf.Tensor:
+                return tf.reduce_mean(
+                    tf.keras.losses.sparse_categorical_crossentropy(
+                        batch_targets[0], output, from_logits=not softmax
+                    )
+                )
+        else:
+            targets = [self._tf().predict_keras(original, self.train.inputs)[0]]
+
+            def loss(batch_targets: Any, output: tf.Tensor) -> tf.Tensor:
+                return tf.reduce_mean(tf.square(output - batch_targets[0]))
+
+        history = training.fit(
+            model,
+            self.train.inputs,
+            targets,
+            loss,
+            self.spec.training,
+            epochs,
+            self.tensorboard / name,
+            lambda: self._keras_quality(model),
+            before_epoch=before_epoch,
+            after_batch=after_batch,
+            description=name,
+        )
+        return [vars(epoch) for epoch in history]
+
+    def _keras_quality(self, model: keras.Model) -> tuple[str, float]:
+        outputs = self._tf().predict_keras(model, self.validation.inputs)
+        return self.metric_name, quality.score(self.metric_name, outputs, self.reference)
+
+    def _finish(self, lineage: Lineage, report: Report) -> Candidate:
+        """Apply the requested ONNX steps to a lineage; its final model is a requested candidate."""
+        name = {"original": "optimized", "pruned": "pruned", "student": "student"}[lineage.name]
+        current = lineage.onnx
+        steps = list(lineage.steps)
+        if lineage.error is not None:
+            return Candidate(
+                name, lineage.name, steps, None, requested=True, reason=f"failed: {lineage.error}"
+            )
+        spec = self.spec
+        for kind, detail in (("quantize", spec.quantize), ("graph", spec.graph)):
+            if detail in {"none", "disabled"}:
+                continue
+            target = self.work / f"{lineage.name}-{len(steps)}-{kind}.onnx"
+            started = time.perf_counter()
+            before = self.measure(current)
+            with self.progress.step(f"{lineage.name}: {kind} {detail}"):
+                try:
+                    self._onnx_step(kind, detail, current, target)
+                    after = self.measure(target)
+                except StepError as failure:
+                    report.steps.append(
+                        Step(
+                            lineage.name,
+                            kind,
+                            detail,
+                            before,
+                            None,
+                            time.perf_counter() - started,
+                            error=failure.message,
+                        )
+                    )
+                    return Candidate(
+                        name,
+                        lineage.name,
+                        [*steps, f"{kind}:{detail}"],
+                        None,
+                        requested=True,
+                        reason=f"failed: {failure.message}",
+                    )
+            notes = [FP16_NOTE] if detail == "fp16" else ([ALL_LEVEL_NOTE] if detail == "all" else [])
+            report.steps.append(
+                Step(lineage.name, kind, detail, before, after, time.perf_counter() - started, notes)
+            )
+            steps.append(f"{kind}:{detail}")
+            current = target
+        if current == lineage.onnx and lineage.name == "original":
+            # Nothing requested beyond conversion: the baseline is the requested model.
+            return Candidate("baseline", lineage.name, steps, self.measure(current), requested=True)
+        lineage.onnx = current
+        return Candidate(name, lineage.name, steps, self.measure(current), requested=True)
+
+    def _onnx_step(self, kind: str, detail: str, source: Path, target: Path) -> None:
+        if kind == "graph":
+            onnxtools.optimize_graph(source, target, detail)
+        elif detail == "dynamic":
+            onnxtools.quantize_dynamic(source, target)
+        elif detail == "static":
+            onnxtools.quantize_static(source, target, self.train.inputs, batch=32)
+        else:
+            onnxtools.convert_fp16(source, target)
+
+    # --- measuring, gating, choosing ---------------------------------------------------------------
+
+    def measure(self, path: Path) -> Measurement:
+        if path not in self.measured:
+            sess = onnxtools.session(path, threads=self.settings.threads)
+            outputs = onnxtools.run_all(sess, self.validation.inputs)
+            metric = quality.score(self.metric_name, outputs, self.reference)
+            timing = onnxtools.measure_latency(
+                path, self.latency_feeds, self.settings.threads, self.settings.runs, self.settings.warmup
+            )
+            self.measured[path] = Measurement(
+                size_bytes=onnxtools.size_bytes(path),
+                compressed_bytes=onnxtools.compressed_bytes(path),
+                latency_ms=timing.latency_ms,
+                load_ms=timing.load_ms,
+                metric=metric,
+            )
+        return self.measured[path]
+
+    @staticmethod
+    def _dedupe(candidates: list[Candidate]) -> list[Candidate]:
+        """When only conversion was requested the requested candidate is the baseline itself: list it once."""
+        if any(c.name == "baseline" and c.requested for c in candidates):
+            return [c for c in candidates if not (c.name == "baseline" and not c.requested)]
+        return candidates
+
+    def _gate(self, report: Report) -> None:
+        validate = self.spec.validate
+        baseline = report.metric["baseline"]
+        for candidate in report.candidates:
+            if candidate.measurement is None:
+                candidate.passed = False
+                continue
+            value = candidate.measurement.metric
+            assert value is not None
+            change = quality.drop(self.metric_name, baseline, value)
+            if candidate.name == "baseline":
+                candidate.passed, candidate.reason = True, candidate.reason or "reference"
+            elif validate is None:
+                candidate.passed, candidate.reason = (
+                    True,
+                    f"no gate ({self.metric_name} change {-change:+.4g})",
+                )
+            elif quality.passes(self.metric_name, baseline, value, validate.max_drop):
+                candidate.passed, candidate.reason = (
+                    True,
+                    f"{self.metric_name} drop {change:.4g} <= maxDrop {validate.max_drop:g}",
+                )
+            else:
+                candidate.passed = False
+                candidate.reason = f"{self.metric_name} drop {change:.4g} > maxDrop {validate.max_drop:g} ({value:.4g} vs baseline {baseline:.4g})"
+
+    def _choose(self, report: Report) -> None:
+        requested = [c for c in report.candidates if c.requested]
+        eligible = [c for c in requested if c.passed and c.measurement is not None]
+        if eligible:
+            higher = quality.HIGHER_IS_BETTER[self.metric_name]
+
+            def latency(c: Candidate) -> float:
+                assert c.measurement is not None and c.measurement.latency_ms is not None
+                return c.measurement.latency_ms
+
+            fastest = min(latency(c) for c in eligible)
+            tied = [c for c in eligible if latency(c) <= fastest * LATENCY_TIE]
+
+            def order(c: Candidate) -> tuple[int, int, float]:
+                m = c.measurement
+                assert m is not None and m.metric is not None
+                return (m.size_bytes, m.compressed_bytes or 0, -m.metric if higher else m.metric)
+
+            best = min(tied, key=order)
+            report.chosen, report.passed = best.name, True
+            report.reason = (
+                f"{best.name}: {best.reason}; chosen as the smallest of the fastest passing candidates"
+            )
+            return
+        rejected = "; ".join(f"{c.name}: {c.reason}" for c in requested) or "no candidate"
+        if self.spec.validate is not None:
+            report.chosen, report.passed = None, False
+            report.reason = f"rejected by the gate, nothing rolled out: {rejected}"
+        else:
+            report.chosen, report.passed = "baseline", False
+            report.reason = (
+                f"no requested candidate could be built ({rejected}); the converted baseline is written"
+            )
+
+    # --- outputs -----------------------------------------------------------------------------------
+
+    def _write(self, report: Report, lineages: dict[str, Lineage], baseline_path: Path) -> None:
+        output = self.request.output
+        output.mkdir(parents=True, exist_ok=True)
+        chosen = next((c for c in report.candidates if c.name == report.chosen), None)
+        if chosen is None:
+            return
+        lineage = lineages[chosen.lineage]
+        onnx_path = baseline_path if chosen.name == "baseline" else lineage.onnx
+        with self.progress.step("export onnx"):
+            shutil.copyfile(onnx_path, output / "model.onnx")
+            report.artifacts.append(
+                self._artifact(
+                    output / "model.onnx", "onnx", chosen.measurement.metric if chosen.measurement else None
+                )
+            )
+        for fmt in self.spec.export:
+            if fmt == "onnx":
+                continue
+            with self.progress.step(f"export {fmt}"):
+                started = time.perf_counter()
+                try:
+                    artifact = self._export_tflite(fmt, lineage, output)
+                    report.artifacts.append(artifact)
+                    report.steps.append(
+                        Step(
+                            lineage.name,
+                            "export",
+                            fmt,
+                            chosen.measurement,
+                            Measurement(artifact.size_bytes, None, None, None, artifact.metric),
+                            time.perf_counter() - started,
+                        )
+                    )
+                except StepError as failure:
+                    report.steps.append(
+                        Step(
+                            lineage.name,
+                            "export",
+                            fmt,
+                            chosen.measurement,
+                            None,
+                            time.perf_counter() - started,
+                            error=failure.message,
+                        )
+                    )
+                    report.notes.append(f"export {fmt} failed: {failure.message}")
+
+    def _export_tflite(self, fmt: str, lineage: Lineage, output: Path) -> Artifact:
+        tfm = self._tf()
+        target = output / ("model.tflite" if fmt == "tflite" else "model.int8.tflite")
+        if self.request.format == "tflite":
+            shutil.copyfile(self.request.model, target)
+        else:
+            if lineage.keras_model is not None:
+                saved = self.work / f"{lineage.name}-savedmodel"
+                if not saved.exists():
+                    tfm.export_saved_model(lineage.keras_model, saved)
+            else:
+                saved = self.request.model
+            tfm.export_tflite(saved, target, self.train.inputs if fmt == "tflite-int8" else None)
+        outputs = tfm.predict_tflite(target, self.validation.inputs)
+        return self._artifact(target, fmt, quality.score(self.metric_name, outputs, self.reference))
+
+    @staticmethod
+    def _artifact(path: Path, fmt: str, metric: float | None) -> Artifact:
+        return Artifact(path.name, fmt, file_sha256(path), path.stat().st_size, metric)
+
+    # --- data --------------------------------------------------------------------------------------
+
+    def _dataset(self) -> data.Dataset:
+        if self.request.data is None:
+            return data.synthetic(self.inputs)
+        samples = self.spec.data.samples if self.spec.data is not None else 512
+        return data.load(self.request.data, self.inputs, samples, "data")
+
+    def _learns_from_data(self) -> bool:
+        spec = self.spec
+        return (
+            (spec.prune is not None and spec.prune.epochs > 0)
+            or spec.distill is not None
+            or spec.quantize == "static"
+            or "tflite-int8" in spec.export
+        )
+
+    def _split(self, dataset: data.Dataset) -> tuple[data.Dataset, data.Dataset]:
+        if dataset.source == "file" and self._learns_from_data():
+            return data.split(dataset, HOLDOUT)
+        return dataset, dataset
+
+    def _metric_name(self, dataset: data.Dataset) -> MetricName:
+        if self.spec.validate is not None:
+            if self.spec.validate.metric == "accuracy" and dataset.labels is None:
+                raise InputError(
+                    "validate.metric", "cosine or maxAbsError when the data has no labels `y`", "accuracy"
+                )
+            return self.spec.validate.metric
+        return "accuracy" if dataset.labels is not None else "cosine"
+
+    def _latency_feeds(self) -> dict[str, np.ndarray]:
+        size = self.settings.latency_batch
+        feeds = {}
+        for name, array in self.validation.inputs.items():
+            repeats = -(-size // len(array))
+            feeds[name] = np.concatenate([array] * repeats)[:size]
+        return feeds
+
+    def _data_summary(self, dataset: data.Dataset) -> dict[str, Any]:
+        return {
+            "uri": self.spec.data.uri if self.spec.data else None,
+            "source": dataset.source,
+            "samples": len(dataset),
+            "labels": dataset.labels is not None,
+            "trainingSamples": len(self.train) if self.train is not self.validation else 0,
+            "validationSamples": len(self.validation),
+        }
