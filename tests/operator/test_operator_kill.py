@@ -23,14 +23,12 @@ def test_sigkill_during_reconcile_leaves_no_duplicates_and_converges(
 ) -> None:
     rng = random.Random(5)  # reproducible kill points
     names = [f"m{index}" for index in range(MODELS)]
-    generation = 0
     for kill in range(KILLS):
         if operator.process is None or operator.process.poll() is not None:
             operator.start()
         # Change every spec while the operator runs, so each kill lands in some reconcile: creating
         # children, rolling out a new revision, switching autoscaling on and off (HPA create/prune,
         # replica handover), or writing status.
-        generation += 1
         for index, name in enumerate(names):
             autoscale = (kill + index) % 3 == 0
             fields = (
