@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -65,7 +66,12 @@ class Batcher:
         self.max_queue_size = max_queue_size
         self._recorder = recorder
         self._classify_error = classify_error
-        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        # Each queue entry is the list of requests that arrived in one event-loop iteration (or _STOP).
+        self._queue: queue.SimpleQueue[list[_Pending] | object] = queue.SimpleQueue()
+        self._collecting: list[_Pending] | None = None
+        # Single-writer counters (submitted: event loop; started: workers), so their difference is exact.
+        self._submitted = 0
+        self._started = 0
         self._threads = [
             threading.Thread(target=self._work, name=f"ferry-inference-{index}", daemon=True)
             for index in range(workers)
@@ -77,18 +83,35 @@ class Batcher:
             thread.start()
 
     def depth(self) -> int:
-        return self._queue.qsize()
+        """Requests queued and not yet started."""
+        return self._submitted - self._started
 
     def submit(self, inputs: dict[str, Array], loop: asyncio.AbstractEventLoop) -> asyncio.Future[Outputs]:
-        """Queue validated inputs; the future resolves on `loop`. Raises Unavailable when the queue is full."""
-        if self._queue.qsize() >= self.max_queue_size:
+        """Queue validated inputs; the future resolves on `loop`. Raises Unavailable when the queue is full.
+
+        Must be called on `loop`'s thread. Requests submitted during one loop iteration reach the
+        workers together, at the end of the iteration: one thread wake-up for all of them, and the
+        batch they form is what arrived concurrently.
+        """
+        if self._submitted - self._started >= self.max_queue_size:
             raise Unavailable(
                 f"model '{self._name}' is overloaded: {self.max_queue_size} requests already queued; "
                 f"retry later"
             )
         future: asyncio.Future[Outputs] = loop.create_future()
-        self._queue.put(_Pending(inputs, _batch_rows(inputs) if self.max_batch_size > 1 else 0, future, loop))
+        pending = _Pending(inputs, _batch_rows(inputs) if self.max_batch_size > 1 else 0, future, loop)
+        self._submitted += 1
+        if self._collecting is None:
+            self._collecting = [pending]
+            loop.call_soon(self._flush)
+        else:
+            self._collecting.append(pending)
         return future
+
+    def _flush(self) -> None:
+        collected, self._collecting = self._collecting, None
+        if collected:
+            self._queue.put(collected)
 
     def stop(self, timeout: float) -> None:
         for _ in self._threads:
@@ -100,43 +123,43 @@ class Batcher:
     # --- worker threads ---
 
     def _work(self) -> None:
-        carried: _Pending | None = None
+        backlog: deque[_Pending] = deque()
         while True:
-            first = carried if carried is not None else self._queue.get()
-            carried = None
-            if first is _STOP:
-                return
-            assert isinstance(first, _Pending)
+            if not backlog:
+                received = self._queue.get()
+                if received is _STOP:
+                    return
+                backlog.extend(received)  # type: ignore[arg-type]
+            first = backlog.popleft()
             batch = [first]
-            stop_after = False
             if first.rows:
-                rows = first.rows
-                deadline = first.enqueued + self.max_delay
-                while rows < self.max_batch_size:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        remaining = deadline - time.perf_counter()
-                        if remaining <= 0:
-                            break
-                        try:
-                            item = self._queue.get(timeout=remaining)
-                        except queue.Empty:
-                            break
-                    if item is _STOP:
-                        stop_after = True
-                        break
-                    assert isinstance(item, _Pending)
-                    if not item.rows or rows + item.rows > self.max_batch_size:
-                        carried = item
-                        break
-                    batch.append(item)
-                    rows += item.rows
+                self._fill(batch, backlog, first.rows, first.enqueued + self.max_delay)
+            self._started += len(batch)
             self._run(batch)
-            if stop_after:
-                if carried is not None:
-                    self._run([carried])
+
+    def _fill(self, batch: list[_Pending], backlog: deque[_Pending], rows: int, deadline: float) -> None:
+        """Add compatible waiting requests to `batch` until it is full or the delay is spent."""
+        while rows < self.max_batch_size:
+            if not backlog:
+                try:
+                    received = self._queue.get_nowait()
+                except queue.Empty:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        return
+                    try:
+                        received = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        return
+                if received is _STOP:
+                    self._queue.put(_STOP)  # seen again once the backlog is done
+                    return
+                backlog.extend(received)  # type: ignore[arg-type]
+            candidate = backlog[0]
+            if not candidate.rows or rows + candidate.rows > self.max_batch_size:
                 return
+            batch.append(backlog.popleft())
+            rows += candidate.rows
 
     def _run(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
@@ -145,16 +168,34 @@ class Batcher:
             outcomes = [self._predict_one(batch[0].inputs)]
         else:
             outcomes = self._predict_grouped(batch)
-        finished = time.perf_counter()
-        self._recorder.record([started - item.enqueued for item in batch], finished - started)
+        inference_seconds = time.perf_counter() - started
+        queue_waits = [started - item.enqueued for item in batch]
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outputs], Outcome]]] = {}
         for item, outcome in zip(batch, outcomes, strict=True):
             by_loop.setdefault(item.loop, []).append((item.future, outcome))
         for loop, results in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_deliver, results)
+                # Metrics are recorded on the loop thread too: their single writer (see metrics.py).
+                loop.call_soon_threadsafe(self._deliver, results, queue_waits, inference_seconds)
             except RuntimeError:
                 log.warning("event loop closed before %d results could be delivered", len(results))
+            queue_waits = []
+
+    def _deliver(
+        self,
+        results: list[tuple[asyncio.Future[Outputs], Outcome]],
+        queue_waits: list[float],
+        inference_seconds: float,
+    ) -> None:
+        if queue_waits:
+            self._recorder.record(queue_waits, inference_seconds)
+        for future, outcome in results:
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
     def _predict_one(self, inputs: dict[str, Array]) -> Outcome:
         try:
@@ -209,16 +250,6 @@ def _batch_rows(inputs: dict[str, Array]) -> int:
         elif array.shape[0] != rows:
             return 0
     return max(rows, 0)
-
-
-def _deliver(results: list[tuple[asyncio.Future[Outputs], Outcome]]) -> None:
-    for future, outcome in results:
-        if future.done():
-            continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
 
 
 def classify_onnxruntime_error(model_name: str) -> Callable[[Exception], FerryError]:

@@ -1,14 +1,20 @@
-"""Prometheus metrics, all `ferry_`-prefixed; label children are resolved once so the hot path only adds.
+"""Prometheus metrics, all `ferry_`-prefixed, cheap enough for a request path of ~100 µs.
 
-Queue depth and in-flight requests are read at scrape time from plain counters the server keeps anyway,
-so they cost nothing per request.
+prometheus-client's Counter/Histogram take a lock per update (a histogram observation costs several
+microseconds). Request and batch metrics here are written only from the event-loop thread, so they are
+plain integers and lists exported by a custom collector at scrape time (the scrape runs on the same
+loop, so it always reads a consistent state). Gauges that change rarely use prometheus-client directly;
+in-flight requests and queue depth are computed at scrape time from counters the server keeps anyway.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Per-request latencies on this server range from ~100 µs (a tiny model) to seconds (a big batch).
 LATENCY_BUCKETS = (
@@ -17,105 +23,128 @@ LATENCY_BUCKETS = (
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
-class Metrics:
+class Distribution:
+    """A histogram for one label set: bucket counts (non-cumulative) and a sum; single writer."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        # One slot per bound plus +Inf; bisect_left puts a value equal to a bound in that bound's bucket.
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            running += count
+            buckets.append((bound, running))
+        return buckets
+
+
+class Metrics(Collector):
     """One registry per server, so several servers (or tests) in one process never collide."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "ferry_requests",
-            "Inference requests answered, by model, protocol (rest|grpc) and status code.",
-            ["model", "protocol", "code"],
-            registry=self.registry,
-        )
-        self.request_duration = Histogram(
-            "ferry_request_duration_seconds",
-            "Time from a complete request to its response being handed to the transport.",
-            ["model", "protocol"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.queue_duration = Histogram(
-            "ferry_queue_duration_seconds",
-            "Time a request waited in the batching queue before its batch started.",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.inference_duration = Histogram(
-            "ferry_inference_duration_seconds",
-            "Time ONNX Runtime spent on one batch.",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.batch_size = Histogram(
-            "ferry_batch_size",
-            "Requests combined into one model call.",
-            ["model"],
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=self.registry,
-        )
+        # (model, protocol, code) -> requests answered.
+        self.request_counts: dict[tuple[str, str, str], int] = {}
+        # (model, protocol) -> total request time.
+        self.request_seconds: dict[tuple[str, str], Distribution] = {}
+        # model -> queue wait, inference time per batch, requests per batch.
+        self.queue_seconds: dict[str, Distribution] = {}
+        self.inference_seconds: dict[str, Distribution] = {}
+        self.batch_sizes: dict[str, Distribution] = {}
         self.in_flight = Gauge(
-            "ferry_requests_in_flight",
-            "Inference requests received and not yet answered.",
-            ["model"],
+            "ferry_requests_in_flight", "Inference requests received and not yet answered.", ["model"],
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "ferry_queue_depth",
-            "Requests waiting for a batch slot (bounded by the queue size).",
-            ["model"],
+            "ferry_queue_depth", "Requests waiting for a batch slot (bounded by the queue size).", ["model"],
             registry=self.registry,
         )
         self.model_load_seconds = Gauge(
-            "ferry_model_load_seconds",
-            "Time to load and warm up the model.",
-            ["model"],
-            registry=self.registry,
+            "ferry_model_load_seconds", "Time to load and warm up the model.", ["model"], registry=self.registry
         )
         self.model_ready = Gauge(
             "ferry_model_ready", "1 when the model is loaded, warmed up and not draining.", ["model"],
             registry=self.registry,
         )
+        self.registry.register(self)
 
     def bind_gauges(self, model: str, in_flight: Callable[[], float], queue_depth: Callable[[], float]) -> None:
         self.in_flight.labels(model).set_function(in_flight)
         self.queue_depth.labels(model).set_function(queue_depth)
 
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "ferry_requests", "Inference requests answered, by model, protocol (rest|grpc) and status code.",
+            labels=["model", "protocol", "code"],
+        )
+        for labels, count in self.request_counts.items():
+            requests.add_metric(list(labels), count)
+        yield requests
+        yield _histogram(
+            "ferry_request_duration_seconds",
+            "Time from a complete request to its response being handed to the transport.",
+            ["model", "protocol"],
+            {labels: dist for labels, dist in self.request_seconds.items()},
+        )
+        for name, help_text, store in (
+            ("ferry_queue_duration_seconds", "Time a request waited in the batching queue.", self.queue_seconds),
+            ("ferry_inference_duration_seconds", "Time the model spent on one batch.", self.inference_seconds),
+            ("ferry_batch_size", "Requests combined into one model call.", self.batch_sizes),
+        ):
+            yield _histogram(name, help_text, ["model"], {(model,): dist for model, dist in store.items()})
+
+
+def _histogram(
+    name: str, help_text: str, label_names: list[str], series: dict[tuple[str, ...], Distribution]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, help_text, labels=label_names)
+    for labels, dist in series.items():
+        family.add_metric(list(labels), dist.cumulative(), dist.total)
+    return family
+
 
 class RequestRecorder:
-    """Records one (model, protocol)'s requests with pre-resolved label children."""
+    """Records one (model, protocol)'s requests; call from the event-loop thread only."""
 
-    __slots__ = ("_codes", "_duration", "_model", "_protocol", "_requests")
+    __slots__ = ("_counts", "_duration", "_model", "_protocol")
 
     def __init__(self, metrics: Metrics, model: str, protocol: str) -> None:
-        self._requests = metrics.requests
+        self._counts = metrics.request_counts
         self._model = model
         self._protocol = protocol
-        self._duration = metrics.request_duration.labels(model, protocol)
-        self._codes: dict[str, Counter] = {}
+        self._duration = metrics.request_seconds.setdefault((model, protocol), Distribution(LATENCY_BUCKETS))
 
     def record(self, code: str, seconds: float) -> None:
-        counter = self._codes.get(code)
-        if counter is None:
-            counter = self._codes[code] = self._requests.labels(self._model, self._protocol, code)
-        counter.inc()
+        key = (self._model, self._protocol, code)
+        self._counts[key] = self._counts.get(key, 0) + 1
         self._duration.observe(seconds)
 
 
 class BatchRecorder:
-    """Records queue wait, inference time and batch size for one model (called from worker threads)."""
+    """Records queue wait, inference time and batch size for one model; call from the event-loop thread."""
 
     __slots__ = ("_batch_size", "_inference", "_queue")
 
     def __init__(self, metrics: Metrics, model: str) -> None:
-        self._queue = metrics.queue_duration.labels(model)
-        self._inference = metrics.inference_duration.labels(model)
-        self._batch_size = metrics.batch_size.labels(model)
+        self._queue = metrics.queue_seconds.setdefault(model, Distribution(LATENCY_BUCKETS))
+        self._inference = metrics.inference_seconds.setdefault(model, Distribution(LATENCY_BUCKETS))
+        self._batch_size = metrics.batch_sizes.setdefault(model, Distribution(BATCH_SIZE_BUCKETS))
 
     def record(self, queue_waits: list[float], inference_seconds: float) -> None:
+        observe = self._queue.observe
         for wait in queue_waits:
-            self._queue.observe(wait)
+            observe(wait)
         self._inference.observe(inference_seconds)
         self._batch_size.observe(len(queue_waits))
