@@ -1,0 +1,387 @@
+"""Operator scale benchmark: N ModelDeployments on kwok fake nodes, against the real local control plane.
+
+    python bench/operator_scale.py [--count 500] [--singles 15] [--kubeconfig PATH]
+
+Prints the time from the first create to all N Ready, the API requests made per object (the operator's
+own count, and the API server's apiserver_request_total delta by resource and verb), the operator's peak
+memory (VmHWM, i.e. its ru_maxrss) and CPU time, and the median apply->Ready latency of single objects next
+to a baseline measured in the same run: a bare Deployment with the same pod template created directly, to
+Available. The ratio is the operator's overhead over what the cluster itself needs.
+
+Targets (SPEC.md): 500 to Ready in <= 60 s on 2 cores; single apply->Ready <= 2 s median. Pods are tiny
+(10m CPU) so 500 fit on a few fake nodes: `devcluster/devcluster up --nodes 6` gives 660 pod slots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD = ROOT / "crds" / "ferry.dev_modeldeployments.yaml"
+GROUP, VERSION, PLURAL = "ferry.dev", "v1alpha1", "modeldeployments"
+SMALL = {"requests": {"cpu": "10m", "memory": "16Mi"}}
+
+
+def kubeconfig_path(given: str | None) -> str:
+    if given:
+        return given
+    if os.environ.get("KUBECONFIG"):
+        return os.environ["KUBECONFIG"].split(os.pathsep)[0]
+    out = subprocess.run(
+        [str(ROOT / "devcluster" / "devcluster"), "kubeconfig"], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:
+    kubectl_bin = Path(sys.executable).parent / "kubectl"
+    result = subprocess.run(
+        [str(kubectl_bin), "--kubeconfig", kubeconfig, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"kubectl {' '.join(args[:3])} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def md_manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "pvc://models/digits/model.onnx", "format": "onnx"},
+            "serving": {"replicas": 1, "resources": SMALL},
+            "monitoring": {"serviceMonitor": "disabled"},
+        },
+    }
+
+
+def apiserver_requests(kubeconfig: str) -> collections.Counter[tuple[str, str]]:
+    """apiserver_request_total summed by (resource, verb)."""
+    text = kubectl(kubeconfig, "get", "--raw", "/metrics")
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        value = float(line.rsplit(" ", 1)[1])
+        resource = labels.get("resource", "") + (
+            f"/{labels['subresource']}" if labels.get("subresource") else ""
+        )
+        counts[(resource, labels.get("verb", ""))] += int(value)
+    return counts
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def operator_counters(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = collections.defaultdict(float)
+    for line in text.splitlines():
+        for metric in ("ferry_operator_api_requests_total", "ferry_operator_reconcile_total"):
+            if line.startswith(metric + "{"):
+                totals[metric] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def cpu_seconds(pid: int) -> float:
+    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ReadyWatcher:
+    """Watches objects in a namespace and records when each first satisfies `is_ready`."""
+
+    def __init__(self, list_function: Any, namespace: str, is_ready: Any, **list_args: Any) -> None:
+        self.ready_at: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(
+            target=self._run, args=(list_function, namespace, is_ready, list_args), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, list_function: Any, namespace: str, is_ready: Any, list_args: dict[str, Any]) -> None:
+        while not self._stop.is_set():
+            watch = kubernetes.watch.Watch()
+            try:
+                for event in watch.stream(
+                    list_function, namespace=namespace, timeout_seconds=30, **list_args
+                ):
+                    obj = event["object"]
+                    obj = (
+                        obj
+                        if isinstance(obj, dict)
+                        else kubernetes.client.ApiClient().sanitize_for_serialization(obj)
+                    )
+                    name = obj["metadata"]["name"]
+                    if name not in self.ready_at and is_ready(obj):
+                        with self._condition:
+                            self.ready_at[name] = time.monotonic()
+                            self._condition.notify_all()
+                    if self._stop.is_set():
+                        break
+            except Exception as error:  # a dropped watch is resumed; the benchmark only records times
+                print(f"  (watch restarted: {error})", file=sys.stderr)
+
+    def wait(self, names: set[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while not names <= set(self.ready_at):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._condition.wait(remaining)
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def md_ready(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    if (
+        status.get("observedGeneration") != obj["metadata"].get("generation")
+        or status.get("phase") != "Ready"
+    ):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def deployment_available(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    wanted = obj["spec"].get("replicas", 1)
+    return (
+        status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 1)
+        and status.get("updatedReplicas", 0) == wanted
+        and status.get("availableReplicas", 0) >= wanted
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--count", type=int, default=500, help="ModelDeployments created at once (default 500)"
+    )
+    parser.add_argument(
+        "--singles", type=int, default=15, help="single-object apply->Ready samples (default 15)"
+    )
+    parser.add_argument("--timeout", type=float, default=600, help="give up waiting after this many seconds")
+    parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, else the devcluster's")
+    parser.add_argument("--keep", action="store_true", help="keep the namespace for inspection")
+    args = parser.parse_args()
+    kubeconfig = kubeconfig_path(args.kubeconfig)
+    kubernetes.config.load_kube_config(config_file=kubeconfig)
+    core = kubernetes.client.CoreV1Api()
+    apps = kubernetes.client.AppsV1Api()
+    custom = kubernetes.client.CustomObjectsApi()
+
+    slots = sum(
+        int(n.status.allocatable.get("pods", 0)) for n in core.list_node().items if not n.spec.unschedulable
+    )
+    if slots < args.count + args.singles * 2 + 10:
+        raise SystemExit(
+            f"the cluster has {slots} pod slots; {args.count} objects need more: "
+            f"devcluster/devcluster up --nodes {(args.count + args.singles * 2) // 110 + 2}"
+        )
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "crd/modeldeployments.ferry.dev")
+    namespace = f"bench-operator-{secrets.token_hex(3)}"
+    core.create_namespace({"metadata": {"name": namespace}})
+    port = free_port()
+    log_path = ROOT / "out" / f"{namespace}-operator.log"
+    log_path.parent.mkdir(exist_ok=True)
+    env = {**os.environ, "KUBECONFIG": kubeconfig, "FERRY_OPERATOR_METRICS_PORT": str(port)}
+    with log_path.open("wb") as log:
+        operator = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ferry-operator"), "--namespace", namespace],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                operator_counters(port)
+                break
+            except OSError:
+                if time.monotonic() > deadline or operator.poll() is not None:
+                    raise SystemExit(f"the operator did not start; see {log_path}") from None
+                time.sleep(0.2)
+        print(
+            f"ferry operator scale benchmark: {args.count} ModelDeployments, namespace {namespace}, "
+            f"{os.cpu_count()} CPUs"
+        )
+
+        # --- bulk --------------------------------------------------------------------------------------
+        mds = ReadyWatcher(
+            custom.list_namespaced_custom_object,
+            namespace,
+            md_ready,
+            group=GROUP,
+            version=VERSION,
+            plural=PLURAL,
+        )
+        before_server = apiserver_requests(kubeconfig)
+        before_operator = operator_counters(port)
+        cpu_before = cpu_seconds(operator.pid)
+        names = {f"bulk-{index:04d}" for index in range(args.count)}
+        listing = {"apiVersion": "v1", "kind": "List", "items": [md_manifest(name) for name in sorted(names)]}
+        started = time.monotonic()
+        kubectl(kubeconfig, "create", "-n", namespace, "-f", "-", stdin=json.dumps(listing))
+        created = time.monotonic() - started
+        if not mds.wait(names, args.timeout):
+            missing = len(names - set(mds.ready_at))
+            raise SystemExit(
+                f"{missing} of {args.count} not Ready after {args.timeout:.0f} s; see {log_path}"
+            )
+        all_ready = max(mds.ready_at[name] for name in names) - started
+        per_object = sorted(mds.ready_at[name] - started for name in names)
+        time.sleep(2)  # let trailing status writes land before counting
+        after_server = apiserver_requests(kubeconfig)
+        after_operator = operator_counters(port)
+        cpu_bulk = cpu_seconds(operator.pid) - cpu_before
+        delta = after_server - before_server
+        operator_requests = (
+            after_operator["ferry_operator_api_requests_total"]
+            - before_operator["ferry_operator_api_requests_total"]
+        )
+        reconciles = (
+            after_operator["ferry_operator_reconcile_total"]
+            - before_operator["ferry_operator_reconcile_total"]
+        )
+        md_patches = delta[(PLURAL, "PATCH")] + delta[(f"{PLURAL}/status", "PATCH")]
+
+        print(
+            f"\n{args.count} ModelDeployments: created in {created:.1f} s, "
+            f"all Ready {all_ready:.1f} s after the first create"
+        )
+        print(
+            f"  Ready after: p50 {statistics.median(per_object):.1f} s, "
+            f"p90 {per_object[int(len(per_object) * 0.9)]:.1f} s"
+        )
+        print(
+            f"  operator API requests (its own client): {operator_requests:.0f} = "
+            f"{operator_requests / args.count:.2f} per object"
+        )
+        print(
+            f"  operator reconciles: {reconciles:.0f} = {reconciles / args.count:.1f} per object "
+            "(no-op ones cost no request)"
+        )
+        print(
+            "  PATCHes of modeldeployments (incl. status) seen by the API server: "
+            f"{md_patches / args.count:.2f} per object"
+        )
+        print(
+            "  API server requests, all clients (controllers, kwok, scheduler, bench): "
+            f"{sum(delta.values()) / args.count:.1f} per object"
+        )
+        for (resource, verb), count in delta.most_common(12):
+            print(f"    {resource or '-':<34} {verb:<8} {count:>7}  ({count / args.count:.2f}/object)")
+        status = proc_status(operator.pid)
+        print(
+            f"  operator CPU time {cpu_bulk:.1f} s; peak memory (VmHWM) {status['VmHWM']}, "
+            f"now {status['VmRSS']}"
+        )
+
+        # --- singles and their baseline ------------------------------------------------------------------
+        template_source = apps.read_namespaced_deployment(sorted(names)[0], namespace)
+        template = kubernetes.client.ApiClient().sanitize_for_serialization(template_source.spec.template)
+        template["metadata"]["labels"] = {"bench": "baseline"}
+        deployments = ReadyWatcher(
+            apps.list_namespaced_deployment, namespace, deployment_available, label_selector="bench=baseline"
+        )
+        single_md: list[float] = []
+        single_baseline: list[float] = []
+        for index in range(args.singles):
+            name = f"single-{index:03d}"
+            t0 = time.monotonic()
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, md_manifest(name))
+            if not mds.wait({name}, 60):
+                raise SystemExit(f"{name} not Ready in 60 s")
+            single_md.append(mds.ready_at[name] - t0)
+            base = f"baseline-{index:03d}"
+            t0 = time.monotonic()
+            apps.create_namespaced_deployment(
+                namespace,
+                {
+                    "metadata": {"name": base, "labels": {"bench": "baseline"}},
+                    "spec": {
+                        "replicas": 1,
+                        "selector": {"matchLabels": {"bench": "baseline", "i": str(index)}},
+                        "template": {
+                            **template,
+                            "metadata": {"labels": {"bench": "baseline", "i": str(index)}},
+                        },
+                    },
+                },
+            )
+            if not deployments.wait({base}, 60):
+                raise SystemExit(f"{base} not Available in 60 s")
+            single_baseline.append(deployments.ready_at[base] - t0)
+        md_median = statistics.median(single_md)
+        base_median = statistics.median(single_baseline)
+        print(f"\nsingle object, median of {args.singles}: ModelDeployment apply->Ready {md_median:.2f} s")
+        print(f"  baseline (bare Deployment, same pod template, create->Available): {base_median:.2f} s")
+        print(
+            f"  ratio ModelDeployment / baseline: {md_median / base_median:.2f}x "
+            f"(operator overhead {md_median - base_median:+.2f} s)"
+        )
+        status = proc_status(operator.pid)
+        print(f"\noperator peak memory (VmHWM = ru_maxrss) over the whole run: {status['VmHWM']}")
+        bulk_verdict = "met" if all_ready <= 60 else "MISSED"
+        single_verdict = "met" if md_median <= 2 else "MISSED"
+        print(f"targets: 500 Ready <= 60 s -> {all_ready:.1f} s for {args.count} ({bulk_verdict})")
+        print(f"         single <= 2 s median -> {md_median:.2f} s ({single_verdict})")
+        mds.stop()
+        deployments.stop()
+    finally:
+        operator.send_signal(signal.SIGTERM)
+        try:
+            operator.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+        if not args.keep:
+            core.delete_namespace(namespace)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
