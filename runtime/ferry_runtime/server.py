@@ -11,7 +11,6 @@ import asyncio
 import logging
 import signal
 import time
-from pathlib import Path
 
 from ferry_runtime.batching import Batcher, classify_onnxruntime_error
 from ferry_runtime.dataplane import DataPlane
@@ -21,11 +20,9 @@ from ferry_runtime.onnx_model import OnnxModel, OnnxModelConfig, find_model_file
 from ferry_runtime.protocol.grpc.server import GrpcServer, InferenceService
 from ferry_runtime.protocol.rest.server import RestApp, RestServer
 from ferry_runtime.settings import RuntimeSettings
+from ferry_runtime.termination import write_termination_message
 
 log = logging.getLogger(__name__)
-
-TERMINATION_LOG = Path("/dev/termination-log")
-
 
 class Runtime:
     def __init__(self, settings: RuntimeSettings, metrics: Metrics | None = None) -> None:
@@ -73,7 +70,7 @@ class Runtime:
         elif loading.done():
             error = loading.exception()
             log.error("cannot serve model '%s': %s", name, error)
-            _write_termination_log(f"cannot serve model '{name}': {error}")
+            write_termination_message(f"cannot serve model '{name}': {error}")
             exit_code = 1
         await self._drain(rest, grpc_server, loading)
         return exit_code
@@ -134,11 +131,3 @@ class Runtime:
             self._model.unload()
         log.info("drained; exiting")
 
-
-def _write_termination_log(message: str) -> None:
-    # Kubernetes shows this file's content in `kubectl describe pod` as the container's last message.
-    try:
-        with TERMINATION_LOG.open("w") as file:
-            file.write(message[:4000])
-    except OSError:
-        pass
