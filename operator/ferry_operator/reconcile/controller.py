@@ -90,7 +90,7 @@ class Controller:
             rps_metric=config.rps_metric,
         )
         # In-memory knowledge that the watch may not reflect yet (it lags our own writes).
-        self._applied: dict[tuple[OwnerKey, kinds.Kind], plan.AppliedRecord] = {}
+        self._applied: dict[OwnerKey, dict[kinds.Kind, plan.AppliedRecord]] = {}
         self._written_status: dict[OwnerKey, tuple[str, dict[str, Any]]] = {}
         self._desired: dict[OwnerKey, _Desired] = {}
         self._phases: dict[OwnerKey, str] = {}
@@ -201,11 +201,7 @@ class Controller:
         failures: list[ApplyFailure] = []
         outcome = "noop"
         if desired.inputs is not None:
-            the_plan = plan.plan(
-                desired.children,
-                observed,
-                {kind: rec for (k, kind), rec in self._applied.items() if k == key},
-            )
+            the_plan = plan.plan(desired.children, observed, self._applied.get(key, {}))
             if not the_plan.empty:
                 outcome = "applied"
             failures = await self._execute(key, desired.inputs, the_plan, observed)
@@ -294,7 +290,7 @@ class Controller:
                 continue
             snapshot = child_snapshot(kind, body)
             observed[kind] = snapshot
-            self._applied[(key, kind)] = plan.AppliedRecord(
+            self._applied.setdefault(key, {})[kind] = plan.AppliedRecord(
                 snapshot.uid, snapshot.input_hash, snapshot.generation, snapshot.resource_version
             )
             if kind == kinds.DEPLOYMENT:
@@ -308,7 +304,7 @@ class Controller:
                 )
                 continue
             observed.pop(child.kind, None)
-            self._applied.pop((key, child.kind), None)
+            self._applied.get(key, {}).pop(child.kind, None)
         return failures
 
     async def _hand_replicas_to_autoscaler(self, inputs: BuildInputs, seen: ChildSnapshot | None) -> None:
@@ -445,8 +441,7 @@ class Controller:
     def _forget(self, key: OwnerKey) -> None:
         self._desired.pop(key, None)
         self._written_status.pop(key, None)
-        for memo_key in [k for k in self._applied if k[0] == key]:
-            del self._applied[memo_key]
+        self._applied.pop(key, None)
         old = self._phases.pop(key, None)
         if old is not None:
             metrics.MODEL_DEPLOYMENTS.labels(phase=old).dec()
