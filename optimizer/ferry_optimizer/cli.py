@@ -28,7 +28,8 @@ EXIT_FAILURE = 1
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ferry-optimize",
-        description="Convert, optimize, quantize, prune and distill a model; gate it on quality; write the chosen one.",
+        description="Convert, optimize, quantize, prune and distill a model; gate it on quality; "
+        "write the chosen one.",
     )
     p.add_argument("--model", required=True, help="model URI: a path, file://, pvc://, s3:// or http(s)://")
     p.add_argument("--format", required=True, choices=FORMATS, help="the model's format")
@@ -108,7 +109,7 @@ def _request(args: argparse.Namespace, scratch: Path) -> Request:
 def _fail(termination: Path | None, key: str | None, reason: str, code: int) -> int:
     print(f"ferry-optimize: {reason}", file=sys.stderr)
     if termination is not None:
-        summary = {
+        summary: dict[str, object] = {
             "passed": False,
             "chosen": None,
             "reason": reason[:1500],

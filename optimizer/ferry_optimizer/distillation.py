@@ -53,7 +53,7 @@ def student_of(teacher: keras.Model, spec: StudentSpec) -> tuple[keras.Model, ke
         config["name"] = f"student_{config['name']}"
         if index in hidden:
             key = chains.width_key(layer)
-            config[key] = max(1, int(round(config[key] * spec.width_factor)))
+            config[key] = max(1, round(config[key] * spec.width_factor))
         if index == compute[-1] and softmax:
             config["activation"] = "linear"
         if index > compute[-1] and softmax and _is_softmax(layer):
@@ -81,8 +81,8 @@ def _is_softmax(layer: keras.layers.Layer) -> bool:
 def teacher_targets(teacher_outputs: np.ndarray, softmax: bool) -> np.ndarray:
     """Logits of the teacher: the log of its probabilities when it ends in softmax (same softened targets)."""
     if softmax:
-        return np.log(np.clip(teacher_outputs, 1e-7, 1.0)).astype(np.float32)
-    return teacher_outputs.astype(np.float32)
+        return np.asarray(np.log(np.clip(teacher_outputs, 1e-7, 1.0)), dtype=np.float32)
+    return np.asarray(teacher_outputs, dtype=np.float32)
 
 
 def loss(temperature: float, softmax: bool, with_labels: bool) -> Any:

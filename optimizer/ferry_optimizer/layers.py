@@ -9,13 +9,14 @@ the offending layer named: rebuilding a narrower version of an arbitrary graph i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 
 from ferry_optimizer.errors import InputError
 
-COMPUTE_LAYERS: tuple[type, ...] = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)
-PASS_THROUGH_LAYERS: tuple[type, ...] = (
+COMPUTE_LAYERS: tuple[Any, ...] = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)
+PASS_THROUGH_LAYERS: tuple[Any, ...] = (
     keras.layers.Dropout,
     keras.layers.Activation,
     keras.layers.ReLU,
@@ -31,8 +32,8 @@ PASS_THROUGH_LAYERS: tuple[type, ...] = (
     keras.layers.GlobalMaxPooling1D,
     keras.layers.GlobalMaxPooling2D,
 )
-CHANNEL_LAYERS: tuple[type, ...] = (keras.layers.BatchNormalization,)
-FLATTEN_LAYERS: tuple[type, ...] = (keras.layers.Flatten,)
+CHANNEL_LAYERS: tuple[Any, ...] = (keras.layers.BatchNormalization,)
+FLATTEN_LAYERS: tuple[Any, ...] = (keras.layers.Flatten,)
 
 
 def chain(model: keras.Model, field: str) -> list[keras.layers.Layer]:

@@ -223,7 +223,8 @@ class Pipeline:
             report.notes.append("source is ONNX: passed through without conversion")
         if dataset.source == "synthetic":
             report.notes.append(
-                "no data given: quality is output agreement on generated inputs (normal floats, ones for integers), "
+                "no data given: quality is output agreement on generated inputs "
+                "(normal floats, ones for integers), "
                 "a weak check; give optimize.data for a real one"
             )
         lineages = [
@@ -233,20 +234,23 @@ class Pipeline:
             lineages.append(self._prune(keras_model, baseline, report))
         if spec.distill is not None and keras_model is not None:
             lineages.append(self._distill(keras_model, baseline, report))
-        candidates = [
+        # The baseline is the requested model only when nothing but conversion was asked for.
+        conversion_only = spec.quantize == "none" and spec.graph == "disabled" and len(lineages) == 1
+        report.candidates = [
             Candidate(
                 "baseline",
                 "original",
                 list(lineages[0].steps),
                 baseline,
-                requested=False,
+                requested=conversion_only,
                 passed=True,
                 reason="reference",
             )
         ]
         for lineage in lineages:
-            candidates.append(self._finish(lineage, report))
-        report.candidates = self._dedupe(candidates)
+            candidate = self._finish(lineage, report)
+            if candidate is not None:
+                report.candidates.append(candidate)
         self._gate(report)
         self._choose(report)
         self._write(report, {lineage.name: lineage for lineage in lineages}, baseline_path)
@@ -258,7 +262,7 @@ class Pipeline:
         return report
 
     def _report_scalars(self, report: Report) -> None:
-        """The report's figures as TensorBoard scalars under tensorboard/report, beside any training curves."""
+        """The report's figures as TensorBoard scalars under tensorboard/report, beside training curves."""
         from ferry_optimizer import training
 
         scalars: dict[str, float] = {}
@@ -308,7 +312,7 @@ class Pipeline:
         if request.format == "keras":
             model = tfm.load_keras(request.model)
             tfm.keras_to_onnx(model, target)
-            return model  # type: ignore[no-any-return]
+            return model
         if request.format == "tensorflow":
             if not request.model.is_dir():
                 raise InputError(
@@ -368,8 +372,8 @@ class Pipeline:
                         history = self._fine_tune(
                             model,
                             keras_model,
-                            spec.epochs,
-                            "prune",
+                            epochs=spec.epochs,
+                            name="prune",
                             before_epoch=lambda epoch: pruner.prune_to(pruner.schedule(epoch, spec.epochs)),
                             after_batch=pruner.apply,
                         )
@@ -377,12 +381,15 @@ class Pipeline:
                     pruner.prune_to(spec.sparsity)
                     result = pruner.result()
                     notes.append(
-                        "zeroed weights keep the dense ONNX file's size and speed; the compressed size shrinks"
+                        "zeroed weights keep the dense ONNX file's size and speed; "
+                        "only the compressed size shrinks"
                     )
                 else:
                     result = pruning.structured(keras_model, spec.sparsity, "prune")
                     if fine_tune:
-                        details["epochs"] = self._fine_tune(result.model, keras_model, spec.epochs, "prune")
+                        details["epochs"] = self._fine_tune(
+                            result.model, keras_model, epochs=spec.epochs, name="prune"
+                        )
                     notes.append("removed units/filters: a smaller and faster dense model")
                 if not fine_tune:
                     notes.append("no fine-tuning (no data or prune.epochs 0): one-shot pruning")
@@ -446,10 +453,10 @@ class Pipeline:
                     self.train.inputs,
                     targets,
                     distillation.loss(spec.temperature, softmax, with_labels),
-                    self.spec.training,
-                    spec.epochs,
-                    self.tensorboard / "distill",
-                    lambda: self._keras_quality(served),
+                    spec=self.spec.training,
+                    epochs=spec.epochs,
+                    log_dir=self.tensorboard / "distill",
+                    evaluate=lambda: self._keras_quality(served),
                     description="distill",
                 )
             ]
@@ -483,6 +490,7 @@ class Pipeline:
         self,
         model: keras.Model,
         original: keras.Model,
+        *,
         epochs: int,
         name: str,
         before_epoch: Callable[[int], None] | None = None,
@@ -515,10 +523,10 @@ class Pipeline:
             self.train.inputs,
             targets,
             loss,
-            self.spec.training,
-            epochs,
-            self.tensorboard / name,
-            lambda: self._keras_quality(model),
+            spec=self.spec.training,
+            epochs=epochs,
+            log_dir=self.tensorboard / name,
+            evaluate=lambda: self._keras_quality(model),
             before_epoch=before_epoch,
             after_batch=after_batch,
             description=name,
@@ -529,7 +537,7 @@ class Pipeline:
         outputs = self._tf().predict_keras(model, self.validation.inputs)
         return self.metric_name, quality.score(self.metric_name, outputs, self.reference)
 
-    def _finish(self, lineage: Lineage, report: Report) -> Candidate:
+    def _finish(self, lineage: Lineage, report: Report) -> Candidate | None:
         """Apply the requested ONNX steps to a lineage; its final model is a requested candidate."""
         name = {"original": "optimized", "pruned": "pruned", "student": "student"}[lineage.name]
         current = lineage.onnx
@@ -576,8 +584,8 @@ class Pipeline:
             steps.append(f"{kind}:{detail}")
             current = target
         if current == lineage.onnx and lineage.name == "original":
-            # Nothing requested beyond conversion: the baseline is the requested model.
-            return Candidate("baseline", lineage.name, steps, self.measure(current), requested=True)
+            # No ONNX step requested: the original lineage adds nothing beyond the baseline.
+            return None
         lineage.onnx = current
         return Candidate(name, lineage.name, steps, self.measure(current), requested=True)
 
@@ -610,13 +618,6 @@ class Pipeline:
             )
         return self.measured[path]
 
-    @staticmethod
-    def _dedupe(candidates: list[Candidate]) -> list[Candidate]:
-        """When only conversion was requested the requested candidate is the baseline itself: list it once."""
-        if any(c.name == "baseline" and c.requested for c in candidates):
-            return [c for c in candidates if not (c.name == "baseline" and not c.requested)]
-        return candidates
-
     def _gate(self, report: Report) -> None:
         validate = self.spec.validate
         baseline = report.metric["baseline"]
@@ -641,7 +642,10 @@ class Pipeline:
                 )
             else:
                 candidate.passed = False
-                candidate.reason = f"{self.metric_name} drop {change:.4g} > maxDrop {validate.max_drop:g} ({value:.4g} vs baseline {baseline:.4g})"
+                candidate.reason = (
+                    f"{self.metric_name} drop {change:.4g} > maxDrop {validate.max_drop:g} "
+                    f"({value:.4g} vs baseline {baseline:.4g})"
+                )
 
     def _choose(self, report: Report) -> None:
         requested = [c for c in report.candidates if c.requested]
@@ -650,7 +654,8 @@ class Pipeline:
             higher = quality.HIGHER_IS_BETTER[self.metric_name]
 
             def latency(c: Candidate) -> float:
-                assert c.measurement is not None and c.measurement.latency_ms is not None
+                assert c.measurement is not None
+                assert c.measurement.latency_ms is not None
                 return c.measurement.latency_ms
 
             fastest = min(latency(c) for c in eligible)
@@ -658,7 +663,8 @@ class Pipeline:
 
             def order(c: Candidate) -> tuple[int, int, float]:
                 m = c.measurement
-                assert m is not None and m.metric is not None
+                assert m is not None
+                assert m.metric is not None
                 return (m.size_bytes, m.compressed_bytes or 0, -m.metric if higher else m.metric)
 
             best = min(tied, key=order)

@@ -56,7 +56,7 @@ class MagnitudePruner:
     def prune_to(self, sparsity: float) -> None:
         for index, kernel in enumerate(self.kernels):
             weights = np.asarray(kernel.numpy())
-            count = int(round(weights.size * sparsity))
+            count = round(weights.size * sparsity)
             mask = np.ones(weights.size, dtype=np.float32)
             if count:
                 mask[np.argsort(np.abs(weights), axis=None, kind="stable")[:count]] = 0.0
@@ -91,7 +91,7 @@ def structured(model: keras.Model, sparsity: float, field: str) -> PruneResult:
                 kernel = np.take(kernel, kept, axis=-2)
             if index != last_compute:
                 width = kernel.shape[-1]
-                keep_count = max(1, int(round(width * (1.0 - sparsity))))
+                keep_count = max(1, round(width * (1.0 - sparsity)))
                 norms = np.sqrt(np.sum(np.square(kernel.reshape(-1, width)), axis=0))
                 kept = np.sort(np.argsort(-norms, kind="stable")[:keep_count])
                 kernel = kernel[..., kept]

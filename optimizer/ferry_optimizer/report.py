@@ -79,7 +79,8 @@ class Report:
     output_uri: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return _camel(asdict(self))
+        result: dict[str, Any] = _camel(asdict(self))
+        return result
 
     def termination_message(self) -> str:
         """The compact summary for the termination log (the contract in docs/optimizer.md), < 4 KiB."""

@@ -93,7 +93,8 @@ class OptimizeSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The normalized camelCase form: every default filled in, absent optional blocks omitted."""
-        return _camel(dataclasses.asdict(self))
+        result: dict[str, Any] = _camel(dataclasses.asdict(self))
+        return result
 
     def with_data_uri(self, uri: str) -> OptimizeSpec:
         """The spec with data read from `uri` (the CLI's --data overrides optimize.data.uri)."""
@@ -140,7 +141,7 @@ class _Fields:
             return default
         if value not in allowed:
             raise InputError(self.name(key), f"one of {list(allowed)}", value)
-        return cast(str, value)
+        return str(value)
 
     def number(
         self, key: str, default: float | None, low: float, high: float, *, open_low: bool = False
@@ -173,7 +174,7 @@ def parse(raw: object) -> OptimizeSpec:
         raw, "", ("graph", "quantize", "prune", "distill", "training", "export", "data", "validate")
     )
     data = _data(top.raw["data"], top.name("data")) if top.has("data") else None
-    spec = OptimizeSpec(
+    return OptimizeSpec(
         graph=cast(GraphLevel, top.choice("graph", GRAPH_LEVELS, "extended")),
         quantize=cast(Quantization, top.choice("quantize", QUANTIZATIONS, "none")),
         prune=_prune(top.raw["prune"], top.name("prune")) if top.has("prune") else None,
@@ -183,7 +184,6 @@ def parse(raw: object) -> OptimizeSpec:
         data=data,
         validate=_validate(top.raw["validate"], top.name("validate")) if top.has("validate") else None,
     )
-    return spec
 
 
 def check_needs_data(spec: OptimizeSpec) -> None:

@@ -1,4 +1,5 @@
-"""TensorFlow-side operations: load Keras/SavedModel/TFLite models, run them, convert them to ONNX, export TFLite.
+"""TensorFlow-side operations: load Keras, SavedModel and TFLite models, run them, convert them to ONNX,
+export TFLite.
 
 Imported only when the source model is not ONNX or a TFLite export is asked for, so an ONNX-only pipeline
 never pays TensorFlow's import time. Keras 3 models are converted through a traced tf.function
@@ -11,6 +12,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,7 +119,10 @@ def predict_saved_model(directory: Path, feeds: Mapping[str, np.ndarray]) -> lis
 
 def predict_tflite(path: Path, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run a TFLite model one sample at a time (TFLite models usually fix the batch dimension to 1)."""
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    with warnings.catch_warnings():
+        # tf.lite.Interpreter warns it moves to ai_edge_litert; it is what tensorflow-cpu ships today.
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = tf.lite.Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
@@ -150,14 +155,14 @@ def _to_tflite(sample: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
     dtype = detail["dtype"]
     scale, zero = detail.get("quantization", (0.0, 0))
     if np.issubdtype(dtype, np.integer) and scale:
-        return np.round(sample / scale + zero).astype(dtype)
-    return sample.astype(dtype)
+        return np.asarray(np.round(sample / scale + zero), dtype=dtype)
+    return np.asarray(sample, dtype=dtype)
 
 
 def _from_tflite(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
     scale, zero = detail.get("quantization", (0.0, 0))
     if np.issubdtype(value.dtype, np.integer) and scale:
-        return ((value.astype(np.float32) - zero) * scale).astype(np.float32)
+        return np.asarray((value.astype(np.float32) - zero) * scale, dtype=np.float32)
     return np.asarray(value)
 
 

@@ -54,6 +54,7 @@ def fit(
     inputs: Feeds,
     targets: Sequence[np.ndarray],
     loss: LossFunction,
+    *,
     spec: TrainingSpec,
     epochs: int,
     log_dir: Path,
