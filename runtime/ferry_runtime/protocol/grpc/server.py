@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from ferry_runtime.dataplane import DataPlane
 from ferry_runtime.errors import FerryError, Unavailable
@@ -99,9 +100,20 @@ def _unary(
     handler: Callable[[RequestT, grpc.aio.ServicerContext[Any, Any]], Awaitable[ResponseT]],
     request_type: Any,
 ) -> grpc.RpcMethodHandler:
+    # The request is parsed here rather than by grpc, so undecodable bytes are the client's
+    # INVALID_ARGUMENT instead of grpc's INTERNAL "Exception deserializing request!".
+    async def parse_then_handle(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> ResponseT:
+        try:
+            request = request_type.FromString(data)
+        except DecodeError as error:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {request_type.__name__}: {error}"
+            )
+            raise
+        return await handler(request, context)
+
     return grpc.unary_unary_rpc_method_handler(
-        handler,
-        request_deserializer=request_type.FromString,
+        parse_then_handle,
         response_serializer=lambda message: message.SerializeToString(),
     )
 

@@ -1,0 +1,114 @@
+"""Fixtures that run the real `ferry-runtime` process on real models built in the test session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# The model builders are shared with bench/runtime_bench.py, which lives outside any package.
+sys.path.insert(0, str(ROOT / "bench"))
+
+import runtime_models  # noqa: E402
+
+FERRY_RUNTIME = str(Path(sys.executable).parent / "ferry-runtime")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RuntimeProcess:
+    """A running ferry-runtime; `stop()` sends SIGTERM and returns the exit code."""
+
+    process: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def http(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def url(self, path: str) -> str:
+        return f"http://{self.http}{path}"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.terminate()
+        return self.process.wait(timeout)
+
+
+def start_runtime(model_dir: Path, name: str, log_dir: Path, *extra: str, wait_ready: bool = True) -> RuntimeProcess:
+    http_port, grpc_port = free_port(), free_port()
+    args = [
+        FERRY_RUNTIME, "--model-dir", str(model_dir), "--model-name", name, "--host", "127.0.0.1",
+        "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--intra-op-threads", "1", *extra,
+    ]
+    log_path = log_dir / f"ferry-runtime-{name}-{http_port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+    runtime = RuntimeProcess(process, http_port, grpc_port, log_path, args)
+    if wait_ready:
+        wait_until_ready(runtime)
+    return runtime
+
+
+def wait_until_ready(runtime: RuntimeProcess, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if runtime.process.poll() is not None:
+            raise AssertionError(f"ferry-runtime exited with {runtime.process.returncode}:\n{runtime.log()}")
+        try:
+            with urllib.request.urlopen(runtime.url("/v2/health/ready"), timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.05)
+    runtime.process.kill()
+    raise AssertionError(f"ferry-runtime not ready after {timeout} s:\n{runtime.log()}")
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> runtime_models.DigitsModel:
+    return runtime_models.build_digits_model(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def digits_server(
+    digits: runtime_models.DigitsModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RuntimeProcess]:
+    runtime = start_runtime(digits.path.parent, "digits", tmp_path_factory.mktemp("logs"), "--max-body-bytes", "1000000")
+    yield runtime
+    assert runtime.stop() == 0, runtime.log()
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path
