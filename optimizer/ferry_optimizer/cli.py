@@ -90,9 +90,10 @@ def _request(args: argparse.Namespace, scratch: Path) -> Request:
         optimize = optimize.with_data_uri(args.data)
     spec.check_needs_data(optimize)
     model = locations.fetch(args.model, scratch / "fetched", "--model")
-    data = locations.fetch(optimize.data.uri, scratch / "fetched", "--data") if optimize.data else None
+    data = locations.fetch(optimize.data.uri, scratch / "fetched", "--data").path if optimize.data else None
     return Request(
-        model=model,
+        model=model.path,
+        model_sha256=model.sha256,
         model_uri=args.model,
         format=args.format,
         spec=optimize,

@@ -3,9 +3,9 @@
 Standard library only, so the operator (which never loads ML libraries) can compute the same key. The
 algorithm, documented in docs/optimizer.md:
 
-    model_digest = sha256 hex of the model file's bytes; for a directory (a SavedModel), sha256 hex of
-                   the lines "<relative posix path>\\0<sha256 hex of the file>\\n" for every file, sorted
-                   by path
+    model_digest = the digest `ferry-fetch --sha256` verifies (ferry_runtime.storage): sha256 hex of the
+                   model file's bytes; for a directory (a SavedModel), sha256 hex of the lines
+                   "<file sha256 hex>  ./<relative posix path>\\n" sorted by path
     payload      = {"model": model_digest, "optimize": spec.to_dict(), "optimizer": optimizer_version}
     key          = sha256 hex of json.dumps(payload, sort_keys=True, separators=(",", ":"),
                    ensure_ascii=True) encoded as UTF-8
@@ -30,16 +30,6 @@ def file_sha256(path: Path) -> str:
     with path.open("rb") as stream:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
-
-
-def model_digest(path: Path) -> str:
-    """sha256 of a model file, or of the sorted (path, file digest) list of a model directory."""
-    if path.is_file():
-        return file_sha256(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
     return digest.hexdigest()
 
 

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from ferry_optimizer import __version__, data, onnxtools, quality
+from ferry_optimizer import __version__, data, locations, onnxtools, quality
 from ferry_optimizer.errors import InputError, OptimizerError, StepError
-from ferry_optimizer.key import content_key, file_sha256, model_digest
+from ferry_optimizer.key import content_key, file_sha256
 from ferry_optimizer.report import Artifact, Candidate, Measurement, Report, Step
 from ferry_optimizer.spec import MetricName, OptimizeSpec
 
@@ -69,6 +69,8 @@ class Request:
     data: Path | None
     output: Path
     output_uri: str
+    model_sha256: str | None = None
+    # The fetcher's digest of the model when it fetched it; computed from the local files when None.
     key: str | None = None
     # Given by the operator (which names the Job after it); computed from the model bytes when None.
     settings: Settings = field(default_factory=Settings)
@@ -168,7 +170,7 @@ class Pipeline:
     def _run(self) -> Report:
         request, spec = self.request, self.spec
         with self.progress.step("digest source"):
-            digest = model_digest(request.model)
+            digest = request.model_sha256 or locations.digest(request.model)
             key = request.key or content_key(digest, spec, __version__)
         baseline_path = self.work / "baseline.onnx"
         keras_model: keras.Model | None = None

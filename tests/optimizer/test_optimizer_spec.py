@@ -126,19 +126,30 @@ def test_content_key_changes_with_each_input_and_only_then() -> None:
     assert key.content_key("a" * 64, spec.parse({"quantize": "dynamic"}), "0.2.0") != base
 
 
-def test_model_digest_of_a_directory_covers_names_and_contents(tmp_path: Path) -> None:
+def test_model_digest_is_the_fetchers_digest(tmp_path: Path) -> None:
+    """The key's model digest is what `ferry-fetch --sha256` verifies, so spec.model.sha256 can serve as it:
+    a file's sha256, or for a directory `find . -type f | sort | xargs sha256sum | sha256sum`."""
+    import hashlib
+    import subprocess
+
+    from ferry_optimizer import locations
+
     model = tmp_path / "saved_model"
     (model / "variables").mkdir(parents=True)
     (model / "saved_model.pb").write_bytes(b"graph")
     (model / "variables" / "variables.index").write_bytes(b"index")
-    first = key.model_digest(model)
-    (model / "variables" / "variables.index").write_bytes(b"changed")
-    assert key.model_digest(model) != first
+    shell = subprocess.run(
+        "find . -type f | sort | xargs sha256sum | sha256sum",
+        shell=True,
+        cwd=model,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert locations.digest(model) == shell.stdout.split()[0]
     single = tmp_path / "model.onnx"
     single.write_bytes(b"onnx")
-    import hashlib
-
-    assert key.model_digest(single) == hashlib.sha256(b"onnx").hexdigest()
+    assert locations.digest(single) == hashlib.sha256(b"onnx").hexdigest()
 
 
 def test_key_and_spec_modules_import_only_the_standard_library() -> None:
