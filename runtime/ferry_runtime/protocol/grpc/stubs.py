@@ -3,6 +3,11 @@
 Registered in scripts/generate.py so CI fails when the committed stubs drift from the .proto. Only the
 message classes are generated: the service is wired by hand in `server.py` with typed handlers, which
 keeps the whole module under mypy --strict (grpc_tools' *_pb2_grpc.py is untyped).
+
+The messages are registered in a private descriptor pool, not protobuf's default one: Triton's client
+(tritonclient.grpc) registers the same `inference.*` names from its own copy of the protocol, and two
+files defining one symbol in the default pool make whichever is imported second fail. Message names
+never travel on the wire, so a private pool changes nothing for clients.
 """
 
 from __future__ import annotations
@@ -30,8 +35,17 @@ def generate() -> dict[str, str]:
         )
         if status != 0:
             raise RuntimeError(f"protoc failed with status {status} on {PROTO}")
-        return {
+        files = {
             f"{GENERATED}/{path.name}": path.read_text()
             for path in sorted(Path(out).iterdir())
             if path.suffix in {".py", ".pyi"}
         }
+    module = f"{GENERATED}/grpc_predict_v2_pb2.py"
+    if _DEFAULT_POOL not in files[module]:
+        raise RuntimeError(f"protoc output changed shape: {_DEFAULT_POOL!r} not found in {module}")
+    files[module] = files[module].replace(_DEFAULT_POOL, _PRIVATE_POOL)
+    return files
+
+
+_DEFAULT_POOL = "_descriptor_pool.Default().AddSerializedFile("
+_PRIVATE_POOL = "_descriptor_pool.DescriptorPool().AddSerializedFile("
