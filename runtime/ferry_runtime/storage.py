@@ -228,8 +228,8 @@ def entries_for(uri: str, environ: Mapping[str, str]) -> tuple[list[Entry], bool
 # --- fetching ------------------------------------------------------------------------------------
 
 
-def _target(dest: Path, entry: Entry, directory: bool) -> Path:
-    if directory or dest.is_dir() or str(dest).endswith("/"):
+def _target(dest: Path, entry: Entry, into_directory: bool) -> Path:
+    if into_directory:
         target = dest / Path(*entry.relative.parts)
     else:
         target = dest
@@ -240,15 +240,18 @@ def _target(dest: Path, entry: Entry, directory: bool) -> Path:
     return target
 
 
-def fetch(uri: str, dest: Path, sha256: str | None = None, environ: Mapping[str, str] | None = None) -> Fetched:
+def fetch(uri: str, dest: Path | str, sha256: str | None = None, environ: Mapping[str, str] | None = None) -> Fetched:
+    """Fetch URI into DEST; a string DEST ending in "/" is a directory even before it exists."""
     environ = os.environ if environ is None else environ
     entries, directory = entries_for(uri, environ)
+    into_directory = directory or str(dest).endswith("/") or Path(dest).is_dir()
+    dest = Path(dest)
     staged: list[tuple[Path, Path]] = []
     digests: dict[str, str] = {}
     size = 0
     try:
         for entry in entries:
-            target = _target(dest, entry, directory)
+            target = _target(dest, entry, into_directory)
             target.parent.mkdir(parents=True, exist_ok=True)
             handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False)
             staged.append((Path(handle.name), target))
@@ -268,13 +271,13 @@ def fetch(uri: str, dest: Path, sha256: str | None = None, environ: Mapping[str,
     finally:
         for temporary, _ in staged:
             temporary.unlink(missing_ok=True)
-    return Fetched([target for target in (_target(dest, e, directory) for e in entries)], digest, size)
+    return Fetched([target for target in (_target(dest, e, into_directory) for e in entries)], digest, size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferry-fetch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("uri", help="file://, pvc://CLAIM/PATH, http(s):// or s3://BUCKET/KEY; a trailing / fetches a directory")
-    parser.add_argument("dest", type=Path, help="destination directory (or file path for a single file)")
+    parser.add_argument("dest", help="destination directory (or file path for a single file)")
     parser.add_argument("--sha256", help="expected digest (of the file, or of the directory's manifest)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="ferry-fetch: %(message)s", stream=sys.stderr)
