@@ -40,7 +40,7 @@ import onnxruntime as ort
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import runtime_models  # noqa: E402
+import runtime_models
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -91,7 +91,9 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 
 def run_in_process(workload: Workload, threads: int, concurrency: int, seconds: float) -> Point:
-    session = ort.InferenceSession(str(workload.path), session_options(threads), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(workload.path), session_options(threads), providers=["CPUExecutionProvider"]
+    )
     for _ in range(20):
         session.run(workload.outputs, workload.inputs)
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
@@ -132,7 +134,11 @@ def rest_request(workload: Workload, binary: bool, port: int) -> bytes:
     inputs = []
     chunks = []
     for name, array in workload.inputs.items():
-        entry: dict[str, object] = {"name": name, "shape": list(array.shape), "datatype": V2_DATATYPES[array.dtype]}
+        entry: dict[str, object] = {
+            "name": name,
+            "shape": list(array.shape),
+            "datatype": V2_DATATYPES[array.dtype],
+        }
         if binary:
             raw = array.tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
@@ -169,7 +175,9 @@ def grpc_request(workload: Workload) -> bytes:
 class _RestClient(asyncio.Protocol):
     """One keep-alive connection in a closed loop: send, read one response, send again."""
 
-    def __init__(self, request: bytes, stop_at: float, latencies: list[float], done: asyncio.Future[int]) -> None:
+    def __init__(
+        self, request: bytes, stop_at: float, latencies: list[float], done: asyncio.Future[int]
+    ) -> None:
         self.request = request
         self.stop_at = stop_at
         self.latencies = latencies
@@ -210,12 +218,14 @@ class _RestClient(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         if not self.done.done():
             self.done.set_result(self.errors + 1)
 
 
-async def _rest_load(port: int, request: bytes, concurrency: int, seconds: float) -> tuple[list[float], int, float]:
+async def _rest_load(
+    port: int, request: bytes, concurrency: int, seconds: float
+) -> tuple[list[float], int, float]:
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     started = time.perf_counter()
@@ -223,13 +233,17 @@ async def _rest_load(port: int, request: bytes, concurrency: int, seconds: float
     futures = []
     for _ in range(concurrency):
         done: asyncio.Future[int] = loop.create_future()
-        await loop.create_connection(lambda d=done: _RestClient(request, stop_at, latencies, d), "127.0.0.1", port)
+        await loop.create_connection(
+            lambda d=done: _RestClient(request, stop_at, latencies, d), "127.0.0.1", port
+        )
         futures.append(done)
     errors = sum(await asyncio.gather(*futures))
     return latencies, errors, time.perf_counter() - started
 
 
-async def _grpc_load(port: int, request: bytes, concurrency: int, seconds: float) -> tuple[list[float], int, float]:
+async def _grpc_load(
+    port: int, request: bytes, concurrency: int, seconds: float
+) -> tuple[list[float], int, float]:
     latencies: list[float] = []
     errors = 0
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -260,7 +274,7 @@ def server_cpu_seconds(pid: int) -> float:
 
 
 def run_against_server(
-    workload: Workload, mode: str, port: int, pid: int, concurrency: int, seconds: float
+    workload: Workload, mode: str, *, port: int, pid: int, concurrency: int, seconds: float
 ) -> Point:
     if mode == "grpc":
         load: Callable[[], object] = lambda: _grpc_load(port, grpc_request(workload), concurrency, seconds)  # noqa: E731
@@ -290,12 +304,27 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(workload: Workload, threads: int, extra: list[str]) -> tuple[subprocess.Popen[bytes], int, int]:
+def start_server(
+    workload: Workload, threads: int, extra: list[str]
+) -> tuple[subprocess.Popen[bytes], int, int]:
     http_port, grpc_port = free_port(), free_port()
     command = [
-        str(ROOT / ".venv" / "bin" / "ferry-runtime"), "--model-dir", str(workload.path.parent),
-        "--model-name", workload.name, "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-        "--host", "127.0.0.1", "--intra-op-threads", str(threads), "--log-level", "warning", *extra,
+        str(ROOT / ".venv" / "bin" / "ferry-runtime"),
+        "--model-dir",
+        str(workload.path.parent),
+        "--model-name",
+        workload.name,
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        "--host",
+        "127.0.0.1",
+        "--intra-op-threads",
+        str(threads),
+        "--log-level",
+        "warning",
+        *extra,
     ]
     process = subprocess.Popen(command)
     deadline = time.monotonic() + 120
@@ -316,7 +345,9 @@ def workloads(names: list[str], directory: Path) -> list[Workload]:
     result = []
     if "digits" in names:
         digits = runtime_models.build_digits_model(directory / "digits")
-        result.append(Workload("digits", digits.path, {"input": digits.test_images[:1]}, ["label", "probabilities"]))
+        result.append(
+            Workload("digits", digits.path, {"input": digits.test_images[:1]}, ["label", "probabilities"])
+        )
     if "minilm" in names:
         minilm_dir = directory / "minilm"
         minilm_dir.mkdir()
@@ -336,7 +367,8 @@ def print_table(points: list[Point]) -> None:
     for p in points:
         base = baselines[(p.model, p.concurrency)]
         print(
-            f"{p.model:<7} {p.mode:<11} {p.concurrency:>4} {p.throughput:>8.0f} {p.throughput / base.throughput:>5.2f} "
+            f"{p.model:<7} {p.mode:<11} {p.concurrency:>4} "
+            f"{p.throughput:>8.0f} {p.throughput / base.throughput:>5.2f} "
             f"{p.percentile(50):>7.3f} {p.percentile(50) / base.percentile(50):>5.2f} "
             f"{p.percentile(99):>7.3f} {p.percentile(99) / base.percentile(99):>5.2f} "
             f"{p.cpu_per_1000:>8.3f} {p.cpu_per_1000 / base.cpu_per_1000:>5.2f} {p.errors:>3}"
@@ -356,19 +388,30 @@ def print_table(points: list[Point]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--long", action="store_true", help="more concurrency levels and 10 s per point")
     parser.add_argument("--models", default="digits,minilm", help="comma-separated: digits, minilm")
     parser.add_argument("--modes", default="rest-json,rest-binary,grpc", help="comma-separated transports")
     parser.add_argument("--concurrency", default=None, help="comma-separated client concurrency levels")
     parser.add_argument("--seconds", type=float, default=None, help="measurement time per point")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--server-arg", action="append", default=[], help="extra ferry-runtime flag (repeatable)")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime intra-op threads"
+    )
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="extra ferry-runtime flag (repeatable)"
+    )
     args = parser.parse_args()
-    levels = [int(c) for c in (args.concurrency or ("1,2,4,8,16,32,64" if args.long else "1,8,32")).split(",")]
+    levels = [
+        int(c) for c in (args.concurrency or ("1,2,4,8,16,32,64" if args.long else "1,8,32")).split(",")
+    ]
     seconds = args.seconds or (10.0 if args.long else 2.0)
     modes = args.modes.split(",")
-    print(f"ferry-runtime benchmark: {os.cpu_count()} CPUs, intra-op threads {args.threads}, {seconds:.0f} s/point")
+    print(
+        f"ferry-runtime benchmark: {os.cpu_count()} CPUs, intra-op threads {args.threads}, "
+        f"{seconds:.0f} s/point"
+    )
     points: list[Point] = []
     with tempfile.TemporaryDirectory() as scratch:
         for workload in workloads(args.models.split(","), Path(scratch)):
@@ -379,7 +422,16 @@ def main() -> int:
                 for mode in modes:
                     port = grpc_port if mode == "grpc" else http_port
                     for concurrency in levels:
-                        points.append(run_against_server(workload, mode, port, server.pid, concurrency, seconds))
+                        points.append(
+                            run_against_server(
+                                workload,
+                                mode,
+                                port=port,
+                                pid=server.pid,
+                                concurrency=concurrency,
+                                seconds=seconds,
+                            )
+                        )
             finally:
                 server.terminate()
                 server.wait(30)

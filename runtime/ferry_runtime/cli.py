@@ -19,7 +19,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ferry-runtime: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     return uvloop.run(Runtime(settings).run())
 

@@ -93,7 +93,9 @@ class DataPlane:
 
     def response(self, request: InferenceRequest, outputs: Outputs) -> InferenceResponse:
         if request.outputs is None:
-            tensors = [OutputTensor(name, spec.datatype, outputs[name]) for name, spec in self._outputs.items()]
+            tensors = [
+                OutputTensor(name, spec.datatype, outputs[name]) for name, spec in self._outputs.items()
+            ]
         else:
             tensors = [
                 OutputTensor(wanted.name, self._outputs[wanted.name].datatype, outputs[wanted.name])
@@ -110,7 +112,9 @@ class DataPlane:
         if len(given) != len(request.inputs):
             names = [tensor.name for tensor in request.inputs]
             duplicated = sorted({name for name in names if names.count(name) > 1})
-            raise InvalidInput(f"model '{self.model_name}': input(s) {', '.join(duplicated)} given more than once")
+            raise InvalidInput(
+                f"model '{self.model_name}': input(s) {', '.join(duplicated)} given more than once"
+            )
         feed: dict[str, Array] = {}
         for spec in self._inputs:
             tensor = given.get(spec.name)

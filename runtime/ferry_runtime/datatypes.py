@@ -76,9 +76,7 @@ def element_count(shape: tuple[int, ...]) -> int:
 
 def parse_shape(value: object, input_name: str) -> tuple[int, ...]:
     """A client-declared shape: a list of non-negative integers."""
-    if not isinstance(value, list | tuple) or not all(
-        type(dim) is int and dim >= 0 for dim in value
-    ):
+    if not isinstance(value, list | tuple) or not all(type(dim) is int and dim >= 0 for dim in value):
         raise InvalidInput(
             f"input '{input_name}': shape must be a list of non-negative integers, got {value!r}"
         )
@@ -141,7 +139,7 @@ def encode_raw(array: npt.NDArray[np.generic]) -> bytes:
     """An output array as binary tensor data (the inverse of `decode_raw`)."""
     if array.dtype.kind in "OUS":
         parts: list[bytes] = []
-        for element in array.ravel():
+        for element in array.ravel().tolist():
             data = element.encode() if isinstance(element, str) else bytes(element)
             parts.append(_LENGTH_PREFIX.pack(len(data)))
             parts.append(data)

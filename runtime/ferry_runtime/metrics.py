@@ -18,7 +18,22 @@ from prometheus_client.registry import Collector
 
 # Per-request latencies on this server range from ~100 µs (a tiny model) to seconds (a big batch).
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -55,29 +70,40 @@ class Metrics(Collector):
         # (model, protocol, code) -> requests answered.
         self.request_counts: dict[tuple[str, str, str], int] = {}
         # (model, protocol) -> total request time.
-        self.request_seconds: dict[tuple[str, str], Distribution] = {}
+        self.request_seconds: dict[tuple[str, ...], Distribution] = {}
         # model -> queue wait, inference time per batch, requests per batch.
         self.queue_seconds: dict[str, Distribution] = {}
         self.inference_seconds: dict[str, Distribution] = {}
         self.batch_sizes: dict[str, Distribution] = {}
         self.in_flight = Gauge(
-            "ferry_requests_in_flight", "Inference requests received and not yet answered.", ["model"],
+            "ferry_requests_in_flight",
+            "Inference requests received and not yet answered.",
+            ["model"],
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "ferry_queue_depth", "Requests waiting for a batch slot (bounded by the queue size).", ["model"],
+            "ferry_queue_depth",
+            "Requests waiting for a batch slot (bounded by the queue size).",
+            ["model"],
             registry=self.registry,
         )
         self.model_load_seconds = Gauge(
-            "ferry_model_load_seconds", "Time to load and warm up the model.", ["model"], registry=self.registry
+            "ferry_model_load_seconds",
+            "Time to load and warm up the model.",
+            ["model"],
+            registry=self.registry,
         )
         self.model_ready = Gauge(
-            "ferry_model_ready", "1 when the model is loaded, warmed up and not draining.", ["model"],
+            "ferry_model_ready",
+            "1 when the model is loaded, warmed up and not draining.",
+            ["model"],
             registry=self.registry,
         )
         self.registry.register(self)
 
-    def bind_gauges(self, model: str, in_flight: Callable[[], float], queue_depth: Callable[[], float]) -> None:
+    def bind_gauges(
+        self, model: str, in_flight: Callable[[], float], queue_depth: Callable[[], float]
+    ) -> None:
         self.in_flight.labels(model).set_function(in_flight)
         self.queue_depth.labels(model).set_function(queue_depth)
 
@@ -86,7 +112,8 @@ class Metrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
-            "ferry_requests", "Inference requests answered, by model, protocol (rest|grpc) and status code.",
+            "ferry_requests",
+            "Inference requests answered, by model, protocol (rest|grpc) and status code.",
             labels=["model", "protocol", "code"],
         )
         for labels, count in self.request_counts.items():
@@ -96,11 +123,19 @@ class Metrics(Collector):
             "ferry_request_duration_seconds",
             "Time from a complete request to its response being handed to the transport.",
             ["model", "protocol"],
-            {labels: dist for labels, dist in self.request_seconds.items()},
+            self.request_seconds,
         )
         for name, help_text, store in (
-            ("ferry_queue_duration_seconds", "Time a request waited in the batching queue.", self.queue_seconds),
-            ("ferry_inference_duration_seconds", "Time the model spent on one batch.", self.inference_seconds),
+            (
+                "ferry_queue_duration_seconds",
+                "Time a request waited in the batching queue.",
+                self.queue_seconds,
+            ),
+            (
+                "ferry_inference_duration_seconds",
+                "Time the model spent on one batch.",
+                self.inference_seconds,
+            ),
             ("ferry_batch_size", "Requests combined into one model call.", self.batch_sizes),
         ):
             yield _histogram(name, help_text, ["model"], {(model,): dist for model, dist in store.items()})

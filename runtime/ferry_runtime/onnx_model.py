@@ -28,7 +28,7 @@ GRAPH_OPTIMIZATION_LEVELS = {
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 # A sequence of maps (what skl2onnx's ZipMap emits for class probabilities) becomes a 2-D tensor.
 _SEQ_OF_MAPS = re.compile(r"^seq\(map\((int64|string),tensor\((float|double)\)\)\)$")
-_SEQ_MAP_VALUE_DTYPES = {"float": np.float32, "double": np.float64}
+_SEQ_MAP_VALUE_DTYPES: dict[str, type[np.generic]] = {"float": np.float32, "double": np.float64}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +122,20 @@ class OnnxModel(Model):
         outputs = tuple(self._output_spec(node) for node in session.get_outputs())
         self._session = session
         self._metadata = ModelMetadata(
-            name=config.name, version=config.version, platform="onnxruntime_onnx", inputs=inputs, outputs=outputs
+            name=config.name,
+            version=config.version,
+            platform="onnxruntime_onnx",
+            inputs=inputs,
+            outputs=outputs,
         )
         self._batchable = all(spec.shape[:1] == (-1,) for spec in inputs + outputs)
         log.info(
             "loaded %s as model '%s' version %s on %s (batchable: %s)",
-            config.path, config.name, config.version, ", ".join(self.providers), self._batchable,
+            config.path,
+            config.name,
+            config.version,
+            ", ".join(self.providers),
+            self._batchable,
         )
 
     def _input_spec(self, node: Any) -> TensorSpec:

@@ -24,6 +24,7 @@ from ferry_runtime.termination import write_termination_message
 
 log = logging.getLogger(__name__)
 
+
 class Runtime:
     def __init__(self, settings: RuntimeSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
@@ -50,14 +51,20 @@ class Runtime:
             queue_depth=lambda: self._batcher.depth() if self._batcher else 0,
         )
         self.metrics.model_ready.labels(name).set(0)
-        rest = RestServer(RestApp(self.dataplane, self.metrics, settings.max_body_bytes), settings.keepalive_timeout_seconds)
+        rest = RestServer(
+            RestApp(self.dataplane, self.metrics, settings.max_body_bytes), settings.keepalive_timeout_seconds
+        )
         self.http_port = await rest.start(settings.host, settings.http_port)
         grpc_server: GrpcServer | None = None
         if settings.grpc_port:
             grpc_server = GrpcServer(InferenceService(self.dataplane, self.metrics), settings.max_body_bytes)
             self.grpc_port = await grpc_server.start(settings.host, settings.grpc_port)
-        log.info("listening: REST on %s:%d, gRPC on %s", settings.host, self.http_port,
-                 f"{settings.host}:{self.grpc_port}" if grpc_server else "(disabled)")
+        log.info(
+            "listening: REST on %s:%d, gRPC on %s",
+            settings.host,
+            self.http_port,
+            f"{settings.host}:{self.grpc_port}" if grpc_server else "(disabled)",
+        )
         loading = asyncio.ensure_future(asyncio.to_thread(self._load))
         stopping = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
@@ -113,7 +120,9 @@ class Runtime:
         self.metrics.model_load_seconds.labels(settings.model_name).set(seconds)
         log.info("model '%s' loaded and warmed up in %.2f s", settings.model_name, seconds)
 
-    async def _drain(self, rest: RestServer, grpc_server: GrpcServer | None, loading: asyncio.Future[None]) -> None:
+    async def _drain(
+        self, rest: RestServer, grpc_server: GrpcServer | None, loading: asyncio.Future[None]
+    ) -> None:
         settings = self.settings
         self.dataplane.set_ready(False)
         self.metrics.model_ready.labels(settings.model_name).set(0)
@@ -130,4 +139,3 @@ class Runtime:
         if self._model is not None:
             self._model.unload()
         log.info("drained; exiting")
-

@@ -24,32 +24,49 @@ def _setting(default: Any, help_text: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class RuntimeSettings:
-    model_dir: Path | None = _setting(None, "Directory holding model.onnx (or exactly one .onnx file). Required.")
+    model_dir: Path | None = field(
+        default=None, metadata={"help": "Directory holding model.onnx (or exactly one .onnx file). Required."}
+    )
     model_name: str = _setting("", "Name clients address the model by. Required.")
     model_version: str = _setting("1", "Version the model is served as.")
     host: str = _setting("0.0.0.0", "Address both listeners bind to.")
     http_port: int = _setting(8080, "REST port (v2 endpoints and /metrics).")
     grpc_port: int = _setting(8081, "gRPC port; 0 disables gRPC.")
-    intra_op_threads: int = _setting(0, "ONNX Runtime threads within one operator; 0 = one per physical core.")
+    intra_op_threads: int = _setting(
+        0, "ONNX Runtime threads within one operator; 0 = one per physical core."
+    )
     inter_op_threads: int = _setting(0, "ONNX Runtime threads across operators; 0 = ONNX Runtime's default.")
     execution_providers: tuple[str, ...] = _setting(
         ("auto",),
-        "Comma-separated ONNX Runtime execution providers, or 'auto' (TensorRT, CUDA when available, then CPU).",
+        "Comma-separated ONNX Runtime execution providers, or 'auto' "
+        "(TensorRT, CUDA when available, then CPU).",
     )
-    graph_optimization: str = _setting("all", "ONNX Runtime graph optimization: disabled, basic, extended or all.")
+    graph_optimization: str = _setting(
+        "all", "ONNX Runtime graph optimization: disabled, basic, extended or all."
+    )
     max_batch_size: int = _setting(32, "Most rows combined into one model call; 1 disables batching.")
     max_batch_delay_ms: float = _setting(
         0.0, "Longest a request waits for others to join its batch; 0 batches only what is already queued."
     )
-    max_queue_size: int = _setting(256, "Requests that may wait for inference; more are answered 503 / UNAVAILABLE.")
+    max_queue_size: int = _setting(
+        256, "Requests that may wait for inference; more are answered 503 / UNAVAILABLE."
+    )
     inference_workers: int = _setting(1, "Threads calling the model concurrently.")
-    warmup_runs: int = _setting(1, "Inferences on zero-filled inputs before the model reports ready; 0 skips warm-up.")
-    max_body_bytes: int = _setting(64 * 1024 * 1024, "Largest request body (REST) or message (gRPC) accepted.")
+    warmup_runs: int = _setting(
+        1, "Inferences on zero-filled inputs before the model reports ready; 0 skips warm-up."
+    )
+    max_body_bytes: int = _setting(
+        64 * 1024 * 1024, "Largest request body (REST) or message (gRPC) accepted."
+    )
     shutdown_delay_seconds: float = _setting(
-        0.0, "On SIGTERM: seconds between reporting not-ready and closing the listeners (lets load balancers catch up)."
+        0.0,
+        "On SIGTERM: seconds between reporting not-ready and closing the listeners "
+        "(lets load balancers catch up).",
     )
     drain_grace_seconds: float = _setting(25.0, "On SIGTERM: the longest in-flight requests get to finish.")
-    keepalive_timeout_seconds: float = _setting(75.0, "Idle HTTP keep-alive connections are closed after this.")
+    keepalive_timeout_seconds: float = _setting(
+        75.0, "Idle HTTP keep-alive connections are closed after this."
+    )
     log_level: str = _setting("info", "debug, info, warning or error.")
 
     def __post_init__(self) -> None:
@@ -78,7 +95,7 @@ def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
-def _convert(field_name: str, kind: Any, raw: str, source: str) -> Any:
+def _convert(kind: Any, raw: str, source: str) -> Any:
     try:
         if kind is int or kind == "int":
             return int(raw)
@@ -89,7 +106,9 @@ def _convert(field_name: str, kind: Any, raw: str, source: str) -> Any:
         if kind in (tuple[str, ...], "tuple[str, ...]"):
             return tuple(part.strip() for part in raw.split(",") if part.strip())
     except ValueError:
-        raise ValueError(f"{source} must be a {kind if isinstance(kind, str) else kind.__name__}, got {raw!r}") from None
+        raise ValueError(
+            f"{source} must be a {kind if isinstance(kind, str) else kind.__name__}, got {raw!r}"
+        ) from None
     return raw
 
 
@@ -111,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> RuntimeSettings:
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> RuntimeSettings:
     """Flags win over FERRY_RUNTIME_* variables, which win over the defaults."""
     environ = os.environ if environ is None else environ
     arguments = vars(build_parser().parse_args(argv))
@@ -123,7 +144,7 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
             raw = environ.get(env_name(setting.name))
             source = env_name(setting.name)
         if raw is not None:
-            values[setting.name] = _convert(setting.name, setting.type, raw, source)
+            values[setting.name] = _convert(setting.type, raw, source)
     return RuntimeSettings(**values)
 
 
@@ -132,8 +153,11 @@ def settings_table() -> str:
     rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
     for setting in dataclasses.fields(RuntimeSettings):
         default = setting.default
-        shown = ",".join(default) if isinstance(default, tuple) else ("(required)" if default in (None, "") else default)
-        rows.append(
-            f"| `{flag_name(setting.name)}` | `{env_name(setting.name)}` | `{shown}` | {setting.metadata['help']} |"
+        shown = (
+            ",".join(default)
+            if isinstance(default, tuple)
+            else ("(required)" if default in (None, "") else default)
         )
+        flag, env, meaning = flag_name(setting.name), env_name(setting.name), setting.metadata["help"]
+        rows.append(f"| `{flag}` | `{env}` | `{shown}` | {meaning} |")
     return "\n".join(rows) + "\n"

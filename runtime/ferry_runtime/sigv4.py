@@ -27,7 +27,9 @@ def uri_encode(text: str, *, encode_slash: bool) -> str:
 
 
 def canonical_query(pairs: Sequence[tuple[str, str]]) -> str:
-    encoded = sorted((uri_encode(key, encode_slash=True), uri_encode(value, encode_slash=True)) for key, value in pairs)
+    encoded = sorted(
+        (uri_encode(key, encode_slash=True), uri_encode(value, encode_slash=True)) for key, value in pairs
+    )
     return "&".join(f"{key}={value}" for key, value in encoded)
 
 
@@ -73,7 +75,9 @@ def authorization(
         ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
     )
     signature = hmac.new(
-        signing_key(credentials.secret_access_key, date, region, service), string_to_sign.encode(), hashlib.sha256
+        signing_key(credentials.secret_access_key, date, region, service),
+        string_to_sign.encode(),
+        hashlib.sha256,
     ).hexdigest()
     return (
         f"AWS4-HMAC-SHA256 Credential={credentials.access_key_id}/{scope}, "

@@ -17,22 +17,22 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import hashlib
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 from urllib.parse import unquote, urlsplit
+from xml.etree import ElementTree
 
 from ferry_runtime import sigv4
 from ferry_runtime.termination import write_termination_message
@@ -118,7 +118,11 @@ def _http_entries(uri: str, directory: bool) -> list[Entry]:
     if directory:
         raise FetchError(f"{uri}: http(s) has no directory listing; name each file (or use s3:// or pvc://)")
     name = PurePosixPath(urlsplit(uri).path).name or "model.onnx"
-    return [Entry(PurePosixPath(name), lambda: _with_retries(uri, lambda: urllib.request.urlopen(uri, timeout=60)))]
+    return [
+        Entry(
+            PurePosixPath(name), lambda: _with_retries(uri, lambda: urllib.request.urlopen(uri, timeout=60))
+        )
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +140,11 @@ class S3Location:
         region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or ""
         key_id, secret = environ.get("AWS_ACCESS_KEY_ID", ""), environ.get("AWS_SECRET_ACCESS_KEY", "")
-        credentials = sigv4.Credentials(key_id, secret, environ.get("AWS_SESSION_TOKEN", "")) if key_id and secret else None
+        credentials = (
+            sigv4.Credentials(key_id, secret, environ.get("AWS_SESSION_TOKEN", ""))
+            if key_id and secret
+            else None
+        )
         if endpoint:
             return S3Location(endpoint.rstrip("/"), bucket, region, credentials, path_style=True)
         return S3Location(f"https://s3.{region}.amazonaws.com", bucket, region, credentials, path_style=False)
@@ -174,8 +182,11 @@ class S3Location:
     def list_keys(self, uri: str, prefix: str) -> Iterator[str]:
         token = ""
         while True:
-            query = [("list-type", "2"), ("prefix", prefix)] + ([("continuation-token", token)] if token else [])
-            with _with_retries(uri, lambda q=query: urllib.request.urlopen(self.request("", q), timeout=60)) as reply:  # type: ignore[misc]
+            query = [("list-type", "2"), ("prefix", prefix)] + (
+                [("continuation-token", token)] if token else []
+            )
+            listing = self.request("", query)
+            with _with_retries(uri, functools.partial(urllib.request.urlopen, listing, timeout=60)) as reply:
                 document = ElementTree.fromstring(reply.read())
             namespace = document.tag.partition("}")[0] + "}" if document.tag.startswith("{") else ""
             for contents in document.iter(f"{namespace}Contents"):
@@ -203,7 +214,7 @@ def _s3_entries(uri: str, directory: bool, environ: Mapping[str, str]) -> list[E
     if not keys:
         raise FetchError(f"{uri}: no objects under prefix '{key}' in bucket '{bucket}'")
     return [
-        Entry(PurePosixPath(object_key[len(key) :]), lambda k=object_key: location.open(uri, k))  # type: ignore[misc]
+        Entry(PurePosixPath(object_key[len(key) :]), functools.partial(location.open, uri, object_key))
         for object_key in keys
     ]
 
@@ -216,7 +227,9 @@ def entries_for(uri: str, environ: Mapping[str, str]) -> tuple[list[Entry], bool
     if parts.scheme == "pvc":
         if not parts.netloc:
             raise FetchError(f"{uri}: pvc URIs are pvc://CLAIM/PATH")
-        root = Path(environ.get("FERRY_PVC_ROOT", "/mnt/pvc")) / parts.netloc / unquote(parts.path.lstrip("/"))
+        root = (
+            Path(environ.get("FERRY_PVC_ROOT", "/mnt/pvc")) / parts.netloc / unquote(parts.path.lstrip("/"))
+        )
         return _local_entries(root, uri, directory), directory
     if parts.scheme in ("http", "https"):
         return _http_entries(uri, directory), directory
@@ -229,10 +242,7 @@ def entries_for(uri: str, environ: Mapping[str, str]) -> tuple[list[Entry], bool
 
 
 def _target(dest: Path, entry: Entry, into_directory: bool) -> Path:
-    if into_directory:
-        target = dest / Path(*entry.relative.parts)
-    else:
-        target = dest
+    target = dest / Path(*entry.relative.parts) if into_directory else dest
     resolved = target.resolve()
     # A listing must not write outside DEST ("../" in an object key).
     if not resolved.is_relative_to(dest.resolve()) and resolved != dest.resolve():
@@ -240,7 +250,9 @@ def _target(dest: Path, entry: Entry, into_directory: bool) -> Path:
     return target
 
 
-def fetch(uri: str, dest: Path | str, sha256: str | None = None, environ: Mapping[str, str] | None = None) -> Fetched:
+def fetch(
+    uri: str, dest: Path | str, sha256: str | None = None, environ: Mapping[str, str] | None = None
+) -> Fetched:
     """Fetch URI into DEST; a string DEST ending in "/" is a directory even before it exists."""
     environ = os.environ if environ is None else environ
     entries, directory = entries_for(uri, environ)
@@ -253,7 +265,9 @@ def fetch(uri: str, dest: Path | str, sha256: str | None = None, environ: Mappin
         for entry in entries:
             target = _target(dest, entry, into_directory)
             target.parent.mkdir(parents=True, exist_ok=True)
-            handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False)
+            handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed below, renamed after all arrive)
+                dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False
+            )
             staged.append((Path(handle.name), target))
             hasher = hashlib.sha256()
             with handle, entry.open() as source:
@@ -271,12 +285,17 @@ def fetch(uri: str, dest: Path | str, sha256: str | None = None, environ: Mappin
     finally:
         for temporary, _ in staged:
             temporary.unlink(missing_ok=True)
-    return Fetched([target for target in (_target(dest, e, into_directory) for e in entries)], digest, size)
+    return Fetched([_target(dest, entry, into_directory) for entry in entries], digest, size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ferry-fetch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("uri", help="file://, pvc://CLAIM/PATH, http(s):// or s3://BUCKET/KEY; a trailing / fetches a directory")
+    parser = argparse.ArgumentParser(
+        prog="ferry-fetch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "uri",
+        help="file://, pvc://CLAIM/PATH, http(s):// or s3://BUCKET/KEY; a trailing / fetches a directory",
+    )
     parser.add_argument("dest", help="destination directory (or file path for a single file)")
     parser.add_argument("--sha256", help="expected digest (of the file, or of the directory's manifest)")
     args = parser.parse_args(argv)

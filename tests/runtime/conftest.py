@@ -64,11 +64,25 @@ class RuntimeProcess:
         return self.process.wait(timeout)
 
 
-def start_runtime(model_dir: Path, name: str, log_dir: Path, *extra: str, wait_ready: bool = True) -> RuntimeProcess:
+def start_runtime(
+    model_dir: Path, name: str, log_dir: Path, *extra: str, wait_ready: bool = True
+) -> RuntimeProcess:
     http_port, grpc_port = free_port(), free_port()
     args = [
-        FERRY_RUNTIME, "--model-dir", str(model_dir), "--model-name", name, "--host", "127.0.0.1",
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--intra-op-threads", "1", *extra,
+        FERRY_RUNTIME,
+        "--model-dir",
+        str(model_dir),
+        "--model-name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        "--intra-op-threads",
+        "1",
+        *extra,
     ]
     log_path = log_dir / f"ferry-runtime-{name}-{http_port}.log"
     with log_path.open("wb") as log_file:
@@ -104,7 +118,9 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> runtime_models.DigitsMod
 def digits_server(
     digits: runtime_models.DigitsModel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RuntimeProcess]:
-    runtime = start_runtime(digits.path.parent, "digits", tmp_path_factory.mktemp("logs"), "--max-body-bytes", "1000000")
+    runtime = start_runtime(
+        digits.path.parent, "digits", tmp_path_factory.mktemp("logs"), "--max-body-bytes", "1000000"
+    )
     yield runtime
     assert runtime.stop() == 0, runtime.log()
 

@@ -10,14 +10,16 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import RuntimeProcess
 
+from conftest import RuntimeProcess
 from ferry_runtime.protocol.grpc.generated import grpc_predict_v2_pb2 as pb
 
 ROW = [0.5] * 64
 
 
-def post(server: RuntimeProcess, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+def post(
+    server: RuntimeProcess, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
     connection = http.client.HTTPConnection(server.http, timeout=30)
     connection.request("POST", path, body=body, headers=headers or {})
     reply = connection.getresponse()
@@ -145,7 +147,20 @@ REST_CASES = {
     ),
     "binary size mismatch": (
         "/v2/models/digits/infer",
-        (header := json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "parameters": {"binary_data_size": 12}}]}).encode())
+        (
+            header := json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "datatype": "FP32",
+                            "shape": [1, 64],
+                            "parameters": {"binary_data_size": 12},
+                        }
+                    ]
+                }
+            ).encode()
+        )
         + b"\0" * 12,
         {"Inference-Header-Content-Length": str(len(header))},
         400,
@@ -214,7 +229,9 @@ def test_oversized_body_is_refused_before_it_is_sent(digits_server: RuntimeProce
 
 def test_oversized_chunked_body_is_refused(digits_server: RuntimeProcess) -> None:
     with socket.create_connection(("127.0.0.1", digits_server.http_port), timeout=30) as client:
-        client.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        client.sendall(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         chunk = b"x" * 100_000
         try:
             for _ in range(20):
@@ -242,7 +259,9 @@ def grpc_infer(server: RuntimeProcess, request: pb.ModelInferRequest | bytes) ->
     with grpc.insecure_channel(server.grpc) as channel:
         call = channel.unary_unary(
             "/inference.GRPCInferenceService/ModelInfer",
-            request_serializer=lambda message: message if isinstance(message, bytes) else message.SerializeToString(),
+            request_serializer=lambda message: (
+                message if isinstance(message, bytes) else message.SerializeToString()
+            ),
             response_deserializer=pb.ModelInferResponse.FromString,
         )
         with pytest.raises(grpc.RpcError) as caught:
@@ -251,9 +270,16 @@ def grpc_infer(server: RuntimeProcess, request: pb.ModelInferRequest | bytes) ->
 
 
 def grpc_request(
-    *, model: str = "digits", version: str = "", name: str = "input", datatype: str = "FP32",
-    shape: tuple[int, ...] = (1, 64), raw: bytes | None = None, contents: list[float] | None = None,
-    extra_input: bool = False, outputs: tuple[str, ...] = (),
+    *,
+    model: str = "digits",
+    version: str = "",
+    name: str = "input",
+    datatype: str = "FP32",
+    shape: tuple[int, ...] = (1, 64),
+    raw: bytes | None = None,
+    contents: list[float] | None = None,
+    extra_input: bool = False,
+    outputs: tuple[str, ...] = (),
 ) -> pb.ModelInferRequest:
     message = pb.ModelInferRequest(model_name=model, model_version=version)
     tensor = message.inputs.add(name=name, datatype=datatype, shape=shape)
@@ -270,24 +296,62 @@ def grpc_request(
 
 
 GRPC_CASES = {
-    "wrong shape": (grpc_request(shape=(1, 63), raw=b"\0" * 252), grpc.StatusCode.INVALID_ARGUMENT,
-                    ["input 'input'", "[-1, 64]", "[1, 63]"]),
-    "wrong dtype": (grpc_request(datatype="FP64", raw=b"\0" * 512), grpc.StatusCode.INVALID_ARGUMENT,
-                    ["expects FP32", "got FP64"]),
+    "wrong shape": (
+        grpc_request(shape=(1, 63), raw=b"\0" * 252),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["input 'input'", "[-1, 64]", "[1, 63]"],
+    ),
+    "wrong dtype": (
+        grpc_request(datatype="FP64", raw=b"\0" * 512),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["expects FP32", "got FP64"],
+    ),
     "missing input": (grpc_request(name="pixels"), grpc.StatusCode.INVALID_ARGUMENT, ["needs input 'input'"]),
-    "extra input": (grpc_request(extra_input=True), grpc.StatusCode.INVALID_ARGUMENT, ["has no input(s) 'extra'"]),
-    "raw length": (grpc_request(raw=b"\0" * 100), grpc.StatusCode.INVALID_ARGUMENT,
-                   ["input 'input'", "needs 256 bytes", "got 100"]),
-    "contents length": (grpc_request(contents=[1.0] * 10), grpc.StatusCode.INVALID_ARGUMENT,
-                        ["input 'input'", "needs 64 elements", "fp32_contents holds 10"]),
-    "FP16 without raw": (grpc_request(datatype="FP16", contents=[]), grpc.StatusCode.INVALID_ARGUMENT,
-                         ["FP16 data must be sent in raw_input_contents"]),
-    "unknown output": (grpc_request(outputs=("logits",)), grpc.StatusCode.INVALID_ARGUMENT, ["has no output 'logits'"]),
-    "unknown model": (grpc_request(model="mnist"), grpc.StatusCode.NOT_FOUND, ["unknown model 'mnist'", "digits"]),
-    "unknown version": (grpc_request(version="7"), grpc.StatusCode.NOT_FOUND, ["no version '7'", "available versions: 1"]),
-    "undecodable message": (b"\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, ["not a valid ModelInferRequest"]),
-    "oversized message": (grpc_request(shape=(5000, 64), raw=b"\0" * (5000 * 256)), grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          ["larger than max"]),
+    "extra input": (
+        grpc_request(extra_input=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["has no input(s) 'extra'"],
+    ),
+    "raw length": (
+        grpc_request(raw=b"\0" * 100),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["input 'input'", "needs 256 bytes", "got 100"],
+    ),
+    "contents length": (
+        grpc_request(contents=[1.0] * 10),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["input 'input'", "needs 64 elements", "fp32_contents holds 10"],
+    ),
+    "FP16 without raw": (
+        grpc_request(datatype="FP16", contents=[]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["FP16 data must be sent in raw_input_contents"],
+    ),
+    "unknown output": (
+        grpc_request(outputs=("logits",)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["has no output 'logits'"],
+    ),
+    "unknown model": (
+        grpc_request(model="mnist"),
+        grpc.StatusCode.NOT_FOUND,
+        ["unknown model 'mnist'", "digits"],
+    ),
+    "unknown version": (
+        grpc_request(version="7"),
+        grpc.StatusCode.NOT_FOUND,
+        ["no version '7'", "available versions: 1"],
+    ),
+    "undecodable message": (
+        b"\xff\xff\xff",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["not a valid ModelInferRequest"],
+    ),
+    "oversized message": (
+        grpc_request(shape=(5000, 64), raw=b"\0" * (5000 * 256)),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ["larger than max"],
+    ),
 }
 
 

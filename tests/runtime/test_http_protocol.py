@@ -8,11 +8,18 @@ import socket
 from conftest import RuntimeProcess
 
 ROW = ",".join(["1.0"] * 64)
-BODY = ('{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":[%s]}],"outputs":[{"name":"label"}]}' % ROW).encode()
+BODY = (
+    f'{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,64],"data":[{ROW}]}}],'
+    f'"outputs":[{{"name":"label"}}]}}'
+).encode()
 
 
 def infer_request(body: bytes = BODY, extra: bytes = b"") -> bytes:
-    return b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+    return b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        len(body),
+        extra,
+        body,
+    )
 
 
 def read_responses(client: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
@@ -24,7 +31,12 @@ def read_responses(client: socket.socket, count: int) -> list[tuple[bytes, bytes
         if end >= 0:
             head = data[:end]
             length = next(
-                (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
             )
             if len(data) >= end + 4 + length:
                 responses.append((head, data[end + 4 : end + 4 + length]))
@@ -71,7 +83,10 @@ def test_chunked_request_body(digits_server: RuntimeProcess) -> None:
     chunks = [BODY[:50], BODY[50:200], BODY[200:]]
     encoded = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
     with connect(digits_server) as client:
-        client.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + encoded)
+        client.sendall(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + encoded
+        )
         ((head, body),) = read_responses(client, 1)
     assert head.startswith(b"HTTP/1.1 200")
     assert json.loads(body)["outputs"][0]["name"] == "label"
@@ -80,7 +95,8 @@ def test_chunked_request_body(digits_server: RuntimeProcess) -> None:
 def test_expect_100_continue(digits_server: RuntimeProcess) -> None:
     with connect(digits_server) as client:
         client.sendall(
-            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(BODY)
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(BODY)
         )
         assert client.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         client.sendall(BODY)
@@ -117,7 +133,8 @@ def test_head_and_get_endpoints(digits_server: RuntimeProcess) -> None:
             b"GET /v2 HTTP/1.1\r\nHost: t\r\n\r\n"
         )
         head_only = client.recv(4096).split(b"\r\n\r\n", 1)
-        assert head_only[0].startswith(b"HTTP/1.1 200") and b"content-length: 14" in head_only[0]
+        assert head_only[0].startswith(b"HTTP/1.1 200")
+        assert b"content-length: 14" in head_only[0]
         remaining = head_only[1]
         # The three GET responses follow the HEAD response, which has no body.
         client.settimeout(30)

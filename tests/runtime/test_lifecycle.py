@@ -18,18 +18,23 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from conftest import RuntimeProcess, start_runtime
 from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import RuntimeProcess, start_runtime
+from ferry_runtime.protocol.grpc.generated import grpc_predict_v2_pb2 as pb
 from runtime_models import DigitsModel
 
-from ferry_runtime.protocol.grpc.generated import grpc_predict_v2_pb2 as pb
-
 BODY = json.dumps(
-    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}], "outputs": [{"name": "label"}]}
+    {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}],
+        "outputs": [{"name": "label"}],
+    }
 ).encode()
 
 
-def post_infer(server: RuntimeProcess, connection: http.client.HTTPConnection | None = None) -> tuple[int, dict[str, str], Any]:
+def post_infer(
+    server: RuntimeProcess, connection: http.client.HTTPConnection | None = None
+) -> tuple[int, dict[str, str], Any]:
     own = connection is None
     connection = connection or http.client.HTTPConnection(server.http, timeout=60)
     connection.request("POST", "/v2/models/digits/infer", body=BODY)
@@ -84,7 +89,9 @@ def grpc_infer(server: RuntimeProcess) -> grpc.Call:
     return call.with_call(request, timeout=60)
 
 
-def test_metrics_count_requests_by_protocol_and_code(digits_server: RuntimeProcess, digits: DigitsModel) -> None:
+def test_metrics_count_requests_by_protocol_and_code(
+    digits_server: RuntimeProcess, digits: DigitsModel
+) -> None:
     before = scrape(digits_server)
     for _ in range(3):
         assert post_infer(digits_server)[0] == 200
@@ -109,20 +116,29 @@ def test_metrics_count_requests_by_protocol_and_code(digits_server: RuntimeProce
     assert delta("ferry_batch_size_sum", model="digits") == 4
     assert delta("ferry_inference_duration_seconds_count", model="digits") >= 1
     assert delta("ferry_request_duration_seconds_sum", model="digits", protocol="rest") > 0
-    assert metric(after, "ferry_request_duration_seconds_bucket", model="digits", protocol="rest", le="+Inf") == metric(
-        after, "ferry_request_duration_seconds_count", model="digits", protocol="rest"
-    )
+    assert metric(
+        after, "ferry_request_duration_seconds_bucket", model="digits", protocol="rest", le="+Inf"
+    ) == metric(after, "ferry_request_duration_seconds_count", model="digits", protocol="rest")
     assert metric(after, "ferry_model_load_seconds", model="digits") > 0
     assert metric(after, "ferry_model_ready", model="digits") == 1
     assert metric(after, "ferry_requests_in_flight", model="digits") == 0
     assert metric(after, "ferry_queue_depth", model="digits") == 0
 
 
-def test_overload_is_answered_503_with_retry_after_and_unavailable(digits: DigitsModel, log_dir: Path) -> None:
+def test_overload_is_answered_503_with_retry_after_and_unavailable(
+    digits: DigitsModel, log_dir: Path
+) -> None:
     # Two requests wait in a forming batch (queue full); the third must be refused, not queued.
     server = start_runtime(
-        digits.path.parent, "digits", log_dir,
-        "--max-queue-size", "2", "--max-batch-size", "64", "--max-batch-delay-ms", "4000",
+        digits.path.parent,
+        "digits",
+        log_dir,
+        "--max-queue-size",
+        "2",
+        "--max-batch-size",
+        "64",
+        "--max-batch-delay-ms",
+        "4000",
     )
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -143,7 +159,9 @@ def test_overload_is_answered_503_with_retry_after_and_unavailable(digits: Digit
             assert [future.result()[0] for future in held] == [200, 200]
         samples = scrape(server)
         assert metric(samples, "ferry_requests_total", model="digits", protocol="rest", code="503") == 1
-        assert metric(samples, "ferry_requests_total", model="digits", protocol="grpc", code="UNAVAILABLE") == 1
+        assert (
+            metric(samples, "ferry_requests_total", model="digits", protocol="grpc", code="UNAVAILABLE") == 1
+        )
         assert metric(samples, "ferry_batch_size_bucket", model="digits", le="2") == 1
     finally:
         assert server.stop() == 0, server.log()
@@ -151,8 +169,15 @@ def test_overload_is_answered_503_with_retry_after_and_unavailable(digits: Digit
 
 def test_sigterm_drains_in_flight_requests_under_load(digits: DigitsModel, log_dir: Path) -> None:
     server = start_runtime(
-        digits.path.parent, "digits", log_dir,
-        "--max-batch-size", "64", "--max-batch-delay-ms", "1500", "--shutdown-delay-seconds", "1",
+        digits.path.parent,
+        "digits",
+        log_dir,
+        "--max-batch-size",
+        "64",
+        "--max-batch-delay-ms",
+        "1500",
+        "--shutdown-delay-seconds",
+        "1",
     )
     outcomes: list[int | str] = []
     stop_looping = threading.Event()
@@ -188,5 +213,6 @@ def test_sigterm_drains_in_flight_requests_under_load(digits: DigitsModel, log_d
         for looper in loopers:
             looper.result()
     assert exit_code == 0, server.log()
-    assert outcomes and set(outcomes) == {200}, outcomes
+    assert outcomes
+    assert set(outcomes) == {200}, outcomes
     assert "drained; exiting" in server.log()

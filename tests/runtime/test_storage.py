@@ -31,26 +31,35 @@ FERRY_FETCH = str(Path(sys.executable).parent / "ferry-fetch")
 def test_sigv4_get_vanilla_vector() -> None:
     # aws-sig-v4-test-suite/get-vanilla
     header = sigv4.authorization(
-        method="GET", canonical_path="/", query=[],
+        method="GET",
+        canonical_path="/",
+        query=[],
         headers={"host": "example.amazonaws.com", "x-amz-date": "20150830T123600Z"},
         payload_sha256=sigv4.EMPTY_SHA256,
         credentials=sigv4.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
-        region="us-east-1", service="service", amz_date="20150830T123600Z",
+        region="us-east-1",
+        service="service",
+        amz_date="20150830T123600Z",
     )
     assert header == (
         "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, "
-        "SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
+        "SignedHeaders=host;x-amz-date, "
+        "Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
     )
 
 
 def test_sigv4_query_order_vector() -> None:
     # aws-sig-v4-test-suite/get-vanilla-query-order-key-case: the query is sorted before signing.
     header = sigv4.authorization(
-        method="GET", canonical_path="/", query=[("Param2", "value2"), ("Param1", "value1")],
+        method="GET",
+        canonical_path="/",
+        query=[("Param2", "value2"), ("Param1", "value1")],
         headers={"host": "example.amazonaws.com", "x-amz-date": "20150830T123600Z"},
         payload_sha256=sigv4.EMPTY_SHA256,
         credentials=sigv4.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
-        region="us-east-1", service="service", amz_date="20150830T123600Z",
+        region="us-east-1",
+        service="service",
+        amz_date="20150830T123600Z",
     )
     assert header.endswith("Signature=b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500")
 
@@ -66,8 +75,14 @@ S3_DOCS_HEADERS = {
 def test_sigv4_s3_get_object_vector() -> None:
     # Amazon S3 API reference, "Signature Calculations for the Authorization Header", Example: GET Object.
     header = sigv4.authorization(
-        method="GET", canonical_path="/test.txt", query=[], headers=S3_DOCS_HEADERS | {"range": "bytes=0-9"},
-        payload_sha256=sigv4.EMPTY_SHA256, credentials=S3_DOCS_KEY, region="us-east-1", service="s3",
+        method="GET",
+        canonical_path="/test.txt",
+        query=[],
+        headers=S3_DOCS_HEADERS | {"range": "bytes=0-9"},
+        payload_sha256=sigv4.EMPTY_SHA256,
+        credentials=S3_DOCS_KEY,
+        region="us-east-1",
+        service="s3",
         amz_date="20130524T000000Z",
     )
     assert header == (
@@ -80,8 +95,14 @@ def test_sigv4_s3_get_object_vector() -> None:
 def test_sigv4_s3_list_objects_vector() -> None:
     # Same reference, Example: List Objects (query parameters sorted and encoded).
     header = sigv4.authorization(
-        method="GET", canonical_path="/", query=[("prefix", "J"), ("max-keys", "2")], headers=S3_DOCS_HEADERS,
-        payload_sha256=sigv4.EMPTY_SHA256, credentials=S3_DOCS_KEY, region="us-east-1", service="s3",
+        method="GET",
+        canonical_path="/",
+        query=[("prefix", "J"), ("max-keys", "2")],
+        headers=S3_DOCS_HEADERS,
+        payload_sha256=sigv4.EMPTY_SHA256,
+        credentials=S3_DOCS_KEY,
+        region="us-east-1",
+        service="s3",
         amz_date="20130524T000000Z",
     )
     assert header.endswith("Signature=34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7")
@@ -104,7 +125,12 @@ def test_file_directory_fetch_and_manifest_digest(model_tree: Path, tmp_path: Pa
     expected = storage.directory_digest(model_tree)
     # The documented equivalent: sha256sum of the sorted sha256sum listing.
     listing = subprocess.run(
-        "find . -type f | sort | xargs sha256sum", shell=True, cwd=model_tree, capture_output=True, text=True, check=True
+        "find . -type f | sort | xargs sha256sum",
+        shell=True,
+        cwd=model_tree,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert expected == hashlib.sha256(listing.encode()).hexdigest()
     fetched = storage.fetch(f"file://{model_tree}/", dest, sha256=expected)
@@ -125,18 +151,23 @@ def test_pvc_file_into_directory(model_tree: Path, tmp_path: Path) -> None:
 
 def test_digest_mismatch_leaves_nothing_behind(model_tree: Path, tmp_path: Path) -> None:
     dest = tmp_path / "dest"
-    with pytest.raises(storage.FetchError, match="SHA-256 mismatch: expected 00+, got [0-9a-f]{64}"):
+    with pytest.raises(storage.FetchError, match=r"SHA-256 mismatch: expected 00+, got [0-9a-f]{64}"):
         storage.fetch(f"file://{model_tree}/", dest, sha256="0" * 64)
     assert not [path for path in dest.rglob("*") if path.is_file()]
 
 
 def test_cli_reports_errors_and_exit_code(tmp_path: Path) -> None:
-    completed = subprocess.run(
+    completed = subprocess.run(  # noqa: PLW1510 (the exit code is asserted)
         [FERRY_FETCH, "ftp://host/model.onnx", str(tmp_path)], capture_output=True, text=True, timeout=60
     )
     assert completed.returncode == 1
     assert "unsupported scheme 'ftp'" in completed.stderr
-    missing = subprocess.run([FERRY_FETCH, f"file://{tmp_path}/nope.onnx", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(  # noqa: PLW1510 (the exit code is asserted)
+        [FERRY_FETCH, f"file://{tmp_path}/nope.onnx", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 1
     assert "no file at" in missing.stderr
 
@@ -173,9 +204,11 @@ def http_server(model_tree: Path) -> Iterator[str]:
 
 def test_http_fetch_with_digest_and_retry(http_server: str, model_tree: Path, tmp_path: Path) -> None:
     digest = hashlib.sha256((model_tree / "model.onnx").read_bytes()).hexdigest()
-    completed = subprocess.run(
+    completed = subprocess.run(  # noqa: PLW1510 (the exit code is asserted)
         [FERRY_FETCH, f"{http_server}/flaky/model.onnx", f"{tmp_path}/out/", "--sha256", digest],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert completed.returncode == 0, completed.stderr
     assert f"sha256 {digest}" in completed.stdout
@@ -196,7 +229,8 @@ def test_http_errors_name_the_status(http_server: str, tmp_path: Path) -> None:
 def s3_endpoint(model_tree: Path) -> Iterator[tuple[str, list[str]]]:
     objects = {
         f"models/digits/{path.relative_to(model_tree).as_posix()}": path.read_bytes()
-        for path in model_tree.rglob("*") if path.is_file()
+        for path in model_tree.rglob("*")
+        if path.is_file()
     }
     secret = "s3cr3t"
     seen: list[str] = []
@@ -207,11 +241,21 @@ def s3_endpoint(model_tree: Path) -> Iterator[tuple[str, list[str]]]:
             seen.append(self.path)
             given = self.headers.get("Authorization", "")
             headers = {name: self.headers[name] for name in ("host", "x-amz-content-sha256", "x-amz-date")}
-            query = [(key, value) for key, values in parse_qs(parts.query, keep_blank_values=True).items() for value in values]
+            query = [
+                (key, value)
+                for key, values in parse_qs(parts.query, keep_blank_values=True).items()
+                for value in values
+            ]
             expected = sigv4.authorization(
-                method="GET", canonical_path=parts.path, query=query, headers=headers,
-                payload_sha256=sigv4.EMPTY_SHA256, credentials=sigv4.Credentials("AKIDTEST", secret),
-                region="eu-west-1", service="s3", amz_date=headers["x-amz-date"],
+                method="GET",
+                canonical_path=parts.path,
+                query=query,
+                headers=headers,
+                payload_sha256=sigv4.EMPTY_SHA256,
+                credentials=sigv4.Credentials("AKIDTEST", secret),
+                region="eu-west-1",
+                service="s3",
+                amz_date=headers["x-amz-date"],
             )
             if given != expected:
                 self._reply(403, b"<Error><Code>SignatureDoesNotMatch</Code></Error>")
@@ -220,7 +264,9 @@ def s3_endpoint(model_tree: Path) -> Iterator[tuple[str, list[str]]]:
             if bucket != "bucket":
                 self._reply(404, b"<Error><Code>NoSuchBucket</Code></Error>")
             elif key:
-                self._reply(200, objects[key]) if key in objects else self._reply(404, b"<Error><Code>NoSuchKey</Code></Error>")
+                self._reply(200, objects[key]) if key in objects else self._reply(
+                    404, b"<Error><Code>NoSuchKey</Code></Error>"
+                )
             else:
                 self._list(dict(query))
 
@@ -256,24 +302,41 @@ def s3_endpoint(model_tree: Path) -> Iterator[tuple[str, list[str]]]:
 
 def s3_environ(endpoint: str, secret: str = "s3cr3t") -> dict[str, str]:
     return {
-        "AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": secret,
-        "AWS_REGION": "eu-west-1", "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "AKIDTEST",
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_REGION": "eu-west-1",
+        "AWS_ENDPOINT_URL": endpoint,
     }
 
 
-def test_s3_prefix_fetch_pages_through_the_listing(s3_endpoint: tuple[str, list[str]], model_tree: Path, tmp_path: Path) -> None:
+def test_s3_prefix_fetch_pages_through_the_listing(
+    s3_endpoint: tuple[str, list[str]], model_tree: Path, tmp_path: Path
+) -> None:
     endpoint, seen = s3_endpoint
-    fetched = storage.fetch("s3://bucket/models/digits/", tmp_path / "dest", environ=s3_environ(endpoint),
-                            sha256=storage.directory_digest(model_tree))
-    assert sorted(path.relative_to(tmp_path / "dest").as_posix() for path in fetched.files) == ["extra/labels.txt", "model.onnx"]
+    fetched = storage.fetch(
+        "s3://bucket/models/digits/",
+        tmp_path / "dest",
+        environ=s3_environ(endpoint),
+        sha256=storage.directory_digest(model_tree),
+    )
+    assert sorted(path.relative_to(tmp_path / "dest").as_posix() for path in fetched.files) == [
+        "extra/labels.txt",
+        "model.onnx",
+    ]
     assert sum("continuation-token" in path for path in seen) == 1
 
 
-def test_s3_single_object_and_bad_credentials(s3_endpoint: tuple[str, list[str]], model_tree: Path, tmp_path: Path) -> None:
+def test_s3_single_object_and_bad_credentials(
+    s3_endpoint: tuple[str, list[str]], model_tree: Path, tmp_path: Path
+) -> None:
     endpoint, _ = s3_endpoint
-    fetched = storage.fetch("s3://bucket/models/digits/model.onnx", f"{tmp_path}/one/", environ=s3_environ(endpoint))
+    fetched = storage.fetch(
+        "s3://bucket/models/digits/model.onnx", f"{tmp_path}/one/", environ=s3_environ(endpoint)
+    )
     assert fetched.files[0].read_bytes() == (model_tree / "model.onnx").read_bytes()
-    with pytest.raises(storage.FetchError, match="HTTP 403.*SignatureDoesNotMatch"):
-        storage.fetch("s3://bucket/models/digits/model.onnx", f"{tmp_path}/two/", environ=s3_environ(endpoint, "wrong"))
+    with pytest.raises(storage.FetchError, match=r"HTTP 403.*SignatureDoesNotMatch"):
+        storage.fetch(
+            "s3://bucket/models/digits/model.onnx", f"{tmp_path}/two/", environ=s3_environ(endpoint, "wrong")
+        )
     with pytest.raises(storage.FetchError, match="no objects under prefix 'nothing/'"):
         storage.fetch("s3://bucket/nothing/", tmp_path / "three", environ=s3_environ(endpoint))

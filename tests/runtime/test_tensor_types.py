@@ -12,8 +12,9 @@ import onnx
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from conftest import FERRY_RUNTIME, RuntimeProcess, free_port, start_runtime
 from onnx import TensorProto, helper
+
+from conftest import FERRY_RUNTIME, RuntimeProcess, free_port, start_runtime
 from runtime_models import DigitsModel, build_digits_model
 
 # Protocol datatype -> (ONNX element type, numpy dtype).
@@ -52,7 +53,9 @@ def identity_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtim
         nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
         inputs.append(helper.make_tensor_value_info(f"in_{name}", element, ["batch", 3]))
         outputs.append(helper.make_tensor_value_info(f"out_{name}", element, ["batch", 3]))
-    model = helper.make_model(helper.make_graph(nodes, "identity", inputs, outputs), opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "identity", inputs, outputs), opset_imports=[helper.make_opsetid("", 17)]
+    )
     model.ir_version = 8
     directory = tmp_path_factory.mktemp("identity")
     onnx.save(model, directory / "model.onnx")
@@ -140,15 +143,33 @@ def test_sequence_output_is_refused_at_load_time(tmp_path: Path) -> None:
         [helper.make_node("SequenceConstruct", ["x"], ["parts"])],
         "sequence",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-        [helper.make_value_info("parts", helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, [2])))],
+        [
+            helper.make_value_info(
+                "parts",
+                helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, [2])),
+            )
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "model.onnx")
-    completed = subprocess.run(
-        [FERRY_RUNTIME, "--model-dir", str(tmp_path), "--model-name", "seq", "--host", "127.0.0.1",
-         "--http-port", str(free_port()), "--grpc-port", "0"],
-        capture_output=True, text=True, timeout=120,
+    completed = subprocess.run(  # noqa: PLW1510 (the exit code is asserted)
+        [
+            FERRY_RUNTIME,
+            "--model-dir",
+            str(tmp_path),
+            "--model-name",
+            "seq",
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(free_port()),
+            "--grpc-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert completed.returncode == 1
     assert "output 'parts' has type seq(tensor(float))" in completed.stderr
@@ -158,10 +179,23 @@ def test_sequence_output_is_refused_at_load_time(tmp_path: Path) -> None:
 def test_missing_model_file_is_refused_with_what_the_directory_holds(tmp_path: Path) -> None:
     (tmp_path / "a.onnx").write_bytes(b"")
     (tmp_path / "b.onnx").write_bytes(b"")
-    completed = subprocess.run(
-        [FERRY_RUNTIME, "--model-dir", str(tmp_path), "--model-name", "m", "--host", "127.0.0.1",
-         "--http-port", str(free_port()), "--grpc-port", "0"],
-        capture_output=True, text=True, timeout=120,
+    completed = subprocess.run(  # noqa: PLW1510 (the exit code is asserted)
+        [
+            FERRY_RUNTIME,
+            "--model-dir",
+            str(tmp_path),
+            "--model-name",
+            "m",
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(free_port()),
+            "--grpc-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert completed.returncode == 1
     assert f"expected {tmp_path / 'model.onnx'}; {tmp_path} holds a.onnx, b.onnx" in completed.stderr

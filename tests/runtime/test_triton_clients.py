@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+
 from conftest import RuntimeProcess
 from runtime_models import DigitsModel
 
@@ -33,7 +34,10 @@ def test_health_and_metadata_over_http(http_client: triton_http.InferenceServerC
     assert "binary_tensor_data" in server["extensions"]
     metadata = http_client.get_model_metadata("digits")
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
-    assert {o["name"]: o["datatype"] for o in metadata["outputs"]} == {"label": "INT64", "probabilities": "FP32"}
+    assert {o["name"]: o["datatype"] for o in metadata["outputs"]} == {
+        "label": "INT64",
+        "probabilities": "FP32",
+    }
 
 
 def test_health_and_metadata_over_grpc(grpc_client: triton_grpc.InferenceServerClient) -> None:
@@ -97,15 +101,15 @@ def test_grpc_predictions_match_scikit_learn(
     assert result.get_response().id == "g-1"
 
 
-def test_grpc_async_requests_all_answered(grpc_client: triton_grpc.InferenceServerClient, digits: DigitsModel) -> None:
+def test_grpc_async_requests_all_answered(
+    grpc_client: triton_grpc.InferenceServerClient, digits: DigitsModel
+) -> None:
     # Many concurrent requests exercise the batcher's concat/split path: each answer must be its own.
     answers: queue.Queue[tuple[int, triton_grpc.InferResult | None, Exception | None]] = queue.Queue()
     for index in range(40):
         tensor = triton_grpc.InferInput("input", [1, 64], "FP32")
         tensor.set_data_from_numpy(digits.test_images[index : index + 1])
-        grpc_client.async_infer(
-            "digits", [tensor], callback=functools.partial(_collect, answers, index)
-        )
+        grpc_client.async_infer("digits", [tensor], callback=functools.partial(_collect, answers, index))
     for _ in range(40):
         index, result, error = answers.get(timeout=60)
         assert error is None

@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from ferry_runtime.datatypes import NUMPY_DTYPES, check_datatype, decode_raw, element_count, encode_raw, parse_shape
+from ferry_runtime.datatypes import (
+    NUMPY_DTYPES,
+    check_datatype,
+    decode_raw,
+    element_count,
+    encode_raw,
+    parse_shape,
+)
 from ferry_runtime.errors import InvalidInput
 from ferry_runtime.inference import (
     InferenceRequest,
@@ -76,7 +83,9 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
     )
 
 
-def _decode_contents(contents: pb.InferTensorContents, datatype: str, shape: tuple[int, ...], name: str) -> Array:
+def _decode_contents(
+    contents: pb.InferTensorContents, datatype: str, shape: tuple[int, ...], name: str
+) -> Array:
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(f"input '{name}': {datatype} data must be sent in raw_input_contents")
@@ -106,7 +115,9 @@ def _parameters(parameters: Any) -> Parameters:
 
 
 def encode_response(response: InferenceResponse) -> pb.ModelInferResponse:
-    message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
     for tensor in response.outputs:
         message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
         message.raw_output_contents.append(encode_raw(tensor.array))

@@ -34,18 +34,24 @@ class InferenceService:
         self.dataplane = dataplane
         self.recorder = RequestRecorder(metrics, dataplane.model_name, "grpc")
 
-    async def server_live(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ServerLiveResponse:
+    async def server_live(
+        self, _request: pb.ServerLiveRequest, _context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dataplane.live)
 
-    async def server_ready(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ServerReadyResponse:
+    async def server_ready(
+        self, _request: pb.ServerReadyRequest, _context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.dataplane.ready)
 
     async def server_metadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, _request: pb.ServerMetadataRequest, _context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
 
-    async def model_ready(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelReadyResponse:
+    async def model_ready(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelReadyResponse:
         try:
             return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
         except FerryError as error:
@@ -69,7 +75,9 @@ class InferenceService:
             outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in metadata.outputs],
         )
 
-    async def model_infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ModelInferResponse:
+    async def model_infer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelInferResponse:
         received = time.perf_counter()
         plane = self.dataplane
         try:
@@ -92,7 +100,9 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: FerryError)
     if isinstance(error, Unavailable):
         # gRPC's standard retry pushback, and the HTTP-style hint for clients that read metadata.
         seconds = error.retry_after_seconds
-        context.set_trailing_metadata((("grpc-retry-pushback-ms", str(seconds * 1000)), ("retry-after", str(seconds))))
+        context.set_trailing_metadata(
+            (("grpc-retry-pushback-ms", str(seconds * 1000)), ("retry-after", str(seconds)))
+        )
     await context.abort(error.grpc_status, error.message)
 
 
@@ -147,7 +157,7 @@ class GrpcServer:
         if bound == 0:
             raise OSError(f"cannot bind gRPC to {host}:{port}")
         await self._server.start()
-        return bound
+        return int(bound)
 
     async def stop(self, grace_seconds: float) -> None:
         """New RPCs are refused at once; in-flight RPCs get `grace_seconds` to finish."""

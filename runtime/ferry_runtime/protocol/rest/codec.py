@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ferry_runtime.datatypes import NUMPY_DTYPES, check_datatype, decode_raw, element_count, encode_raw, parse_shape
+from ferry_runtime.datatypes import (
+    NUMPY_DTYPES,
+    check_datatype,
+    decode_raw,
+    element_count,
+    encode_raw,
+    parse_shape,
+)
 from ferry_runtime.errors import InvalidInput
 from ferry_runtime.inference import (
     InferenceRequest,

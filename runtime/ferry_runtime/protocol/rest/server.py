@@ -47,11 +47,19 @@ log = logging.getLogger(__name__)
 
 JSON = b"application/json"
 OCTET_STREAM = b"application/octet-stream"
-_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus}
+_STATUS_LINES = {
+    status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus
+}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Headers the server acts on; every other header is ignored without being stored.
 _WANTED_HEADERS = frozenset(
-    {b"content-length", b"inference-header-content-length", b"content-encoding", b"expect", b"transfer-encoding"}
+    {
+        b"content-length",
+        b"inference-header-content-length",
+        b"content-encoding",
+        b"expect",
+        b"transfer-encoding",
+    }
 )
 # More queued pipelined requests than this on one connection and the server stops reading from it.
 _MAX_PIPELINED = 64
@@ -158,17 +166,11 @@ class RestApp:
         return route
 
     def handle(
-        self,
-        connection: HttpConnection,
-        method: bytes,
-        url: bytes,
-        headers: dict[bytes, bytes],
-        body: bytes,
-        keep_alive: bool,
-        received: float,
+        self, connection: HttpConnection, method: bytes, body: bytes, keep_alive: bool, received: float
     ) -> bytes | None:
-        """The response bytes, or None when an inference will answer through `connection.respond`."""
-        path = url.partition(b"?")[0]
+        """The response to the connection's current request (its `url` and `headers`), or None when an
+        inference will answer later through `connection.respond`."""
+        path = connection.url.partition(b"?")[0]
         try:
             route = self.route(path)
             expected = _ROUTE_METHODS[route.kind]
@@ -178,7 +180,7 @@ class RestApp:
                     expected.decode(),
                 )
             if route.kind == "infer":
-                return self._infer(connection, route, headers, body, keep_alive, received)
+                return self._infer(connection, route, body, keep_alive, received)
             response = self._get(route, keep_alive)
         except FerryError as error:
             if route_is_infer(path):
@@ -201,7 +203,9 @@ class RestApp:
         if kind == "server":
             return http_response(200, orjson.dumps(plane.server_metadata()), JSON, keep_alive)
         if kind == "metrics":
-            return http_response(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode(), keep_alive)
+            return http_response(
+                200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode(), keep_alive
+            )
         if kind == "model_ready":
             ready = plane.model_ready(route.model, route.version)
             body = orjson.dumps({"name": route.model, "ready": ready})
@@ -212,14 +216,9 @@ class RestApp:
         return http_response(200, self._metadata_body, JSON, keep_alive)
 
     def _infer(
-        self,
-        connection: HttpConnection,
-        route: _Route,
-        headers: dict[bytes, bytes],
-        body: bytes,
-        keep_alive: bool,
-        received: float,
+        self, connection: HttpConnection, route: _Route, body: bytes, keep_alive: bool, received: float
     ) -> bytes | None:
+        headers = connection.headers
         encoding = headers.get(b"content-encoding")
         if encoding is not None:
             body = inflate(body, encoding, self.max_body_bytes)
@@ -229,16 +228,15 @@ class RestApp:
             try:
                 json_length = int(header_length)
             except ValueError:
+                shown = header_length.decode("latin-1")
                 raise InvalidInput(
-                    f"Inference-Header-Content-Length must be an integer, got {header_length.decode('latin-1')!r}"
+                    f"Inference-Header-Content-Length must be an integer, got {shown!r}"
                 ) from None
         request = codec.decode_request(body, json_length, route.model, route.version)
         future = self.dataplane.submit(request, connection.loop)
         self.dataplane.in_flight += 1
-        slot = connection.reserve()
-        future.add_done_callback(
-            lambda done: self._complete(connection, slot, request, done, keep_alive, received)
-        )
+        slot = connection.reserve(keep_alive, received)
+        future.add_done_callback(lambda done: self._complete(connection, slot, request, done))
         return None
 
     def _complete(
@@ -247,15 +245,16 @@ class RestApp:
         slot: _Slot,
         request: InferenceRequest,
         future: asyncio.Future[Outputs],
-        keep_alive: bool,
-        received: float,
     ) -> None:
         self.dataplane.in_flight -= 1
-        keep_alive = keep_alive and not connection.draining
+        keep_alive = slot.keep_alive and not connection.draining
+        received = slot.received
         error = future.exception()
         if error is None:
             try:
-                body, json_length = codec.encode_response(self.dataplane.response(request, future.result()), request)
+                body, json_length = codec.encode_response(
+                    self.dataplane.response(request, future.result()), request
+                )
             except Exception as failure:  # an output the protocol cannot carry is a server-side fault
                 log.exception("cannot encode the response of model '%s'", request.model_name)
                 error = failure
@@ -301,11 +300,13 @@ def inflate(body: bytes, encoding: bytes, limit: int) -> bytes:
 class _Slot:
     """A response position on a connection, so pipelined requests are answered in order."""
 
-    __slots__ = ("data", "keep_alive")
+    __slots__ = ("data", "keep_alive", "received")
 
-    def __init__(self) -> None:
+    def __init__(self, keep_alive: bool, received: float) -> None:
         self.data: bytes | None = None
-        self.keep_alive = True
+        self.keep_alive = keep_alive
+        # When the request was complete (for the request-duration metric).
+        self.received = received
 
 
 class HttpConnection(asyncio.Protocol):
@@ -317,8 +318,9 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.draining = False
         self.last_active = self.loop.time()
-        self._url = b""
-        self._headers: dict[bytes, bytes] = {}
+        # The request being parsed: its target and the headers the server acts on.
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._body_size = 0
         self._slots: deque[_Slot] = deque()
@@ -335,7 +337,7 @@ class HttpConnection(asyncio.Protocol):
         self.server.connections.add(self)
         self.draining = self.server.draining
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         self._closed = True
         self.server.connections.discard(self)
 
@@ -359,21 +361,21 @@ class HttpConnection(asyncio.Protocol):
     # --- httptools callbacks ---
 
     def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = {}
+        self.url = b""
+        self.headers = {}
         self._body = []
         self._body_size = 0
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name in _WANTED_HEADERS:
-            self._headers[name] = value
+            self.headers[name] = value
 
     def on_headers_complete(self) -> None:
-        length = self._headers.get(b"content-length")
+        length = self.headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.app.max_body_bytes:
             self._reject(
                 PayloadTooLarge(
@@ -381,7 +383,7 @@ class HttpConnection(asyncio.Protocol):
                 )
             )
             return
-        if self._headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+        if self.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
@@ -401,11 +403,11 @@ class HttpConnection(asyncio.Protocol):
         keep_alive = self.parser.should_keep_alive() and not self.draining
         method = self.parser.get_method()
         try:
-            response = self.app.handle(self, method, self._url, self._headers, body, keep_alive, received)
+            response = self.app.handle(self, method, body, keep_alive, received)
         except FerryError as error:
             response = error_response(error, keep_alive)
         except Exception as error:
-            log.exception("unexpected failure handling %s %s", method, self._url)
+            log.exception("unexpected failure handling %s %s", method, self.url)
             response = error_response(FerryError(f"internal error: {error}"), keep_alive)
         if self.parser.get_http_version() == "1.0" and keep_alive and response is not None:
             response = response.replace(b"\r\n", b"\r\nconnection: keep-alive\r\n", 1)
@@ -413,15 +415,14 @@ class HttpConnection(asyncio.Protocol):
             if not self._slots:
                 self._write(response, keep_alive)
                 return
-            slot = self.reserve()
-            self.respond(slot, response, keep_alive)
+            self.respond(self.reserve(keep_alive, received), response, keep_alive)
         elif len(self._slots) >= _MAX_PIPELINED:
             self._pause_reading()
 
     # --- responses ---
 
-    def reserve(self) -> _Slot:
-        slot = _Slot()
+    def reserve(self, keep_alive: bool, received: float) -> _Slot:
+        slot = _Slot(keep_alive, received)
         self._slots.append(slot)
         return slot
 
@@ -459,7 +460,7 @@ class HttpConnection(asyncio.Protocol):
         self._rejected = True
         data = error_response(error, keep_alive=False)
         if self._slots:
-            self.respond(self.reserve(), data, keep_alive=False)
+            self.respond(self.reserve(False, 0.0), data, keep_alive=False)
             return
         transport = self.transport
         if transport is None or self._closed:
