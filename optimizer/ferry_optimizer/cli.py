@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=FORMATS, help="the model's format")
     p.add_argument("--spec", required=True, type=Path, help="the optimize spec, a JSON or YAML file")
     p.add_argument("--data", help="data URI (.npz); overrides optimize.data.uri")
-    p.add_argument("--output", required=True, help="output directory URI: a path, file:// or pvc://")
+    p.add_argument("--output", required=True, help="output directory URI: a path, file://, pvc:// or s3://")
     p.add_argument(
         "--termination-log",
         type=Path,
@@ -68,16 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             work = Path(scratch) / "work"
             work.mkdir()
             report = Pipeline(request, work).run()
+            (request.output / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+            locations.publish(request.output, args.output)
         except InputError as error:
             return _fail(termination, args.key, f"bad input: {error.message}", EXIT_INPUT)
         except OptimizerError as error:
             return _fail(termination, args.key, f"optimization failed: {error.message}", EXIT_FAILURE)
         except Exception as error:  # a bug or an unexpected library failure: still tell the operator why
             traceback.print_exc()
-            return _fail(
-                termination, args.key, f"optimization failed: {type(error).__name__}: {error}", EXIT_FAILURE
-            )
-    (request.output / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+            reason = f"optimization failed: {type(error).__name__}: {error}"
+            return _fail(termination, args.key, reason, EXIT_FAILURE)
     print(report.table())
     if termination is not None:
         termination.write_text(report.termination_message())
@@ -98,7 +98,7 @@ def _request(args: argparse.Namespace, scratch: Path) -> Request:
         format=args.format,
         spec=optimize,
         data=data,
-        output=locations.output_dir(args.output),
+        output=locations.output_dir(args.output, scratch),
         output_uri=args.output,
         key=args.key,
         settings=Settings(
