@@ -27,6 +27,7 @@ done
 need=()
 command -v podman >/dev/null || need+=(podman)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v runc >/dev/null || need+=(runc)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" uidmap fuse-overlayfs
@@ -48,12 +49,25 @@ if [[ -z "$base" ]]; then
   fi
 fi
 
+# This machine kind mounts cgroup v1 with a cgroup2 hierarchy beside it ("hybrid"), which crun refuses;
+# runc with the cgroupfs manager works. Its sandbox also forbids raising RLIMIT_NOFILE/NPROC to podman's
+# defaults, so build steps get explicit limits under the host's hard limits.
+podman_flags=(--runtime runc --cgroup-manager cgroupfs)
+build_limits=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit "nproc=8192:8192")
+
+# A host that trusts an extra CA for PyPI (PIP_CERT) lends it to the build, read-only, never into the image.
+ca_flags=()
+if [[ -n "${PIP_CERT:-}" && -f "$PIP_CERT" ]]; then
+  ca_flags=(--volume "$PIP_CERT:/run/ferry-build-ca.crt:ro" --build-arg PIP_CERT=/run/ferry-build-ca.crt)
+fi
+
 for component in operator runtime optimizer; do
   [[ -n "$only" && "$only" != "$component" ]] && continue
   image="ferry-$component:$version"
   echo "building $image on $base"
   start=$(date +%s)
-  podman build --network host --build-arg "BASE_IMAGE=$base" -f "$component/Dockerfile" -t "$image" .
+  podman "${podman_flags[@]}" build "${build_limits[@]}" "${ca_flags[@]}" --network host --build-arg "BASE_IMAGE=$base" \
+    -f "$component/Dockerfile" -t "$image" .
   size=$(podman image inspect "$image" --format '{{.Size}}')
   echo "$image: $((size / 1024 / 1024)) MiB, built in $(($(date +%s) - start)) s"
   if $load; then
