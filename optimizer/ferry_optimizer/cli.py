@@ -19,8 +19,9 @@ from pathlib import Path
 from ferry_optimizer import __version__, locations, spec
 from ferry_optimizer.errors import InputError, OptimizerError
 from ferry_optimizer.pipeline import FORMATS, Pipeline, Request, Settings
+from ferry_runtime import termination
 
-DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+DEFAULT_TERMINATION_LOG = termination.TERMINATION_LOG
 EXIT_INPUT = 2
 EXIT_FAILURE = 1
 
@@ -59,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    termination = args.termination_log or (
+    # The default only inside a pod, where the kubelet created the file: never create /dev/termination-log.
+    log = args.termination_log or (
         DEFAULT_TERMINATION_LOG if os.access(DEFAULT_TERMINATION_LOG, os.W_OK) else None
     )
     with tempfile.TemporaryDirectory(prefix="ferry-optimize-") as scratch:
@@ -71,16 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             (request.output / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
             locations.publish(request.output, args.output)
         except InputError as error:
-            return _fail(termination, args.key, f"bad input: {error.message}", EXIT_INPUT)
+            return _fail(log, args.key, f"bad input: {error.message}", EXIT_INPUT)
         except OptimizerError as error:
-            return _fail(termination, args.key, f"optimization failed: {error.message}", EXIT_FAILURE)
+            return _fail(log, args.key, f"optimization failed: {error.message}", EXIT_FAILURE)
         except Exception as error:  # a bug or an unexpected library failure: still tell the operator why
             traceback.print_exc()
             reason = f"optimization failed: {type(error).__name__}: {error}"
-            return _fail(termination, args.key, reason, EXIT_FAILURE)
+            return _fail(log, args.key, reason, EXIT_FAILURE)
     print(report.table())
-    if termination is not None:
-        termination.write_text(report.termination_message())
+    if log is not None:
+        termination.write_termination_message(report.termination_message(), log)
     return 0
 
 
@@ -107,9 +109,9 @@ def _request(args: argparse.Namespace, scratch: Path) -> Request:
     )
 
 
-def _fail(termination: Path | None, key: str | None, reason: str, code: int) -> int:
+def _fail(log: Path | None, key: str | None, reason: str, code: int) -> int:
     print(f"ferry-optimize: {reason}", file=sys.stderr)
-    if termination is not None:
+    if log is not None:
         summary: dict[str, object] = {
             "passed": False,
             "chosen": None,
@@ -119,7 +121,7 @@ def _fail(termination: Path | None, key: str | None, reason: str, code: int) -> 
             "metric": None,
             "candidates": [],
         }
-        termination.write_text(json.dumps(summary, separators=(",", ":")))
+        termination.write_termination_message(json.dumps(summary, separators=(",", ":")), log)
     return code
 
 

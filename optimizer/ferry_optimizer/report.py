@@ -7,8 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Kubernetes truncates a termination message at 4096 bytes; the summary stays well below.
-TERMINATION_LIMIT = 4096
+# Kubernetes truncates a termination message at 4096 bytes, ferry_runtime.termination at 4000 characters:
+# the summary stays below both, so it is always complete JSON.
+TERMINATION_LIMIT = 4000
 _REASON_LIMIT = 1200
 
 
