@@ -6,11 +6,7 @@ ONNX steps in this order: quantize (on a clean graph, which is what the quantize
 offline graph optimization. The final model of each lineage is a requested candidate; `baseline`, the
 converted and otherwise untouched source, is the gate's reference and the fallback.
 
-Choosing (docs/optimizer.md): among requested candidates that pass the gate, those within 5% of the lowest
-latency count as equally fast, and of those the smallest file wins (then the smallest compressed size,
-then the better metric). With a gate (spec.validate) and no passing candidate, nothing is chosen and no
-model is written: the operator keeps serving what it serves. Without a gate, only a candidate that failed
-to build is rejected, and if all failed the baseline is chosen with passed=false.
+The gate and the choice among candidates are in selection.py.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from ferry_optimizer import __version__, data, locations, onnxtools, quality
+from ferry_optimizer import __version__, data, locations, onnxtools, quality, selection
 from ferry_optimizer.errors import InputError, OptimizerError, StepError
 from ferry_optimizer.key import content_key, file_sha256
 from ferry_optimizer.report import Artifact, Candidate, Measurement, Report, Step
@@ -37,8 +33,6 @@ if TYPE_CHECKING:
     import keras
 
 FORMATS = ("onnx", "tensorflow", "keras", "tflite")
-# Requested candidates within this factor of the fastest count as equally fast (timing noise).
-LATENCY_TIE = 1.05
 # Fraction of the data kept for validation when a step learns from data (fine-tuning, calibration).
 HOLDOUT = 0.25
 FP16_NOTE = (
@@ -220,7 +214,7 @@ class Pipeline:
             output_uri=request.output_uri,
         )
         if request.format != "onnx":
-            report.steps.append(self._convert_step(baseline, convert_seconds))
+            report.steps.append(self._convert_step(baseline, convert_seconds, keras_model))
         else:
             report.notes.append("source is ONNX: passed through without conversion")
         if dataset.source == "synthetic":
@@ -253,8 +247,10 @@ class Pipeline:
             candidate = self._finish(lineage, report)
             if candidate is not None:
                 report.candidates.append(candidate)
-        self._gate(report)
-        self._choose(report)
+        selection.gate(report.candidates, self.metric_name, baseline.metric or 0.0, spec.validate)
+        report.chosen, report.passed, report.reason = selection.choose(
+            report.candidates, self.metric_name, gated=spec.validate is not None
+        )
         self._write(report, {lineage.name: lineage for lineage in lineages}, baseline_path)
         if spec.quantize == "fp16":
             report.notes.append(FP16_NOTE)
@@ -335,10 +331,7 @@ class Pipeline:
             return tfm.predict_saved_model(self.request.model, feeds)  # type: ignore[no-any-return]
         return tfm.predict_tflite(self.request.model, feeds)  # type: ignore[no-any-return]
 
-    def _convert_step(self, baseline: Measurement, seconds: float) -> Step:
-        keras_model = None
-        if self.request.format == "keras":
-            keras_model = self._tf().load_keras(self.request.model)
+    def _convert_step(self, baseline: Measurement, seconds: float, keras_model: keras.Model | None) -> Step:
         outputs = self._source_outputs(self.validation.inputs, keras_model)
         source_metric = quality.score(self.metric_name, outputs, self.reference)
         agreement = quality.score("maxAbsError", outputs, self.reference)
@@ -619,71 +612,6 @@ class Pipeline:
                 metric=metric,
             )
         return self.measured[path]
-
-    def _gate(self, report: Report) -> None:
-        validate = self.spec.validate
-        baseline = report.metric["baseline"]
-        for candidate in report.candidates:
-            if candidate.measurement is None:
-                candidate.passed = False
-                continue
-            value = candidate.measurement.metric
-            assert value is not None
-            change = quality.drop(self.metric_name, baseline, value)
-            if candidate.name == "baseline":
-                candidate.passed, candidate.reason = True, candidate.reason or "reference"
-            elif validate is None:
-                candidate.passed, candidate.reason = (
-                    True,
-                    f"no gate ({self.metric_name} change {-change:+.4g})",
-                )
-            elif quality.passes(self.metric_name, baseline, value, validate.max_drop):
-                candidate.passed, candidate.reason = (
-                    True,
-                    f"{self.metric_name} drop {change:.4g} <= maxDrop {validate.max_drop:g}",
-                )
-            else:
-                candidate.passed = False
-                candidate.reason = (
-                    f"{self.metric_name} drop {change:.4g} > maxDrop {validate.max_drop:g} "
-                    f"({value:.4g} vs baseline {baseline:.4g})"
-                )
-
-    def _choose(self, report: Report) -> None:
-        requested = [c for c in report.candidates if c.requested]
-        eligible = [c for c in requested if c.passed and c.measurement is not None]
-        if eligible:
-            higher = quality.HIGHER_IS_BETTER[self.metric_name]
-
-            def latency(c: Candidate) -> float:
-                assert c.measurement is not None
-                assert c.measurement.latency_ms is not None
-                return c.measurement.latency_ms
-
-            fastest = min(latency(c) for c in eligible)
-            tied = [c for c in eligible if latency(c) <= fastest * LATENCY_TIE]
-
-            def order(c: Candidate) -> tuple[int, int, float]:
-                m = c.measurement
-                assert m is not None
-                assert m.metric is not None
-                return (m.size_bytes, m.compressed_bytes or 0, -m.metric if higher else m.metric)
-
-            best = min(tied, key=order)
-            report.chosen, report.passed = best.name, True
-            report.reason = (
-                f"{best.name}: {best.reason}; chosen as the smallest of the fastest passing candidates"
-            )
-            return
-        rejected = "; ".join(f"{c.name}: {c.reason}" for c in requested) or "no candidate"
-        if self.spec.validate is not None:
-            report.chosen, report.passed = None, False
-            report.reason = f"rejected by the gate, nothing rolled out: {rejected}"
-        else:
-            report.chosen, report.passed = "baseline", False
-            report.reason = (
-                f"no requested candidate could be built ({rejected}); the converted baseline is written"
-            )
 
     # --- outputs -----------------------------------------------------------------------------------
 
