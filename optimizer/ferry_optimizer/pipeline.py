@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import keras
 
 FORMATS = ("onnx", "tensorflow", "keras", "tflite")
+MODEL_FILES = ("model.onnx", "model.tflite", "model.int8.tflite")
 # Fraction of the data kept for validation when a step learns from data (fine-tuning, calibration).
 HOLDOUT = 0.25
 FP16_NOTE = (
@@ -618,6 +619,9 @@ class Pipeline:
     def _write(self, report: Report, lineages: dict[str, Lineage], baseline_path: Path) -> None:
         output = self.request.output
         output.mkdir(parents=True, exist_ok=True)
+        # A model left by an earlier run in the same directory must not pass for this run's verdict.
+        for stale in MODEL_FILES:
+            (output / stale).unlink(missing_ok=True)
         chosen = next((c for c in report.candidates if c.name == report.chosen), None)
         if chosen is None:
             return

@@ -227,6 +227,8 @@ def test_tflite_source_and_the_gate_rejects(
 ) -> None:
     raw = {"graph": "extended", "quantize": "dynamic", "validate": {"metric": "maxAbsError", "maxDrop": 0.0}}
     output = tmp_path / "out"
+    output.mkdir()
+    (output / "model.onnx").write_bytes(b"left by an earlier run")
     report = optimize(digits_models.tflite, "tflite", raw, digits.data, output)
 
     (convert,) = steps(report, "original", "convert")
