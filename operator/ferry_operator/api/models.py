@@ -212,7 +212,10 @@ class Validate(ApiModel):
 
     cel_rules = (
         CelRule(
-            cel="self.metric == 'maxAbsError' || self.maxDrop <= 1.0",
+            cel=(
+                "!has(self.maxDrop) || (has(self.metric) && self.metric == 'maxAbsError') || "
+                "self.maxDrop <= 1.0"
+            ),
             message="maxDrop must be between 0 and 1 for the accuracy and cosine metrics",
             field_path=".maxDrop",
             holds=lambda m: m.metric == "maxAbsError" or m.max_drop <= 1.0,
@@ -262,7 +265,7 @@ class Optimize(ApiModel):
 
     cel_rules = (
         CelRule(
-            cel="self.quantize != 'static' || has(self.data)",
+            cel="!has(self.quantize) || self.quantize != 'static' || has(self.data)",
             message="quantize: static needs calibration samples: set optimize.data",
             field_path=".quantize",
             holds=lambda m: m.quantize != "static" or m.data is not None,
@@ -274,13 +277,13 @@ class Optimize(ApiModel):
             holds=lambda m: m.distill is None or m.data is not None,
         ),
         CelRule(
-            cel="!('tflite-int8' in self.export) || has(self.data)",
+            cel="!has(self.export) || !('tflite-int8' in self.export) || has(self.data)",
             message="export tflite-int8 needs representative samples: set optimize.data",
             field_path=".export",
             holds=lambda m: "tflite-int8" not in m.export or m.data is not None,
         ),
         CelRule(
-            cel="'onnx' in self.export",
+            cel="!has(self.export) || 'onnx' in self.export",
             message="export must include onnx: the serving runtime serves the ONNX artifact",
             field_path=".export",
             holds=lambda m: "onnx" in m.export,
@@ -312,7 +315,7 @@ class Autoscaling(ApiModel):
 
     cel_rules = (
         CelRule(
-            cel="self.minReplicas <= self.maxReplicas",
+            cel="!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
             message="minReplicas must not be greater than maxReplicas",
             field_path=".minReplicas",
             holds=lambda m: m.min_replicas <= m.max_replicas,
@@ -336,7 +339,9 @@ class Batching(ApiModel):
 
     cel_rules = (
         CelRule(
-            cel="self.maxQueueSize >= self.maxBatchSize",
+            cel=(
+                "!has(self.maxQueueSize) || !has(self.maxBatchSize) || self.maxQueueSize >= self.maxBatchSize"
+            ),
             message="maxQueueSize must hold at least one full batch (>= maxBatchSize)",
             field_path=".maxQueueSize",
             holds=lambda m: m.max_queue_size >= m.max_batch_size,
@@ -382,7 +387,9 @@ class Serving(ApiModel):
     set together with autoscaling, which then owns the replica count."""
 
     autoscaling: Autoscaling | None = None
-    """Horizontal autoscaling; absent: a fixed number of replicas."""
+    """Horizontal autoscaling; absent: a fixed number of replicas. When set, the HorizontalPodAutoscaler
+    owns the replica count: serving.replicas must not be set and `kubectl scale` is refused (change
+    minReplicas/maxReplicas instead)."""
 
     batching: Batching = Field(default_factory=Batching, json_schema_extra={"default": {}})
     """Dynamic batching in the runtime."""
@@ -427,7 +434,8 @@ class Serving(ApiModel):
         ),
         CelRule(
             cel=(
-                "self.gpu == 0 || !has(self.resources.limits) || !('nvidia.com/gpu' in self.resources.limits)"
+                "!has(self.gpu) || self.gpu == 0 || !has(self.resources) || !has(self.resources.limits) || "
+                "!('nvidia.com/gpu' in self.resources.limits)"
             ),
             message="set GPUs with serving.gpu, not with resources.limits['nvidia.com/gpu']",
             field_path=".gpu",
@@ -485,7 +493,8 @@ class ModelDeploymentSpec(ApiModel):
     cel_rules = (
         CelRule(
             cel=(
-                "!has(self.optimize) || !self.optimize.export.exists(e, e.startsWith('tflite')) || "
+                "!has(self.optimize) || !has(self.optimize.export) || "
+                "!self.optimize.export.exists(e, e.startsWith('tflite')) || "
                 "self.model.format in ['tensorflow', 'keras', 'tflite']"
             ),
             message="TensorFlow Lite export needs a tensorflow, keras or tflite source model (model.format)",
