@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ferry_devcluster import build, cluster, monitoring
+from ferry_devcluster import build, cluster, kube, monitoring
 from ferry_devcluster.config import ClusterConfig, default_port_base, default_state_dir
 
 MAX_NODES = 500
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in build.ensure(args.binaries or components.CONTROL_PLANE_BINARIES).items():
                 print(f"{name} {path}")
             return 0
-    except (cluster.ClusterError, build.BuildError, KeyError, FileNotFoundError) as error:
+    except (cluster.ClusterError, build.BuildError, kube.KubectlError, KeyError, FileNotFoundError) as error:
         print(f"devcluster: {error}", file=sys.stderr)
         return 1
     raise AssertionError(f"unhandled command {args.command}")

@@ -163,6 +163,9 @@ class Cluster:
                 ready.append(str(node["metadata"]["name"]))
         return ready
 
+    def namespace_exists(self, name: str) -> bool:
+        return self._apiserver().get(f"/api/v1/namespaces/{name}")[0] == 200
+
     def default_service_account_exists(self) -> bool:
         return self._apiserver().get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
 
@@ -218,7 +221,10 @@ class Cluster:
 
         self._ensure_running(control_plane.apiserver(config, binaries["kube-apiserver"]))
         _wait_until(
-            "kube-apiserver /readyz", self.apiserver_ready, self.supervisor, ["etcd", "kube-apiserver"]
+            "kube-apiserver /readyz and the kube-system namespace",
+            lambda: self.apiserver_ready() and self.namespace_exists("kube-system"),
+            self.supervisor,
+            ["etcd", "kube-apiserver"],
         )
         timings.mark("apiserver")
 
@@ -272,16 +278,23 @@ class Cluster:
         kube.apply(config.admin_kubeconfig, metrics_server.cluster_objects(config, ca_bundle))
 
     def _reconcile_nodes(self) -> None:
+        """Create missing fake nodes, delete surplus ones; leave existing ones (and kwok's status) be."""
         config = self.config
-        kube.apply(config.admin_kubeconfig, fake_nodes.node_objects(config, components.KUBERNETES.version))
         key, value = fake_nodes.MANAGED_BY_LABEL
         listed = kube.kubectl(
             config.admin_kubeconfig, "get", "nodes", "-l", f"{key}={value}", "-o", "name"
         ).stdout.split()
-        wanted = {f"node/{name}" for name in fake_nodes.node_names(config)}
-        surplus = [name for name in listed if name not in wanted]
+        existing = {name.removeprefix("node/") for name in listed}
+        wanted = fake_nodes.node_objects(config, components.KUBERNETES.version)
+        missing = [node for node in wanted if node["metadata"]["name"] not in existing]
+        if missing:
+            # a plain create, as a kubelet registers: server-side apply would drop the status (the
+            # capacity), which the Node strategy resets on its main resource
+            document = json.dumps({"apiVersion": "v1", "kind": "List", "items": missing})
+            kube.kubectl(config.admin_kubeconfig, "create", "-f", "-", stdin=document)
+        surplus = sorted(existing - {node["metadata"]["name"] for node in wanted})
         if surplus:
-            kube.kubectl(config.admin_kubeconfig, "delete", "--wait=false", *surplus)
+            kube.kubectl(config.admin_kubeconfig, "delete", "node", "--wait=false", *surplus)
 
     # ----------------------------------------------------------------------------- down / status
     def down(self, purge: bool = False) -> list[str]:

@@ -51,6 +51,11 @@ def apiserver(config: ClusterConfig, binary: Path) -> ProcessSpec:
             f"--etcd-servers=http://{LOOPBACK}:{config.port('etcd')}",
             f"--bind-address={LOOPBACK}",
             f"--advertise-address={LOOPBACK}",
+            # the reconciler would publish the advertise address as the `kubernetes` Service's
+            # endpoint, and the API server refuses to start with a loopback one; without pods that
+            # need that Service there is nothing to publish (the real node will advertise a
+            # reachable address and drop this)
+            "--endpoint-reconciler-type=none",
             f"--secure-port={config.port('apiserver')}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",

@@ -133,11 +133,19 @@ def node_object(name: str, shape: NodeShape, kubernetes_version: str) -> dict[st
         "status": {
             "capacity": capacity,
             "allocatable": capacity,
+            # every field is required by the schema; kwok's node-initialize stage fills the empty ones
+            # with "kwok-<version>", the kubelet version is the control plane's as on a real cluster
             "nodeInfo": {
                 "architecture": "amd64",
                 "operatingSystem": "linux",
                 "kubeletVersion": kubernetes_version,
+                "kubeProxyVersion": "",
                 "osImage": f"kwok fake node ({components.KWOK.version})",
+                "kernelVersion": "",
+                "containerRuntimeVersion": "",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
             },
         },
     }

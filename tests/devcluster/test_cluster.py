@@ -160,10 +160,13 @@ def test_an_hpa_reports_current_cpu_utilisation(kube: Kube, namespace: str) -> N
 
     utilisation = wait_for("the HPA to report CPU utilisation", current_utilisation)
     assert 40 <= utilisation <= 60, f"expected about 50% (50m used of 100m requested), got {utilisation}%"
-    pod_metrics = json.loads(
-        kube.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods").stdout
-    )
-    assert len(pod_metrics["items"]) == 2
+
+    def pods_with_metrics() -> int:
+        listed = kube.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods")
+        return len(json.loads(listed.stdout)["items"])
+
+    # each pod needs two scrapes (a rate) before it has metrics; both get there
+    wait_for("metrics for both pods", lambda: pods_with_metrics() == 2)
 
 
 def test_a_structural_crd_schema_refuses_a_bad_object_naming_the_field(kube: Kube, namespace: str) -> None:
