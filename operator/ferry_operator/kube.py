@@ -83,7 +83,12 @@ class KubeClient:
                 method, self._server + path, data=data, params=params, headers=headers
             ) as response:
                 code = str(response.status)
-                payload: Any = await response.json(content_type=None) if response.content_length != 0 else {}
+                text = await response.text()
+                try:
+                    payload: Any = json.loads(text) if text else {}
+                except ValueError:
+                    # Some errors (e.g. 404 for an API group that is not installed) come as plain text.
+                    payload = {"message": text.strip()}
                 if response.status >= 400:
                     message = payload.get("message", "") if isinstance(payload, dict) else str(payload)
                     raise ApiError(response.status, response.reason or "", message, method, path)

@@ -119,7 +119,12 @@ def operator(
     crd_installed: Kube, namespace: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[OperatorProcess]:
     process = OperatorProcess(crd_installed, namespace, tmp_path / "operator.log").start()
-    wait_for("the operator's health endpoint", process.healthy, timeout=60)
+    try:
+        wait_for("the operator's health endpoint", process.healthy, timeout=60)
+    except AssertionError:
+        process.stop()
+        sys.stderr.write(f"\n--- ferry-operator log ---\n{process.log()[-20000:]}\n")
+        raise
     yield process
     process.stop()
     report = getattr(request.node, "rep_call", None)
@@ -200,3 +205,16 @@ class Cluster:
 @pytest.fixture
 def cluster(kube: Kube, namespace: str) -> Cluster:
     return Cluster(kube, namespace)
+
+
+@pytest.fixture
+def model_pvc(cluster: Cluster) -> str:
+    """The claim the test specs' pvc://models/... URIs read from (kwok's volume stages bind it)."""
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "models"},
+        "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(claim))
+    return "models"

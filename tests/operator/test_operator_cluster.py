@@ -14,7 +14,7 @@ from operator_cases import spec_with
 
 from conftest import Cluster, OperatorProcess, wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator", "model_pvc")]
 
 SMALL = {"requests": {"cpu": "10m", "memory": "16Mi"}}
 
@@ -126,8 +126,9 @@ def test_autoscaling_owns_the_replica_count(cluster: Cluster) -> None:
     cluster.apply_md("digits", spec_with(serving=serving(autoscaling={"minReplicas": 2, "maxReplicas": 5})))
     wait_for("the HPA", lambda: cluster.get("hpa", "digits"))
     wait_for("generation 2 Ready", lambda: cluster.ready("digits", generation=2))
-    deployment = cluster.get("deployment", "digits")
-    assert deployment is not None
+    deployment = json.loads(
+        cluster.kubectl("get", "deployment", "digits", "-o", "json", "--show-managed-fields").stdout
+    )
     # Handing spec.replicas to the autoscaler kept the count (server-side apply would otherwise have
     # dropped the field and the Deployment to 1 replica).
     assert deployment["spec"]["replicas"] == 3
@@ -230,6 +231,19 @@ def test_operator_metrics_count_reconciles_and_api_requests(
     cluster.apply_md("digits", spec_with(serving=serving()))
     wait_for("digits Ready", lambda: cluster.ready("digits"))
     text = operator.metrics()
-    assert 'ferry_operator_api_requests_total{code="200",resource="deployments",verb="PATCH"}' in text
+    # Server-side apply answers 201 when it creates the object.
+    assert 'ferry_operator_api_requests_total{code="201",resource="deployments",verb="PATCH"} 1.0' in text
     assert 'ferry_operator_modeldeployments{phase="Ready"} 1.0' in text
     assert "ferry_operator_reconcile_duration_seconds_bucket" in text
+
+
+def test_a_missing_claim_is_reported_with_the_schedulers_message(cluster: Cluster) -> None:
+    cluster.apply_md(
+        "digits", spec_with(model={"uri": "pvc://no-such-claim/digits/model.onnx"}, serving=serving())
+    )
+    degraded = wait_for(
+        "Degraded=True",
+        lambda: (c := cluster.condition("digits", "Degraded")) and c["status"] == "True" and c,
+    )
+    assert degraded["reason"] == "Unschedulable"
+    assert 'persistentvolumeclaim "no-such-claim" not found' in degraded["message"]

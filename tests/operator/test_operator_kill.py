@@ -11,7 +11,7 @@ from operator_cases import spec_with
 
 from conftest import Cluster, OperatorProcess, wait_for
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("model_pvc")]
 
 MODELS = 6
 KILLS = 20

@@ -117,9 +117,13 @@ class Controller:
         self._tasks.clear()
 
     def healthy(self) -> tuple[bool, str]:
-        dead = [task.get_name() for task in self._tasks if task.done()]
+        dead = [task for task in self._tasks if task.done()]
         if dead:
-            return False, f"stopped: {', '.join(dead)}"
+            reasons = [
+                f"{task.get_name()} ({'cancelled' if task.cancelled() else task.exception()})"
+                for task in dead
+            ]
+            return False, f"stopped: {', '.join(reasons)}"
         return True, f"ok: {len(self.queue)} queued"
 
     def enqueue(self, key: OwnerKey | None) -> None:

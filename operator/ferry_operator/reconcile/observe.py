@@ -172,6 +172,10 @@ def pod_snapshot(body: Mapping[str, Any]) -> PodSnapshot:
         if problem is None and waiting.get("reason") in _PROBLEM_WAITING_REASONS:
             problem = PodProblem(name, str(waiting["reason"]), str(waiting.get("message", "")).strip())
     if problem is None:
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+                problem = PodProblem(name, "Unschedulable", str(condition.get("message", "")).strip())
+    if problem is None:
         for init in status.get("initContainerStatuses") or []:
             waiting = (init.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in _PROBLEM_WAITING_REASONS:
