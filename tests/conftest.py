@@ -5,10 +5,10 @@ server, with `kubectl(...)`, `kubectl_json(...)`, `apply(...)` and `helm(...)` h
   * KUBECONFIG set: that cluster (its current context) is used as is, and only if its server is a
     loopback address; a test suite must never touch a remote cluster by accident.
   * KUBECONFIG unset: `devcluster up` runs once per session (seconds when it is already up, a cold
-    binary build the first time on a machine). A cluster the session started is stopped at the end
-    (`devcluster down`, state kept so the next start is warm) unless FERRY_DEVCLUSTER_KEEP=1; one that
-    was already running is left running. So CI ends with nothing running, and a developer who ran
-    `devcluster/devcluster up` once keeps a warm cluster between test runs.
+    binary build the first time on a machine). A cluster that test sessions started is stopped by the
+    last session to finish (`devcluster down`, state kept so the next start is warm) unless
+    FERRY_DEVCLUSTER_KEEP=1; one a developer started with `devcluster/devcluster up` is left running.
+    So CI ends with nothing running, and a developer who ran `up` once keeps a warm cluster.
 `namespace` (per test): a fresh namespace, deleted after the test without waiting.
 
 Only tests marked `cluster` or `e2e` may use these fixtures (a fast unit test that quietly starts a
@@ -35,7 +35,8 @@ except ImportError:  # the venv predates the package; it is stdlib-only, so the 
 
 from ferry_devcluster import build, cluster  # noqa: E402
 from ferry_devcluster.config import ClusterConfig, default_port_base, default_state_dir  # noqa: E402
-from ferry_devcluster.testing import Kube, is_loopback_server  # noqa: E402
+from ferry_devcluster.kube import KubectlError  # noqa: E402
+from ferry_devcluster.testing import Kube, is_loopback_server, shared_devcluster  # noqa: E402
 
 CLUSTER_MARKERS = ("cluster", "e2e")
 
@@ -65,7 +66,7 @@ def _kube_session() -> Iterator[Kube]:
                 "KUBECONFIG to use the devcluster.",
                 pytrace=False,
             )
-        # a single path is the common case; a colon-separated list is handed to kubectl as is
+        # with a colon-separated list, the first file is the one whose context is used
         yield Kube(kubeconfig=Path(kubeconfig_env.split(os.pathsep)[0]), is_devcluster=False)
         return
 
@@ -73,15 +74,11 @@ def _kube_session() -> Iterator[Kube]:
     config = ClusterConfig.load(state_dir) or ClusterConfig(
         state_dir=state_dir, port_base=default_port_base()
     )
-    the_cluster = cluster.Cluster(config, sys.stderr)
-    was_running = the_cluster.supervisor.pid("kube-apiserver") is not None
     try:
-        the_cluster.up()
-    except (cluster.ClusterError, build.BuildError) as error:
+        with shared_devcluster(config, sys.stderr) as kube:
+            yield kube
+    except (cluster.ClusterError, build.BuildError, KubectlError) as error:
         pytest.fail(f"devcluster up failed: {error}", pytrace=False)
-    yield Kube(kubeconfig=config.admin_kubeconfig, is_devcluster=True)
-    if not was_running and os.environ.get("FERRY_DEVCLUSTER_KEEP") != "1":
-        the_cluster.down()
 
 
 def _require_cluster_marker(request: pytest.FixtureRequest) -> None:

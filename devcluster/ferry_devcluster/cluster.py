@@ -12,12 +12,14 @@ docs/devcluster.md, "Adding the real node".
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import shutil
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -121,6 +123,17 @@ class Cluster:
         self.out = out
         self.supervisor = Supervisor(config.run_dir, config.log_dir)
 
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One `up` or `down` at a time per state directory (engineers and test sessions share one)."""
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        with (self.config.state_dir / "operation.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
 
@@ -199,6 +212,10 @@ class Cluster:
                 "--real-node is not yet available: devcluster runs fake (kwok) nodes only for now; a real "
                 "node (containerd, runc, kubelet, CNI, kube-proxy) is the next devcluster issue"
             )
+        with self._exclusive():
+            return self._up()
+
+    def _up(self) -> Timings:
         config = self.config
         timings = Timings()
         config.save()
@@ -299,6 +316,15 @@ class Cluster:
     # ----------------------------------------------------------------------------- down / status
     def down(self, purge: bool = False) -> list[str]:
         """Stop every process of this cluster; with purge, delete its state too. Returns what ran."""
+        if not self.config.state_dir.exists():
+            return []
+        with self._exclusive():
+            stopped = self._stop_all()
+        if purge and self.config.state_dir.exists():
+            shutil.rmtree(self.config.state_dir)
+        return stopped
+
+    def _stop_all(self) -> list[str]:
         stopped = [name for name in STOP_ORDER if self.supervisor.stop(name)]
         stopped += [name for name in self.supervisor.known_names() if self.supervisor.stop(name)]
         # belt and braces: a cluster binary still running with files of this state directory (its pid
@@ -307,8 +333,6 @@ class Cluster:
         if strays:
             processes.terminate_pids(strays, grace_seconds=10.0)
             stopped.append(f"{len(strays)} stray process(es)")
-        if purge and self.config.state_dir.exists():
-            shutil.rmtree(self.config.state_dir)
         return stopped
 
     def status(self) -> dict[str, Any]:

@@ -19,9 +19,11 @@ from ferry_devcluster.processes import ProcessSpec
 APISERVICE_NAME = "v1beta1.metrics.k8s.io"
 NAMESPACE = "kube-system"
 SERVICE_NAME = "metrics-server"
-# The files we apply from metrics-server's module: its ServiceAccount, roles and bindings, and the
-# APIService (which devcluster then points at the host process and gives the CA to verify it by).
-UPSTREAM_MANIFESTS: tuple[str, ...] = ("manifests/base/rbac.yaml", "manifests/base/apiservice.yaml")
+# The file we apply from metrics-server's module: its ServiceAccount, roles and bindings. Its
+# apiservice.yaml is not applied as is: it names the Service without a port and skips TLS
+# verification; `cluster_objects` gives the same APIService (name, group, version, priorities) with
+# the port and the CA, in one apply, so the API server never sees it pointing at port 443.
+UPSTREAM_MANIFESTS: tuple[str, ...] = ("manifests/base/rbac.yaml",)
 # metrics-server keeps one sample per node per resolution; 15s is its upstream default
 METRIC_RESOLUTION = "15s"
 
@@ -63,8 +65,8 @@ def process(config: ClusterConfig, binary: Path) -> ProcessSpec:
 
 
 def cluster_objects(config: ClusterConfig, ca_bundle_b64: str) -> list[dict[str, Any]]:
-    """The Service the APIService names, and the APIService fields that differ from upstream's file
-    (which skips TLS verification; here the API server verifies metrics-server by the cluster CA)."""
+    """The Service the APIService names, and the APIService as in metrics-server's
+    manifests/base/apiservice.yaml but verified by the cluster CA and with the host process's port."""
     service = {
         "apiVersion": "v1",
         "kind": "Service",

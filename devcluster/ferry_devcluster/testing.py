@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
+import os
 import subprocess
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from ferry_devcluster import build
+from ferry_devcluster import build, cluster
+from ferry_devcluster.config import ClusterConfig
 
 COMMAND_TIMEOUT_SECONDS = 300
 
@@ -63,3 +68,36 @@ def is_loopback_server(server: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@contextmanager
+def shared_devcluster(config: ClusterConfig, out: TextIO) -> Iterator[Kube]:
+    """The devcluster for one test session, shared with any other session using the same state dir.
+
+    Each session holds a shared lock on a file in the state directory while it runs. A cluster that a
+    test session started (marked by a file) is stopped by the last session to finish, unless
+    FERRY_DEVCLUSTER_KEEP=1; one that was running before any session (a developer's `devcluster up`)
+    is left running. So CI ends with nothing running, parallel sessions do not pull the cluster from
+    under each other, and a developer keeps a warm cluster between runs.
+    """
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    started_by_tests = config.state_dir / "started-by-tests"
+    with (config.state_dir / "test-sessions.lock").open("a") as sessions:
+        fcntl.flock(sessions, fcntl.LOCK_SH)
+        try:
+            the_cluster = cluster.Cluster(config, out)
+            if the_cluster.supervisor.pid("kube-apiserver") is None:
+                started_by_tests.touch()
+            the_cluster.up()
+            yield Kube(kubeconfig=config.admin_kubeconfig, is_devcluster=True)
+        finally:
+            fcntl.flock(sessions, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(sessions, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # another session still uses the cluster; the last one out decides
+            else:
+                if started_by_tests.exists() and os.environ.get("FERRY_DEVCLUSTER_KEEP") != "1":
+                    cluster.Cluster(config, out).down()
+                    started_by_tests.unlink(missing_ok=True)
+                fcntl.flock(sessions, fcntl.LOCK_UN)

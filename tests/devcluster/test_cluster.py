@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from ferry_devcluster import build, components, monitoring, processes
-from ferry_devcluster.config import ClusterConfig
+from ferry_devcluster.config import PORT_OFFSETS, ClusterConfig
 from ferry_devcluster.testing import Kube
 
 pytestmark = pytest.mark.cluster
@@ -34,6 +35,19 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_SECONDS)
             return last
         time.sleep(1)
     pytest.fail(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+def free_port_base() -> int:
+    """A port base whose every port is free now (other clusters may run on this machine)."""
+    for base in range(27000 + (os.getpid() % 10) * 100, 40000, 100):
+        try:
+            for offset in PORT_OFFSETS.values():
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
+        return base
+    pytest.fail("no free port range between 27000 and 40000")
 
 
 def deployment(name: str, replicas: int, annotations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -310,7 +324,7 @@ def test_up_again_keeps_the_running_cluster(kube: Kube) -> None:
 def test_down_leaves_nothing_running_and_up_restarts_from_the_kept_state(tmp_path: Path) -> None:
     """A second, small cluster (own state directory and ports), so the shared one is untouched."""
     state_dir = tmp_path / "cluster"
-    port_base = 27000 + (os.getpid() % 20) * 100
+    port_base = free_port_base()
     up = [str(DEVCLUSTER), "--state-dir", str(state_dir), "up", "--nodes", "1", "--gpu-nodes", "0"]
     down = [str(DEVCLUSTER), "--state-dir", str(state_dir), "down"]
 
