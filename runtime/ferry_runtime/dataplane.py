@@ -2,6 +2,8 @@
 
 It resolves the model and version, validates inputs against the model's metadata (names, datatypes,
 shapes) with messages that say what was expected and what was sent, and hands the inputs to the batcher.
+Model-quality hooks sit here too, so both transports feed them: validated inputs are offered to the drift
+monitor, answered predictions that carry a request id are retained for feedback.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from typing import Any
 
 from ferry_runtime import __version__
 from ferry_runtime.batching import Batcher, Outputs
+from ferry_runtime.drift import DriftMonitor
 from ferry_runtime.errors import InvalidInput, NotFound, Unavailable
+from ferry_runtime.feedback import FeedbackStore, parse_feedback
 from ferry_runtime.inference import InferenceRequest, InferenceResponse, OutputTensor, RequestedOutput
 from ferry_runtime.model import Array, Model, ModelMetadata, TensorSpec
 
@@ -32,6 +36,9 @@ class DataPlane:
         self._inputs: tuple[TensorSpec, ...] = ()
         self._input_names: frozenset[str] = frozenset()
         self._outputs: dict[str, TensorSpec] = {}
+        # Set by server.py once the model is loaded, when enabled.
+        self.feedback: FeedbackStore | None = None
+        self.drift: DriftMonitor | None = None
 
     # --- lifecycle (driven by server.py) ---
 
@@ -89,9 +96,14 @@ class DataPlane:
         feed = self._validate_inputs(model, request)
         if request.outputs is not None:
             self._validate_outputs(request.outputs)
-        return batcher.submit(feed, loop)
+        future = batcher.submit(feed, loop)
+        if self.drift is not None:
+            self.drift.observe(feed)
+        return future
 
     def response(self, request: InferenceRequest, outputs: Outputs) -> InferenceResponse:
+        if request.id and self.feedback is not None:
+            self.feedback.remember(request.id, outputs)
         if request.outputs is None:
             tensors = [
                 OutputTensor(name, spec.datatype, outputs[name]) for name, spec in self._outputs.items()
@@ -102,6 +114,24 @@ class DataPlane:
                 for wanted in request.outputs
             ]
         return InferenceResponse(self.model_name, self.model_version, tensors, request.id)
+
+    def record_feedback(self, name: str, version: str, document: Any) -> dict[str, Any]:
+        """Score a retained prediction against ground truth (see feedback.py); the answer's body."""
+        self.check_model(name, version)
+        if self.model is None:
+            raise Unavailable(f"model '{name}' is still loading; it takes feedback once it is ready")
+        if self.feedback is None:
+            raise NotFound(f"model '{name}' takes no feedback: this server runs with --feedback-capacity 0")
+        request_id, truth = parse_feedback(document, name)
+        verdict = self.feedback.score(request_id, truth)
+        return {
+            "model": name,
+            "id": request_id,
+            "samples": verdict.rows,
+            "correct": verdict.correct,
+            "windowAccuracy": verdict.window_accuracy,
+            "windowSamples": self.feedback.window_samples,
+        }
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         outputs = await self.submit(request, asyncio.get_running_loop())

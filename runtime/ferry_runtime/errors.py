@@ -37,6 +37,20 @@ class NotFound(FerryError):
     grpc_status = grpc.StatusCode.NOT_FOUND
 
 
+class Gone(FerryError):
+    """Something that existed is no longer kept (a prediction evicted or expired before its feedback)."""
+
+    http_status = 410
+    grpc_status = grpc.StatusCode.NOT_FOUND
+
+
+class Conflict(FerryError):
+    """The request conflicts with what was already done (feedback for an already scored prediction)."""
+
+    http_status = 409
+    grpc_status = grpc.StatusCode.ALREADY_EXISTS
+
+
 class MethodNotAllowed(FerryError):
     """A known route called with the wrong HTTP method."""
 

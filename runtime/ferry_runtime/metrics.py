@@ -5,6 +5,8 @@ microseconds). Request and batch metrics here are written only from the event-lo
 plain integers and lists exported by a custom collector at scrape time (the scrape runs on the same
 loop, so it always reads a consistent state). Gauges that change rarely use prometheus-client directly;
 in-flight requests and queue depth are computed at scrape time from counters the server keeps anyway.
+Model-quality metrics (feedback accuracy, input drift) are read at scrape time from the feedback store
+and the drift monitor, which are written on the same loop. docs/metrics.md documents every family.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from ferry_runtime.drift import DriftMonitor
+from ferry_runtime.feedback import REJECTION_REASONS, FeedbackStore
 
 # Per-request latencies on this server range from ~100 µs (a tiny model) to seconds (a big batch).
 LATENCY_BUCKETS = (
@@ -75,6 +80,11 @@ class Metrics(Collector):
         self.queue_seconds: dict[str, Distribution] = {}
         self.inference_seconds: dict[str, Distribution] = {}
         self.batch_sizes: dict[str, Distribution] = {}
+        # model -> its feedback store / drift monitor, when enabled.
+        self.feedback: dict[str, FeedbackStore] = {}
+        self.drift: dict[str, DriftMonitor] = {}
+        # model -> accuracy measured by the optimizer on its validation data (reference.json).
+        self.reference_accuracy: dict[str, float] = {}
         self.in_flight = Gauge(
             "ferry_requests_in_flight",
             "Inference requests received and not yet answered.",
@@ -139,6 +149,73 @@ class Metrics(Collector):
             ("ferry_batch_size", "Requests combined into one model call.", self.batch_sizes),
         ):
             yield _histogram(name, help_text, ["model"], {(model,): dist for model, dist in store.items()})
+        yield from self._collect_quality()
+
+    def _collect_quality(self) -> Iterator[Metric]:
+        scored = CounterMetricFamily(
+            "ferry_feedback_scored",
+            "Labelled samples (rows) whose prediction was scored against ground-truth feedback.",
+            labels=["model"],
+        )
+        correct = CounterMetricFamily(
+            "ferry_feedback_correct",
+            "Labelled samples whose prediction matched the ground truth.",
+            labels=["model"],
+        )
+        rejected = CounterMetricFamily(
+            "ferry_feedback_rejected",
+            "Feedback requests refused, by reason (unknown id, evicted, expired, already scored, invalid).",
+            labels=["model", "reason"],
+        )
+        accuracy = GaugeMetricFamily(
+            "ferry_feedback_accuracy_ratio",
+            "Accuracy over the last --accuracy-window labelled samples (absent until the first feedback).",
+            labels=["model"],
+        )
+        window = GaugeMetricFamily(
+            "ferry_feedback_window_samples",
+            "Labelled samples in the sliding accuracy window.",
+            labels=["model"],
+        )
+        retained = GaugeMetricFamily(
+            "ferry_feedback_predictions_retained",
+            "Predictions with a request id kept for feedback (bounded by --feedback-capacity).",
+            labels=["model"],
+        )
+        for model, store in self.feedback.items():
+            scored.add_metric([model], store.scored_rows)
+            correct.add_metric([model], store.correct_rows)
+            for reason in REJECTION_REASONS:
+                rejected.add_metric([model, reason], store.rejected[reason])
+            if store.window_samples:
+                accuracy.add_metric([model], store.window_accuracy)
+            window.add_metric([model], store.window_samples)
+            retained.add_metric([model], store.retained)
+        yield from (scored, correct, rejected, accuracy, window, retained)
+        reference = GaugeMetricFamily(
+            "ferry_model_reference_accuracy_ratio",
+            "Accuracy of the served model on the optimizer's validation data (from reference.json).",
+            labels=["model"],
+        )
+        for model, value in self.reference_accuracy.items():
+            reference.add_metric([model], value)
+        yield reference
+        psi = GaugeMetricFamily(
+            "ferry_input_drift_psi",
+            "Population stability index of recent inputs against the reference data, mean over the "
+            "input's features (< 0.1 stable, > 0.25 shifted).",
+            labels=["model", "input"],
+        )
+        rows = GaugeMetricFamily(
+            "ferry_input_drift_window_rows",
+            "Sampled input rows the drift score is computed over.",
+            labels=["model", "input"],
+        )
+        for model, monitor in self.drift.items():
+            for name, (score, count) in monitor.scores().items():
+                psi.add_metric([model, name], score)
+                rows.add_metric([model, name], count)
+        yield from (psi, rows)
 
 
 def _histogram(

@@ -14,7 +14,9 @@ import time
 
 from ferry_runtime.batching import Batcher, classify_onnxruntime_error
 from ferry_runtime.dataplane import DataPlane
+from ferry_runtime.drift import REFERENCE_FILE, DriftMonitor, InvalidReference, Reference, load_reference
 from ferry_runtime.errors import ModelLoadError
+from ferry_runtime.feedback import FeedbackStore
 from ferry_runtime.metrics import BatchRecorder, Metrics
 from ferry_runtime.onnx_model import OnnxModel, OnnxModelConfig, find_model_file
 from ferry_runtime.protocol.grpc.server import GrpcServer, InferenceService
@@ -35,6 +37,7 @@ class Runtime:
         self._stop = asyncio.Event()
         self._batcher: Batcher | None = None
         self._model: OnnxModel | None = None
+        self._reference: Reference | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -70,6 +73,7 @@ class Runtime:
         await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
         exit_code = 0
         if loading.done() and loading.exception() is None:
+            self._attach_quality()
             self.dataplane.set_ready(True)
             self.metrics.model_ready.labels(name).set(1)
             log.info("model '%s' is ready", name)
@@ -114,11 +118,57 @@ class Runtime:
             classify_error=classify_onnxruntime_error(settings.model_name),
         )
         batcher.start()
+        self._reference = self._load_reference()
         self._model, self._batcher = model, batcher
         self.dataplane.attach(model, batcher)
         seconds = time.perf_counter() - started
         self.metrics.model_load_seconds.labels(settings.model_name).set(seconds)
         log.info("model '%s' loaded and warmed up in %.2f s", settings.model_name, seconds)
+
+    def _load_reference(self) -> Reference | None:
+        """reference.json for drift statistics: a named file must load; the default one is optional."""
+        settings = self.settings
+        assert settings.model_dir is not None
+        path = settings.drift_reference or settings.model_dir / REFERENCE_FILE
+        if settings.drift_reference is None and not path.exists():
+            log.info("no %s beside the model: input drift statistics are off", REFERENCE_FILE)
+            return None
+        try:
+            return load_reference(path)
+        except InvalidReference as error:
+            if settings.drift_reference is not None:
+                raise ModelLoadError(f"--drift-reference: {error}") from error
+            # The model is servable without it: drift is monitoring, not serving.
+            log.error("input drift statistics are off: %s", error)
+            return None
+
+    def _attach_quality(self) -> None:
+        """Feedback and drift monitoring, attached on the event loop (their single writer)."""
+        settings, model = self.settings, self._model
+        assert model is not None
+        name = settings.model_name
+        if settings.feedback_capacity:
+            store = FeedbackStore(
+                name,
+                [spec.name for spec in model.metadata.outputs],
+                capacity=settings.feedback_capacity,
+                ttl_seconds=settings.feedback_ttl_seconds,
+                accuracy_window=settings.accuracy_window,
+            )
+            self.dataplane.feedback = self.metrics.feedback[name] = store
+        reference = self._reference
+        if reference is None:
+            return
+        if reference.accuracy is not None:
+            self.metrics.reference_accuracy[name] = reference.accuracy
+        if not settings.drift_window_rows:
+            return
+        monitor = DriftMonitor(reference, settings.drift_window_rows, settings.drift_sample_every)
+        for problem in monitor.check_inputs({spec.name: spec.shape for spec in model.metadata.inputs}):
+            log.warning("input drift: %s; that input is not scored", problem)
+        if monitor.inputs:
+            self.dataplane.drift = self.metrics.drift[name] = monitor
+            log.info("input drift scored for %s against %d reference rows", monitor.inputs, reference.samples)
 
     async def _drain(
         self, rest: RestServer, grpc_server: GrpcServer | None, loading: asyncio.Future[None]

@@ -68,6 +68,28 @@ class RuntimeSettings:
         75.0, "Idle HTTP keep-alive connections are closed after this."
     )
     log_level: str = _setting("info", "debug, info, warning or error.")
+    feedback_capacity: int = _setting(
+        4096,
+        "Predictions with a request id each replica keeps for ground-truth feedback "
+        "(POST /v2/models/{m}/feedback); 0 disables feedback.",
+    )
+    feedback_ttl_seconds: float = _setting(
+        3600.0, "Longest time after a prediction its feedback is accepted."
+    )
+    accuracy_window: int = _setting(
+        1000, "Labelled samples the sliding-window accuracy gauge (ferry_feedback_accuracy_ratio) covers."
+    )
+    drift_window_rows: int = _setting(
+        1000, "Recent input rows the drift score of each input is computed over; 0 disables drift statistics."
+    )
+    drift_sample_every: int = _setting(1, "Sample one inference request in this many for the drift window.")
+    drift_reference: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Reference statistics of the inputs (the optimizer's reference.json); "
+            "default: reference.json in the model directory, when there is one."
+        },
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -75,12 +97,24 @@ class RuntimeSettings:
             problems.append("model_dir is required (--model-dir or FERRY_RUNTIME_MODEL_DIR)")
         if not self.model_name:
             problems.append("model_name is required (--model-name or FERRY_RUNTIME_MODEL_NAME)")
-        for name in ("max_batch_size", "max_queue_size", "inference_workers"):
+        for name in ("max_batch_size", "max_queue_size", "inference_workers", "accuracy_window"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("intra_op_threads", "inter_op_threads", "warmup_runs", "http_port", "grpc_port"):
+        for name in (
+            "intra_op_threads",
+            "inter_op_threads",
+            "warmup_runs",
+            "http_port",
+            "grpc_port",
+            "feedback_capacity",
+            "drift_window_rows",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.drift_sample_every < 1:
+            problems.append(f"drift_sample_every must be at least 1, got {self.drift_sample_every}")
+        if self.feedback_ttl_seconds <= 0:
+            problems.append(f"feedback_ttl_seconds must be positive, got {self.feedback_ttl_seconds}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             problems.append(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         if problems:
@@ -153,11 +187,12 @@ def settings_table() -> str:
     rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
     for setting in dataclasses.fields(RuntimeSettings):
         default = setting.default
-        shown = (
-            ",".join(default)
-            if isinstance(default, tuple)
-            else ("(required)" if default in (None, "") else default)
-        )
         flag, env, meaning = flag_name(setting.name), env_name(setting.name), setting.metadata["help"]
+        if isinstance(default, tuple):
+            shown = ",".join(default)
+        elif meaning.endswith("Required."):
+            shown = "(required)"
+        else:
+            shown = "(unset)" if default is None else str(default)
         rows.append(f"| `{flag}` | `{env}` | `{shown}` | {meaning} |")
     return "\n".join(rows) + "\n"

@@ -89,7 +89,7 @@ def error_response(error: FerryError, keep_alive: bool) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class _Route:
-    # "live", "ready", "server", "metrics", "model", "model_ready", "infer"
+    # "live", "ready", "server", "metrics", "model", "model_ready", "infer", "feedback"
     kind: str
     model: str = ""
     version: str = ""
@@ -103,7 +103,11 @@ _ROUTE_METHODS = {
     "model": b"GET",
     "model_ready": b"GET",
     "infer": b"POST",
+    "feedback": b"POST",
 }
+
+
+_MODEL_ENDPOINTS = {"ready": "model_ready", "infer": "infer", "feedback": "feedback"}
 
 
 def parse_route(path: bytes) -> _Route:
@@ -124,11 +128,11 @@ def parse_route(path: bytes) -> _Route:
         if parts[0]:
             if len(parts) == 1:
                 return _Route("model", parts[0], version)
-            if len(parts) == 2 and parts[1] in ("ready", "infer"):
-                return _Route("model_ready" if parts[1] == "ready" else "infer", parts[0], version)
+            if len(parts) == 2 and parts[1] in _MODEL_ENDPOINTS:
+                return _Route(_MODEL_ENDPOINTS[parts[1]], parts[0], version)
     raise NotFound(
         f"no endpoint at {path.decode('utf-8', 'replace')}; endpoints: /v2/health/live, /v2/health/ready, "
-        f"/v2, /v2/models/{{model}}[/versions/{{version}}][/ready|/infer], /metrics"
+        f"/v2, /v2/models/{{model}}[/versions/{{version}}][/ready|/infer|/feedback], /metrics"
     )
 
 
@@ -181,6 +185,8 @@ class RestApp:
                 )
             if route.kind == "infer":
                 return self._infer(connection, route, body, keep_alive, received)
+            if route.kind == "feedback":
+                return self._feedback(connection, route, body, keep_alive)
             response = self._get(route, keep_alive)
         except FerryError as error:
             if route_is_infer(path):
@@ -214,6 +220,17 @@ class RestApp:
         if self._metadata_body is None:
             self._metadata_body = orjson.dumps(metadata_document(metadata))
         return http_response(200, self._metadata_body, JSON, keep_alive)
+
+    def _feedback(self, connection: HttpConnection, route: _Route, body: bytes, keep_alive: bool) -> bytes:
+        encoding = connection.headers.get(b"content-encoding")
+        if encoding is not None:
+            body = inflate(body, encoding, self.max_body_bytes)
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise InvalidInput(f"feedback body is not valid JSON: {error}") from None
+        answer = self.dataplane.record_feedback(route.model, route.version, document)
+        return http_response(200, orjson.dumps(answer), JSON, keep_alive)
 
     def _infer(
         self, connection: HttpConnection, route: _Route, body: bytes, keep_alive: bool, received: float
