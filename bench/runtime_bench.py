@@ -130,6 +130,10 @@ def run_in_process(workload: Workload, threads: int, concurrency: int, seconds: 
 V2_DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
 
 
+# Set by --request-id: REST requests then carry a v2 `id`, so the server retains each prediction for feedback.
+REQUEST_ID = ""
+
+
 def rest_request(workload: Workload, binary: bool, port: int) -> bytes:
     inputs = []
     chunks = []
@@ -147,7 +151,10 @@ def rest_request(workload: Workload, binary: bool, port: int) -> bytes:
             entry["data"] = array.ravel().tolist()
         inputs.append(entry)
     outputs = [{"name": name, "parameters": {"binary_data": binary}} for name in workload.outputs]
-    header = json.dumps({"inputs": inputs, "outputs": outputs}).encode()
+    document: dict[str, object] = {"inputs": inputs, "outputs": outputs}
+    if REQUEST_ID:
+        document["id"] = REQUEST_ID
+    header = json.dumps(document).encode()
     body = header + b"".join(chunks)
     extra = f"Inference-Header-Content-Length: {len(header)}\r\n" if binary else ""
     head = (
@@ -402,7 +409,14 @@ def main() -> int:
     parser.add_argument(
         "--server-arg", action="append", default=[], help="extra ferry-runtime flag (repeatable)"
     )
+    parser.add_argument(
+        "--request-id",
+        default="",
+        help="give every REST request this v2 id (the server then retains predictions for feedback)",
+    )
     args = parser.parse_args()
+    global REQUEST_ID  # noqa: PLW0603 - one switch read by the request builders
+    REQUEST_ID = args.request_id
     levels = [
         int(c) for c in (args.concurrency or ("1,2,4,8,16,32,64" if args.long else "1,8,32")).split(",")
     ]

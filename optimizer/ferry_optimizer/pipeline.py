@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from ferry_optimizer import __version__, data, locations, onnxtools, quality, selection
+from ferry_optimizer import __version__, data, locations, onnxtools, quality, reference, selection
 from ferry_optimizer.errors import InputError, OptimizerError, StepError
 from ferry_optimizer.key import content_key, file_sha256
 from ferry_optimizer.report import Artifact, Candidate, Measurement, Report, Step
@@ -253,6 +253,7 @@ class Pipeline:
             report.candidates, self.metric_name, gated=spec.validate is not None
         )
         self._write(report, {lineage.name: lineage for lineage in lineages}, baseline_path)
+        self._write_reference(report, dataset)
         if spec.quantize == "fp16":
             report.notes.append(FP16_NOTE)
         if spec.graph == "all":
@@ -620,7 +621,7 @@ class Pipeline:
         output = self.request.output
         output.mkdir(parents=True, exist_ok=True)
         # A model left by an earlier run in the same directory must not pass for this run's verdict.
-        for stale in MODEL_FILES:
+        for stale in (*MODEL_FILES, reference.FILE):
             (output / stale).unlink(missing_ok=True)
         chosen = next((c for c in report.candidates if c.name == report.chosen), None)
         if chosen is None:
@@ -665,6 +666,28 @@ class Pipeline:
                         )
                     )
                     report.notes.append(f"export {fmt} failed: {failure.message}")
+
+    def _write_reference(self, report: Report, dataset: data.Dataset) -> None:
+        """reference.json beside the chosen model: the data's statistics, for drift monitoring."""
+        chosen = next((c for c in report.candidates if c.name == report.chosen), None)
+        if chosen is None or dataset.source != "file":
+            return
+        accuracy = (
+            chosen.measurement.metric if self.metric_name == "accuracy" and chosen.measurement else None
+        )
+        document = reference.build(self.inputs, dataset.inputs, accuracy)
+        if document is None:
+            report.notes.append(
+                "no numeric input to summarize: reference.json (drift statistics) not written"
+            )
+            return
+        path = reference.write(self.request.output, document)
+        report.data["reference"] = {
+            "file": path.name,
+            "sha256": file_sha256(path),
+            "samples": document["samples"],
+            "inputs": sorted(document["inputs"]),
+        }
 
     def _export_tflite(self, fmt: str, lineage: Lineage, output: Path) -> Artifact:
         tfm = self._tf()
