@@ -45,6 +45,9 @@ class OperatorConfig(BaseModel):
     job_ttl_seconds: int = Field(default=86_400, ge=0)
     """How long finished optimization Jobs are kept."""
 
+    job_deadline_seconds: int = Field(default=21_600, ge=60)
+    """How long one optimization Job may run before Kubernetes stops it (its activeDeadlineSeconds)."""
+
     artifact_store: str = ""
     """Where optimized artifacts are written (pvc://CLAIM/ or s3://BUCKET/)."""
 

@@ -26,6 +26,11 @@ MODEL_DEPLOYMENT_LABEL = f"{models.GROUP}/modeldeployment"
 INPUT_HASH_ANNOTATION = f"{models.GROUP}/input-hash"
 # Digest of the serving pod template: what status.revision reports.
 REVISION_ANNOTATION = f"{models.GROUP}/revision"
+# On optimization Job pods instead of MODEL_DEPLOYMENT_LABEL (which would make them serving pods): the
+# ModelDeployment whose model they optimize.
+OPTIMIZATION_OF_LABEL = f"{models.GROUP}/optimization-of"
+# The full content key an optimization Job runs (its name carries only a prefix).
+OPTIMIZATION_KEY_ANNOTATION = f"{models.GROUP}/optimization-key"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +67,7 @@ HORIZONTAL_POD_AUTOSCALER = Kind("autoscaling", "v2", "HorizontalPodAutoscaler",
 POD_DISRUPTION_BUDGET = Kind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets")
 SERVICE_MONITOR = Kind("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors")
 POD = Kind("", "v1", "Pod", "pods")
+JOB = Kind("batch", "v1", "Job", "jobs")
 EVENT = Kind("", "v1", "Event", "events")
 
 # Every kind a ModelDeployment may own, in the order they are applied (the Service before the Deployment
