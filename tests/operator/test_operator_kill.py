@@ -3,6 +3,7 @@ running again, converges every ModelDeployment."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -13,7 +14,7 @@ from conftest import Cluster, OperatorProcess, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("model_pvc")]
 
-MODELS = 6
+MODELS = 5
 KILLS = 20
 SMALL = {"requests": {"cpu": "10m", "memory": "16Mi"}}
 
@@ -26,9 +27,11 @@ def test_sigkill_during_reconcile_leaves_no_duplicates_and_converges(
     for kill in range(KILLS):
         if operator.process is None or operator.process.poll() is not None:
             operator.start()
+            wait_for("the operator up", operator.healthy, timeout=60, interval=0.05)
         # Change every spec while the operator runs, so each kill lands in some reconcile: creating
         # children, rolling out a new revision, switching autoscaling on and off (HPA create/prune,
         # replica handover), or writing status.
+        items = []
         for index, name in enumerate(names):
             autoscale = (kill + index) % 3 == 0
             fields = (
@@ -36,11 +39,19 @@ def test_sigkill_during_reconcile_leaves_no_duplicates_and_converges(
                 if autoscale
                 else {"replicas": 1 + kill % 2}
             )
-            cluster.apply_md(
-                name,
-                spec_with(serving={"resources": SMALL, "batching": {"maxBatchSize": 1 + kill}, **fields}),
+            spec = spec_with(serving={"resources": SMALL, "batching": {"maxBatchSize": 1 + kill}, **fields})
+            items.append(
+                {
+                    "apiVersion": "ferry.dev/v1alpha1",
+                    "kind": "ModelDeployment",
+                    "metadata": {"name": name},
+                    "spec": spec,
+                }
             )
-        time.sleep(rng.uniform(0.0, 2.5))
+        cluster.kubectl(
+            "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+        )
+        time.sleep(rng.uniform(0.0, 1.0))
         operator.kill()
 
     operator.start()
