@@ -6,15 +6,16 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from ferry_devcluster import build, cluster, kube, monitoring
+from ferry_devcluster import build, cluster, components, kube, monitoring
 from ferry_devcluster.config import ClusterConfig, default_port_base, default_state_dir
 
 MAX_NODES = 500
 
 
-def _count(flag: str) -> type[int]:
+def _count(flag: str) -> Callable[[str], int]:
     # argparse's `type` callback: a named error instead of "invalid int value"
     def parse(text: str) -> int:
         try:
@@ -25,7 +26,7 @@ def _count(flag: str) -> type[int]:
             raise argparse.ArgumentTypeError(f"{flag} must be between 0 and {MAX_NODES}, got {value}")
         return value
 
-    return parse  # type: ignore[return-value]
+    return parse
 
 
 def _port_base(text: str) -> int:
@@ -188,8 +189,6 @@ def main(argv: list[str] | None = None) -> int:
             print(build.kubectl() if args.binary == "kubectl" else build.ensure([args.binary])[args.binary])
             return 0
         if args.command == "build":
-            from ferry_devcluster import components
-
             for name, path in build.ensure(args.binaries or components.CONTROL_PLANE_BINARIES).items():
                 print(f"{name} {path}")
             return 0

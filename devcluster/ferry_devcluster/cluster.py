@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from ferry_devcluster import (
@@ -80,8 +81,15 @@ class Timings:
         return f"{parts}; total {self.total:.1f}s"
 
 
-def _command_digest(spec: ProcessSpec) -> str:
-    return hashlib.sha256(json.dumps([spec.argv, dict(spec.env)]).encode()).hexdigest()[:16]
+def _command_digest(spec: ProcessSpec, config_dir: Path) -> str:
+    """What a process was started with: its command line, environment and the content of the
+    configuration files it names, so a changed kwok stage list restarts kwok like a changed flag."""
+    digest = hashlib.sha256(json.dumps([spec.argv, dict(spec.env)]).encode())
+    for arg in spec.argv:
+        path = Path(arg.partition("=")[2] or arg)
+        if path.parent == config_dir and path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _log_tail(supervisor: Supervisor, name: str, lines: int = 25) -> str:
@@ -195,7 +203,7 @@ class Cluster:
     def _ensure_running(self, spec: ProcessSpec) -> bool:
         """Start the process unless it already runs with this command line. True if started."""
         digest_file = self.config.run_dir / f"{spec.name}.command"
-        digest = _command_digest(spec)
+        digest = _command_digest(spec, self.config.config_dir)
         if self.supervisor.pid(spec.name) is not None:
             if digest_file.exists() and digest_file.read_text() == digest:
                 return False

