@@ -8,6 +8,7 @@ needed=(
   "make:make"            # the README's commands
   "git:git"
   "curl:curl"
+  "promtool:prometheus"  # promtool: checks and unit-tests the alert rules (tests/observability)
 )
 missing=()
 for pair in "${needed[@]}"; do

@@ -7,11 +7,11 @@ or a variable shape) the bin edges at the data's deciles and the share of the da
 mean, std, min, max and quantiles for people.
 
 The runtime samples every `sample_every`-th request's validated inputs into a window of the last
-`window_rows` rows per input (a copy of the rows, appended on the event loop: a countdown and, when
-sampled, a small copy). At scrape time the window is binned with the reference edges and compared with
-the population stability index, PSI = sum over bins of (live - reference) * ln(live / reference), averaged
-over the input's features. Usual reading: below 0.1 no shift, 0.1-0.25 moderate, above 0.25 significant.
-The score is recomputed only when new rows arrived since the last scrape.
+`window_rows` rows per input. The request path only counts down and, when sampling, copies the request's
+arrays into a deque (about a microsecond); the conversion, binning and scoring happen at scrape time,
+only when new rows arrived, vectorized over features. The score is the population stability index,
+PSI = sum over bins of (live - reference) * ln(live / reference), averaged over the input's features.
+Usual reading: below 0.1 no shift, 0.1-0.25 moderate, above 0.25 significant.
 """
 
 from __future__ import annotations
@@ -67,16 +67,12 @@ def population_stability_index(reference: FloatArray, live: FloatArray) -> float
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-def as_rows(array: npt.NDArray[Any], pooled: bool, last: int | None = None) -> FloatArray:
-    """A float64 copy of the input's (last `last`) rows as (rows, features), or (values, 1) when pooled."""
-    values = np.asarray(array)
+def as_rows(array: npt.NDArray[Any], pooled: bool) -> FloatArray:
+    """The input as float64 (rows, features), or (values, 1) when pooled."""
+    values = np.asarray(array, dtype=np.float64)
     if values.ndim == 0:
         values = values.reshape(1)
-    if last is not None:
-        values = values[-last:]
-    rows = values.reshape(-1, 1) if pooled else values.reshape(values.shape[0], -1)
-    # np.array copies: a sampled window must never hold a request's buffer alive.
-    return np.array(rows, dtype=np.float64)
+    return values.reshape(-1, 1) if pooled else values.reshape(values.shape[0], -1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +87,18 @@ class InputReference:
     @property
     def features(self) -> int:
         return len(self.edges)
+
+    def padded(self) -> tuple[FloatArray, FloatArray]:
+        """Edges (features, most edges) padded with +inf, and shares (features, most edges + 1) padded
+        with 0: every feature then bins alike in one vectorized comparison (a padded bin stays empty on
+        both sides and adds nothing to the PSI)."""
+        width = max(len(edge) for edge in self.edges)
+        edges = np.full((self.features, width), np.inf)
+        shares = np.zeros((self.features, width + 1))
+        for feature, (edge, share) in enumerate(zip(self.edges, self.fractions, strict=True)):
+            edges[feature, : len(edge)] = edge
+            shares[feature, : len(share)] = share
+        return edges, shares
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,41 +158,49 @@ def parse_reference(document: Any, where: str = REFERENCE_FILE) -> Reference:
 
 
 class _InputWindow:
-    """The sampled rows of one input (whole requests, at least the last `capacity` rows), and their PSI."""
+    """The sampled requests of one input (at least the last `capacity` rows), and their last PSI."""
 
-    __slots__ = ("capacity", "chunks", "dirty", "psi", "reference", "rows")
+    __slots__ = ("capacity", "chunks", "dirty", "edges", "psi", "reference", "rows", "shares")
 
     def __init__(self, reference: InputReference, capacity: int) -> None:
         self.reference = reference
         self.capacity = capacity
-        # (rows of the request, its values as (rows or values, features)).
-        self.chunks: deque[tuple[int, FloatArray]] = deque()
+        self.edges, self.shares = reference.padded()
+        # (rows of the request, a copy of its array as served).
+        self.chunks: deque[tuple[int, npt.NDArray[Any]]] = deque()
         self.rows = 0
         self.dirty = False
         self.psi = math.nan
 
     def add(self, array: npt.NDArray[Any]) -> None:
-        rows = min(array.shape[0] if array.ndim else 1, self.capacity)
-        values = as_rows(array, self.reference.pooled, rows)
-        if values.shape[1] != self.reference.features:
-            return
-        self.chunks.append((rows, values))
+        """The request path: a copy (a sampled window never holds a request's buffer) and a count."""
+        rows = array.shape[0] if array.ndim else 1
+        if rows > self.capacity:
+            array, rows = array[-self.capacity :], self.capacity
+        self.chunks.append((rows, array.copy()))
         self.rows += rows
-        while self.rows - self.chunks[0][0] >= self.capacity:
-            self.rows -= self.chunks.popleft()[0]
+        chunks = self.chunks
+        while self.rows - chunks[0][0] >= self.capacity:
+            self.rows -= chunks.popleft()[0]
         self.dirty = True
 
     def score(self) -> float:
         if self.dirty and self.rows:
-            window = np.concatenate([values for _, values in self.chunks])
-            reference = self.reference
-            total = 0.0
-            for feature, (edges, fractions) in enumerate(
-                zip(reference.edges, reference.fractions, strict=True)
-            ):
-                counts = bin_counts(window[:, feature], edges)
-                total += population_stability_index(fractions, counts / len(window))
-            self.psi = total / reference.features
+            arrays = [array for _, array in self.chunks]
+            if self.reference.pooled:  # rows may differ in shape (e.g. sequence lengths)
+                arrays = [array.reshape(-1) for array in arrays]
+            window = as_rows(np.concatenate(arrays), self.reference.pooled)
+            features, bins = self.shares.shape
+            # Bin of each value = how many edges are <= it (np.searchsorted(..., side="right")), one
+            # comparison of the whole window per edge column (faster than one 3-D comparison).
+            index = np.zeros(window.shape, dtype=np.int64)
+            for column in self.edges.T:
+                index += window >= column
+            index += np.arange(features) * bins
+            counts = np.bincount(index.ravel(), minlength=features * bins).reshape(features, bins)
+            live = np.maximum(counts / len(window), PSI_FLOOR)
+            expected = np.maximum(self.shares, PSI_FLOOR)
+            self.psi = float(np.mean(np.sum((live - expected) * np.log(live / expected), axis=1)))
             self.dirty = False
         return self.psi
 
@@ -201,27 +217,31 @@ class DriftMonitor:
         }
 
     def check_inputs(self, model_inputs: Mapping[str, tuple[int, ...]]) -> list[str]:
-        """Drop reference inputs the model does not have, or whose feature count cannot match a row.
+        """Drop reference inputs the model does not have, or whose features cannot be a row's values.
 
-        Returns a problem per dropped input, for the log; `model_inputs` maps names to shapes (-1 =
-        variable).
+        `model_inputs` maps the model's input names to shapes (-1 = variable). Returns one problem per
+        dropped input, for the log. After this, every sampled array fits its reference.
         """
         problems = []
         for name, window in list(self._windows.items()):
             shape = model_inputs.get(name)
+            reference = window.reference
+            problem = None
             if shape is None:
-                problems.append(f"reference input '{name}' is not an input of the model")
-                del self._windows[name]
-                continue
-            per_row = shape[1:]
-            if not window.reference.pooled and all(dim > 0 for dim in per_row):
+                problem = f"reference input '{name}' is not an input of the model"
+            elif reference.pooled and reference.features != 1:
+                problem = f"reference input '{name}' is pooled but has {reference.features} features"
+            elif not reference.pooled:
+                per_row = shape[1:]
                 width = math.prod(per_row)
-                if width != window.reference.features:
-                    problems.append(
-                        f"reference input '{name}' has {window.reference.features} features, "
-                        f"the model's rows have {width} values"
+                if any(dim < 0 for dim in per_row) or width != reference.features:
+                    problem = (
+                        f"reference input '{name}' has {reference.features} features per row, the model's "
+                        f"rows have shape {list(per_row)}"
                     )
-                    del self._windows[name]
+            if problem is not None:
+                problems.append(problem)
+                del self._windows[name]
         return problems
 
     @property

@@ -5,11 +5,13 @@ A client that sets the v2 request `id` on an inference can later POST the truth 
 request), or `{"id": "...", "label": {"outputs": {"<output>": <expected values>}, "tolerance": 0.01}}`.
 
 Memory is bounded: each replica remembers the outputs of its last `capacity` predictions that carried an
-id, for at most `ttl_seconds`, in insertion order (a dict used as a ring: the oldest is evicted first);
-outputs larger than `MAX_RETAINED_ELEMENTS` values per request are not kept. Ids evicted, expired or
-already scored are remembered as tombstones (as many as `capacity`), so late feedback is told 410/409 with
-the reason instead of a bare 404. Everything runs on the event-loop thread (the REST server's), so no
-locks: retaining a prediction is a dict insertion, plus a copy of outputs that are views of a batch.
+id, for at most `ttl_seconds`, in insertion order (a dict used as a ring: the oldest is evicted first),
+at most `MAX_RETAINED_BYTES` of outputs per prediction (outputs beyond it are not kept). An output that is
+a view into a batch's output is copied unless that batch array is small (`SHARED_BATCH_BYTES`), so a
+prediction never pins a large batch. Ids evicted, expired or already scored are remembered as tombstones
+(as many as `capacity`), so late feedback is told 410/409 with the reason instead of a bare 404.
+Everything runs on the event-loop thread (the REST server's), so no locks: retaining a prediction is a
+dict insertion and, for large batches, a copy of the request's rows.
 
 How a prediction is scored against a label: the scored output (the request's `output`, default the
 model's first output) holds per row either one value (a class id or name, as skl2onnx's `label` output;
@@ -31,9 +33,13 @@ import numpy.typing as npt
 
 from ferry_runtime.errors import Conflict, Gone, InvalidInput, NotFound
 
-# Per request and output: larger outputs (embeddings, images) are not retained; 4096 float32 values are
-# 16 KiB, so the default capacity bounds the store at a few tens of MiB per retained output.
-MAX_RETAINED_ELEMENTS = 4096
+# Outputs kept per prediction (a 1000-class float32 score vector is 4 KB; embeddings and images are not
+# kept). With the default capacity of 4096 the store holds at most 4096 x (16 + 4) KiB = 80 MiB.
+MAX_RETAINED_BYTES = 16 * 1024
+# A view into a batch output at most this large is kept as is (pinning it is cheaper than a copy).
+SHARED_BATCH_BYTES = 4 * 1024
+# Expired predictions are dropped every this many insertions (lookups check the age themselves).
+EXPIRY_SWEEP_EVERY = 64
 DEFAULT_FLOAT_TOLERANCE = 1e-6
 # Why an id can no longer be scored, as remembered in a tombstone (also the rejection metric's reason).
 EVICTED, EXPIRED, SCORED = "evicted", "expired", "scored"
@@ -155,6 +161,7 @@ class FeedbackStore:
         self._window: deque[bool] = deque()
         self._window_size = accuracy_window
         self._window_correct = 0
+        self._inserted = 0
         # Counters for the metrics (single writer: the event loop).
         self.scored_rows = 0
         self.correct_rows = 0
@@ -167,19 +174,32 @@ class FeedbackStore:
         predictions = self._predictions
         now = self._clock()
         retained = {}
+        budget = MAX_RETAINED_BYTES
         for name, array in outputs.items():
-            if array.size <= MAX_RETAINED_ELEMENTS:
-                # A view into a batch's output would keep the whole batch alive: keep only our rows.
-                retained[name] = array if array.base is None else array.copy()
+            size = array.nbytes
+            if size > budget:
+                continue
+            budget -= size
+            base = array.base
+            pinned_small = base is None or (
+                isinstance(base, np.ndarray) and base.nbytes <= SHARED_BATCH_BYTES
+            )
+            retained[name] = array if pinned_small else array.copy()
         predictions.pop(request_id, None)
         predictions[request_id] = (now, retained)
         if len(predictions) > self.capacity:
             self._bury(predictions.popitem(last=False)[0], EVICTED)
+        self._inserted += 1
+        if self._inserted % EXPIRY_SWEEP_EVERY == 0:
+            self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        predictions = self._predictions
         # Oldest first: expired entries are all at the front.
         while predictions:
             oldest, (when, _) = next(iter(predictions.items()))
             if now - when <= self.ttl_seconds:
-                break
+                return
             del predictions[oldest]
             self._bury(oldest, EXPIRED)
 
@@ -289,8 +309,8 @@ class FeedbackStore:
             return array
         if name in self.output_names:
             raise InvalidInput(
-                f"{where}: output '{name}' is not retained for feedback (more than "
-                f"{MAX_RETAINED_ELEMENTS} values per request); score another output with 'output'"
+                f"{where}: output '{name}' is not retained for feedback (a prediction keeps at most "
+                f"{MAX_RETAINED_BYTES} bytes of outputs); score another output with 'output'"
             )
         raise InvalidInput(
             f"{where}: the model has no output '{name}'; its outputs are: {', '.join(self.output_names)}"

@@ -82,7 +82,7 @@ class RuntimeSettings:
     drift_window_rows: int = _setting(
         1000, "Recent input rows the drift score of each input is computed over; 0 disables drift statistics."
     )
-    drift_sample_every: int = _setting(1, "Sample one inference request in this many for the drift window.")
+    drift_sample_every: int = _setting(4, "Sample one inference request in this many for the drift window.")
     drift_reference: Path | None = field(
         default=None,
         metadata={
