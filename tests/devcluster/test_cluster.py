@@ -143,6 +143,34 @@ def test_a_pod_asking_for_a_gpu_lands_on_a_gpu_node(kube: Kube, namespace: str) 
     assert scheduled["spec"]["nodeName"].startswith("kwok-gpu-node-")
 
 
+def test_a_claim_binds_and_its_pod_runs(kube: Kube, namespace: str) -> None:
+    if not kube.is_devcluster:
+        pytest.skip("the kwok-volume StorageClass is a devcluster feature")
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "models"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "reader"},
+        "spec": {
+            "containers": [
+                {"name": "main", "image": IMAGE, "volumeMounts": [{"name": "m", "mountPath": "/m"}]}
+            ],
+            "volumes": [{"name": "m", "persistentVolumeClaim": {"claimName": "models"}}],
+        },
+    }
+    kube.apply(claim, namespace)
+    kube.apply(pod, namespace)
+    kube.kubectl("wait", "--for=condition=Ready", "pod/reader", "-n", namespace, f"--timeout={WAIT_SECONDS}s")
+    bound = kube.kubectl_json("get", "pvc/models", "-n", namespace)
+    assert bound["status"]["phase"] == "Bound"
+    assert bound["spec"]["storageClassName"] == "kwok-volume"  # the default class
+
+
 def test_an_hpa_reports_current_cpu_utilisation(kube: Kube, namespace: str) -> None:
     # kwok emulates 50m of CPU use per pod from this annotation; with 100m requested that is 50%
     kube.apply(deployment("busy", replicas=2, annotations={"kwok.x-k8s.io/usage-cpu": "50m"}), namespace)
