@@ -78,7 +78,7 @@ def _kube_session() -> Iterator[Kube]:
         with shared_devcluster(config, sys.stderr) as kube:
             yield kube
     except (cluster.ClusterError, build.BuildError, KubectlError) as error:
-        pytest.fail(f"devcluster up failed: {error}", pytrace=False)
+        pytest.fail(f"devcluster: {error}", pytrace=False)
 
 
 def _require_cluster_marker(request: pytest.FixtureRequest) -> None:
