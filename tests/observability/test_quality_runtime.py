@@ -233,7 +233,16 @@ def test_reference_from_the_real_optimizer_is_served(
     data = runtime_logs / "digits.npz"
     np.savez(data, x=x_train, y=y_train)
     spec = runtime_logs / "spec.json"
-    spec.write_text(json.dumps({"graph": "basic", "validate": {"metric": "accuracy", "maxDrop": 0.01}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "graph": "basic",
+                # --data gives the file; the spec says how many samples to read (all of them).
+                "data": {"uri": "placeholder", "samples": len(x_train)},
+                "validate": {"metric": "accuracy", "maxDrop": 0.01},
+            }
+        )
+    )
     output = runtime_logs / "artifact"
     result = subprocess.run(
         [
