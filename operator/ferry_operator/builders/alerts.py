@@ -88,11 +88,13 @@ class AlertPolicy:
     accuracy_minimum: float | None = None
     # Feedback samples needed in `accuracy_range` before accuracy is judged (small samples are noise).
     accuracy_min_samples: int = 200
+    # The span accuracy is computed over (labels often arrive long after the predictions).
     accuracy_range: str = "1h"
     # Input drift: population stability index above which an input counts as shifted (0.25: significant).
     drift_psi_threshold: float = 0.25
     # Sampled rows needed before a drift score is judged.
     drift_min_rows: int = 100
+    # How long the score must stay above the threshold.
     drift_for: str = "15m"
     # Where docs/runbooks.md is published; each alert links to its section.
     runbook_base_url: str = RUNBOOK_BASE_URL
