@@ -94,6 +94,10 @@ def progress_line(obj: Mapping[str, Any], width: int = 24) -> str:
     step = ""
     for kind in PROGRESS_CONDITIONS:
         cond = condition(status, kind)
+        # A condition the operator does not report (Optimized without spec.optimize) is not a step;
+        # Ready always is.
+        if cond is None and kind != "Ready":
+            continue
         if cond is None or cond.get("status") != "True":
             reason = (cond or {}).get("reason", "Waiting")
             step = f" {kind}: {reason}"
@@ -404,29 +408,44 @@ def cmd_predict(api: Any, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kubectl ferry", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
-    parser.add_argument("--context", help="kubeconfig context")
-    parser.add_argument("-n", "--namespace", help="namespace (default: the context's)")
+    # kubectl users put -n/--kubeconfig anywhere (`kubectl ferry status x -n ns`), so the common options
+    # are accepted before and after the command; SUPPRESS keeps a later position from resetting them.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--kubeconfig", default=argparse.SUPPRESS, help="kubeconfig file (default: $KUBECONFIG)"
+    )
+    common.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context")
+    common.add_argument(
+        "-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: the context's)"
+    )
+    parser = argparse.ArgumentParser(
+        prog="kubectl ferry", description=__doc__.split("\n\n")[0], parents=[common]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_list = sub.add_parser("list", help="ModelDeployments with their phase, replicas and URL")
+    p_list = sub.add_parser(
+        "list", parents=[common], help="ModelDeployments with their phase, replicas and URL"
+    )
     p_list.add_argument("-A", "--all-namespaces", action="store_true")
-    p_status = sub.add_parser("status", help="phase, conditions and replicas; --watch follows the rollout")
+    p_status = sub.add_parser(
+        "status", parents=[common], help="phase, conditions and replicas; --watch follows the rollout"
+    )
     p_status.add_argument("name")
     p_status.add_argument("-w", "--watch", action="store_true")
     p_status.add_argument("--timeout", type=int, default=600, help="seconds to watch (default 600)")
     p_status.add_argument(
         "--exit-on-done", action="store_true", help="stop watching when the phase is Ready or Failed"
     )
-    p_report = sub.add_parser("report", help="the optimization report: every candidate and the gate")
+    p_report = sub.add_parser(
+        "report", parents=[common], help="the optimization report: every candidate and the gate"
+    )
     p_report.add_argument("name")
     p_report.add_argument("--plot", metavar="FILE", help="also write a PNG chart of the candidates")
-    p_predict = sub.add_parser("predict", help="send an input (.json v2 request or .npz) and print outputs")
+    p_predict = sub.add_parser(
+        "predict", parents=[common], help="send an input (.json v2 request or .npz) and print outputs"
+    )
     p_predict.add_argument("name")
     p_predict.add_argument("--input", required=True, metavar="FILE")
-    p_predict.add_argument(
-        "--url", help="call this server directly instead of the API server's service proxy"
-    )
+    p_predict.add_argument("--url", help="call this server directly, not through the API server's proxy")
     p_predict.add_argument("--timeout", type=float, default=30.0)
     return parser
 
@@ -434,8 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"list": cmd_list, "status": cmd_status, "report": cmd_report, "predict": cmd_predict}
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    for option in ("kubeconfig", "context", "namespace"):
+        if not hasattr(args, option):
+            setattr(args, option, None)
+    return args
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    args = parse_args(argv)
     try:
         api = None if (args.command == "predict" and args.url) else _api(args.kubeconfig, args.context)
         return COMMANDS[args.command](api, args, out)

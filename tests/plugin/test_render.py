@@ -128,3 +128,20 @@ def test_missing_kubeconfig_tells_how_to_get_one(tmp_path: Path, capsys: pytest.
     code = plugin.main(["--kubeconfig", str(tmp_path / "absent"), "list"], out=io.StringIO())
     assert code == 1
     assert "devcluster/devcluster kubeconfig" in capsys.readouterr().err
+
+
+def test_common_options_are_accepted_before_and_after_the_command() -> None:
+    for argv in (["-n", "demo", "report", "digits"], ["report", "digits", "-n", "demo"]):
+        args = plugin.parse_args(argv)
+        assert (args.namespace, args.command, args.name) == ("demo", "report", "digits")
+    assert plugin.parse_args(["list"]).namespace is None
+
+
+def test_unreported_conditions_are_not_steps() -> None:
+    md = _md(
+        "Deploying",
+        0,
+        1,
+        [{"type": "ModelResolved", "status": "True"}, {"type": "Deployed", "status": "True"}],
+    )
+    assert "Ready: Waiting" in plugin.progress_line(md)
