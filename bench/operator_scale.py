@@ -9,14 +9,15 @@ to a baseline measured in the same run: a bare Deployment with the same pod temp
 Available. The ratio is the operator's overhead over what the cluster itself needs.
 
 Targets (SPEC.md): 500 to Ready in <= 60 s on 2 cores; single apply->Ready <= 2 s median. Pods are tiny
-(10m CPU) so 500 fit on a few fake nodes: `devcluster/devcluster up --nodes 6` gives 660 pod slots.
+(10m CPU); with the bulk baseline the run needs about 1050 pod slots: `devcluster/devcluster up --nodes 10`
+gives 1100 (110 pods per fake node).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import json
+import concurrent.futures
 import os
 import re
 import secrets
@@ -32,6 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+
+from ferry_operator import __version__
+from ferry_operator.api import models
+from ferry_operator.builders import inputs as build_inputs
+from ferry_operator.builders import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "ferry.dev_modeldeployments.yaml"
@@ -75,6 +81,38 @@ def md_manifest(name: str) -> dict[str, Any]:
             "monitoring": {"serviceMonitor": "disabled"},
         },
     }
+
+
+def bare_deployment(name: str, namespace: str) -> dict[str, Any]:
+    """The Deployment the operator builds for md_manifest(name), without owner and without Ferry's labels
+    (so the operator does not watch it): what the cluster alone needs to bring the same pods up."""
+    spec = models.ModelDeploymentSpec.model_validate(md_manifest(name)["spec"])
+    inputs = build_inputs.BuildInputs(
+        owner=build_inputs.Owner(name, namespace, "00000000-0000-0000-0000-000000000000"),
+        spec=spec,
+        artifact=build_inputs.ServedArtifact(uri=spec.model.uri),
+        defaults=build_inputs.ServingDefaults(runtime_image=f"ferry-runtime:{__version__}"),
+    )
+    manifest = serving.deployment(inputs, replicas=1)
+    labels = {"bench": "baseline", "instance": name}
+    manifest["metadata"] = {"name": name, "labels": labels}
+    manifest["spec"]["selector"] = {"matchLabels": labels}
+    manifest["spec"]["template"]["metadata"]["labels"] = labels
+    return manifest
+
+
+def create_all(create: Any, names: list[str]) -> dict[str, float]:
+    """Create every object with a few concurrent clients, as fast as the API server takes them (kubectl's
+    client-side rate limit would make the benchmark measure kubectl); returns each creation time."""
+    created_at: dict[str, float] = {}
+
+    def one(name: str) -> None:
+        create(name)
+        created_at[name] = time.monotonic()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(one, names))
+    return created_at
 
 
 def apiserver_requests(kubeconfig: str) -> collections.Counter[tuple[str, str]]:
@@ -205,6 +243,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600, help="give up waiting after this many seconds")
     parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, else the devcluster's")
     parser.add_argument("--keep", action="store_true", help="keep the namespace for inspection")
+    parser.add_argument(
+        "--no-bulk-baseline",
+        dest="bulk_baseline",
+        action="store_false",
+        help="skip the N bare Deployments measured first (halves the run; the pod slots needed too)",
+    )
     args = parser.parse_args()
     kubeconfig = kubeconfig_path(args.kubeconfig)
     kubernetes.config.load_kube_config(config_file=kubeconfig)
@@ -215,15 +259,24 @@ def main() -> int:
     slots = sum(
         int(n.status.allocatable.get("pods", 0)) for n in core.list_node().items if not n.spec.unschedulable
     )
-    if slots < args.count + args.singles * 2 + 10:
+    needed = args.count * (2 if args.bulk_baseline else 1) + args.singles * 2 + 10
+    if slots < needed:
         raise SystemExit(
-            f"the cluster has {slots} pod slots; {args.count} objects need more: "
-            f"devcluster/devcluster up --nodes {(args.count + args.singles * 2) // 110 + 2}"
+            f"the cluster has {slots} pod slots, the run needs {needed}: "
+            f"devcluster/devcluster up --nodes {needed // 110 + 1}"
         )
     kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "crd/modeldeployments.ferry.dev")
     namespace = f"bench-operator-{secrets.token_hex(3)}"
     core.create_namespace({"metadata": {"name": namespace}})
+    # The model store the specs' pvc://models/... URIs read from (kwok's volume stages bind it).
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": "models"},
+            "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
     port = free_port()
     log_path = ROOT / "out" / f"{namespace}-operator.log"
     log_path.parent.mkdir(exist_ok=True)
@@ -250,6 +303,30 @@ def main() -> int:
             f"{os.cpu_count()} CPUs"
         )
 
+        # --- bulk baseline: the same pods as bare Deployments, no operator involved ---------------------
+        deployments = ReadyWatcher(
+            apps.list_namespaced_deployment, namespace, deployment_available, label_selector="bench=baseline"
+        )
+        baseline_all_ready = None
+        if args.bulk_baseline:
+            before = apiserver_requests(kubeconfig)
+            bare = [f"bare-{index:04d}" for index in range(args.count)]
+            started = time.monotonic()
+            create_all(
+                lambda name: apps.create_namespaced_deployment(namespace, bare_deployment(name, namespace)),
+                bare,
+            )
+            if not deployments.wait(set(bare), args.timeout):
+                raise SystemExit(f"bare Deployments not Available after {args.timeout:.0f} s")
+            baseline_all_ready = max(deployments.ready_at[name] for name in bare) - started
+            time.sleep(2)
+            spent = sum((apiserver_requests(kubeconfig) - before).values())
+            print(
+                f"\nbaseline: {args.count} bare Deployments (same pods), "
+                f"all Available {baseline_all_ready:.1f} s "
+                f"after the first create; API server requests {spent / args.count:.1f} per object"
+            )
+
         # --- bulk --------------------------------------------------------------------------------------
         mds = ReadyWatcher(
             custom.list_namespaced_custom_object,
@@ -263,17 +340,21 @@ def main() -> int:
         before_operator = operator_counters(port)
         cpu_before = cpu_seconds(operator.pid)
         names = {f"bulk-{index:04d}" for index in range(args.count)}
-        listing = {"apiVersion": "v1", "kind": "List", "items": [md_manifest(name) for name in sorted(names)]}
         started = time.monotonic()
-        kubectl(kubeconfig, "create", "-n", namespace, "-f", "-", stdin=json.dumps(listing))
-        created = time.monotonic() - started
+        created_at = create_all(
+            lambda name: custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, md_manifest(name)
+            ),
+            sorted(names),
+        )
+        created = max(created_at.values()) - started
         if not mds.wait(names, args.timeout):
             missing = len(names - set(mds.ready_at))
             raise SystemExit(
                 f"{missing} of {args.count} not Ready after {args.timeout:.0f} s; see {log_path}"
             )
         all_ready = max(mds.ready_at[name] for name in names) - started
-        per_object = sorted(mds.ready_at[name] - started for name in names)
+        per_object = sorted(mds.ready_at[name] - created_at[name] for name in names)
         time.sleep(2)  # let trailing status writes land before counting
         after_server = apiserver_requests(kubeconfig)
         after_operator = operator_counters(port)
@@ -294,7 +375,7 @@ def main() -> int:
             f"all Ready {all_ready:.1f} s after the first create"
         )
         print(
-            f"  Ready after: p50 {statistics.median(per_object):.1f} s, "
+            f"  create->Ready per object: p50 {statistics.median(per_object):.1f} s, "
             f"p90 {per_object[int(len(per_object) * 0.9)]:.1f} s"
         )
         print(
@@ -322,12 +403,6 @@ def main() -> int:
         )
 
         # --- singles and their baseline ------------------------------------------------------------------
-        template_source = apps.read_namespaced_deployment(sorted(names)[0], namespace)
-        template = kubernetes.client.ApiClient().sanitize_for_serialization(template_source.spec.template)
-        template["metadata"]["labels"] = {"bench": "baseline"}
-        deployments = ReadyWatcher(
-            apps.list_namespaced_deployment, namespace, deployment_available, label_selector="bench=baseline"
-        )
         single_md: list[float] = []
         single_baseline: list[float] = []
         for index in range(args.singles):
@@ -339,20 +414,7 @@ def main() -> int:
             single_md.append(mds.ready_at[name] - t0)
             base = f"baseline-{index:03d}"
             t0 = time.monotonic()
-            apps.create_namespaced_deployment(
-                namespace,
-                {
-                    "metadata": {"name": base, "labels": {"bench": "baseline"}},
-                    "spec": {
-                        "replicas": 1,
-                        "selector": {"matchLabels": {"bench": "baseline", "i": str(index)}},
-                        "template": {
-                            **template,
-                            "metadata": {"labels": {"bench": "baseline", "i": str(index)}},
-                        },
-                    },
-                },
-            )
+            apps.create_namespaced_deployment(namespace, bare_deployment(base, namespace))
             if not deployments.wait({base}, 60):
                 raise SystemExit(f"{base} not Available in 60 s")
             single_baseline.append(deployments.ready_at[base] - t0)
@@ -366,6 +428,11 @@ def main() -> int:
         )
         status = proc_status(operator.pid)
         print(f"\noperator peak memory (VmHWM = ru_maxrss) over the whole run: {status['VmHWM']}")
+        if baseline_all_ready is not None:
+            print(
+                f"bulk ratio ModelDeployments / bare Deployments: {all_ready / baseline_all_ready:.2f}x "
+                f"({all_ready:.1f} s vs {baseline_all_ready:.1f} s)"
+            )
         bulk_verdict = "met" if all_ready <= 60 else "MISSED"
         single_verdict = "met" if md_median <= 2 else "MISSED"
         print(f"targets: 500 Ready <= 60 s -> {all_ready:.1f} s for {args.count} ({bulk_verdict})")
