@@ -123,6 +123,15 @@ def test_install_test_upgrade_uninstall(kube: Kube, namespace: str, tmp_path: Pa
             stderr=subprocess.STDOUT,
         )
         try:
+            # the claim the model URI names (kwok's volume stages bind it)
+            kube.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": "models", "namespace": namespace},
+                    "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
+                }
+            )
             kube.apply(
                 {
                     "apiVersion": "ferry.dev/v1alpha1",
@@ -182,7 +191,12 @@ def test_install_test_upgrade_uninstall(kube: Kube, namespace: str, tmp_path: Pa
                 "json",
             ).stdout
         )["items"]
-        assert [o["metadata"]["name"] for o in cluster_scoped] == []
+        mine = [
+            o["metadata"]["name"]
+            for o in cluster_scoped
+            if o["metadata"].get("annotations", {}).get("meta.helm.sh/release-namespace") == namespace
+        ]
+        assert mine == []
         # The CRD stays (keep policy) and so does the artifact claim: both hold what users cannot rebuild.
         kube.kubectl("get", "crd", "modeldeployments.ferry.dev")
     finally:
