@@ -73,15 +73,38 @@ def diff(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, An
     """A JSON merge patch turning `current` into `desired` (None when they are equal); owned fields
     missing from `desired` are removed (null), fields owned by others are left alone."""
     patch = {
-        field: desired.get(field)
+        field: _merge_patch(current.get(field), desired.get(field))
         for field in sorted(OWNED_FIELDS | set(desired))
         if current.get(field) != desired.get(field)
     }
     return patch or None
 
 
+def _merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 patch from `old` to `new`. The server merges nested objects key by key, so a key that
+    `new` lacks must be sent as null, or it would survive (a digest or report of an earlier artifact)."""
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return new
+    return {
+        key: _merge_patch(old.get(key), new[key]) if key in new else None
+        for key in sorted(set(old) | set(new))
+        if key not in new or old.get(key) != new[key]
+    }
+
+
 def applied(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """`current` with a merge patch of top-level fields applied (what the server will hold)."""
-    result = {key: value for key, value in current.items() if key not in patch}
-    result.update({key: value for key, value in patch.items() if value is not None})
+    """`current` with a merge patch applied (what the server will hold)."""
+    result: dict[str, Any] = _apply(current, patch)
+    return result
+
+
+def _apply(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, Mapping):
+        return patch
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _apply(result.get(key), value)
     return result
