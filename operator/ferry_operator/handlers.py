@@ -12,9 +12,13 @@ import kopf
 
 from ferry_operator import kinds, wiring
 from ferry_operator.api import models
-from ferry_operator.reconcile import observe
+from ferry_operator.reconcile import observe, optimization
 
 MANAGED = {kinds.MANAGED_BY_LABEL: kinds.MANAGED_BY}
+OPTIMIZATION_PODS: dict[str, Any] = {
+    **MANAGED,
+    kinds.OPTIMIZATION_OF_LABEL: kopf.PRESENT,
+}
 MD = (models.GROUP, models.VERSION, models.PLURAL)
 
 
@@ -76,6 +80,16 @@ async def pod_index(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return observe.index_pod(body)
 
 
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+async def job_index(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return optimization.index_job(body)
+
+
+@kopf.index("v1", "pods", labels=OPTIMIZATION_PODS)
+async def optimization_pod_index(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return optimization.index_job_pod(body)
+
+
 # --- events: what to reconcile ----------------------------------------------------------------------------
 
 
@@ -114,3 +128,13 @@ async def pod_event(memo: Any, body: kopf.Body, event: Any, **_: Any) -> None:
     wiring.pod_changed(
         _ferry(memo), body.meta.uid or "", *observe.pod_change(body, event.get("type") == "DELETED")
     )
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+async def job_event(memo: Any, body: kopf.Body, **_: Any) -> None:
+    _ferry(memo).controller.enqueue(observe.owner_key(body))
+
+
+@kopf.on.event("v1", "pods", labels=OPTIMIZATION_PODS)
+async def optimization_pod_event(memo: Any, body: kopf.Body, **_: Any) -> None:
+    _ferry(memo).controller.enqueue(optimization.job_pod_owner_key(body))

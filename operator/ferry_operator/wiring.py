@@ -19,6 +19,7 @@ from ferry_operator.config import OperatorConfig
 from ferry_operator.kube import KubeClient
 from ferry_operator.reconcile.controller import Controller, Indices
 from ferry_operator.reconcile.observe import OwnerKey, PodSnapshot
+from ferry_operator.reconcile.optimization import OptimizationResolver, optimizer_defaults
 
 logger = logging.getLogger("ferry_operator")
 
@@ -33,6 +34,8 @@ CHILD_INDEXES: Mapping[kinds.Kind, str] = {
     kinds.SERVICE_MONITOR: "servicemonitor_index",
 }
 POD_INDEX = "pod_index"
+JOB_INDEX = "job_index"
+OPTIMIZATION_POD_INDEX = "optimization_pod_index"
 MANAGED_SELECTOR = f"{kinds.MANAGED_BY_LABEL}={kinds.MANAGED_BY}"
 
 
@@ -43,6 +46,7 @@ class Ferry:
     config: OperatorConfig
     client: KubeClient
     controller: Controller
+    optimization: OptimizationResolver
     metrics_server: web.AppRunner | None = None
     # Last seen state of each serving pod (by uid): a pod event only matters when this changes.
     pod_states: dict[str, tuple[OwnerKey, PodSnapshot]] = dataclasses.field(default_factory=dict)
@@ -50,7 +54,13 @@ class Ferry:
 
 def create(config: OperatorConfig) -> Ferry:
     client = KubeClient(max_connections=max(8, config.workers * 2))
-    return Ferry(config=config, client=client, controller=Controller(config, client))
+    optimization = OptimizationResolver(optimizer_defaults(config), client)
+    return Ferry(
+        config=config,
+        client=client,
+        controller=Controller(config, client, optimization),
+        optimization=optimization,
+    )
 
 
 def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
@@ -74,7 +84,7 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.networking.connect_timeout = 30
     # Server-side filtering: the child watches stream only Ferry's objects, not every Deployment and Pod
     # in the cluster.
-    for kind in (*kinds.CHILD_KINDS, kinds.POD):
+    for kind in (*kinds.CHILD_KINDS, kinds.POD, kinds.JOB):
         settings.watching.label_selectors[kind.group or "v1", kind.plural] = MANAGED_SELECTOR
     # kopf posts events for its own handler errors; only warnings and worse (the reconcile posts one event
     # per phase transition itself, so kopf must not add one per handler run).
@@ -114,6 +124,11 @@ async def startup(ferry: Ferry, indices: Mapping[str, Any]) -> None:
             children={kind: indices[name] for kind, name in CHILD_INDEXES.items()},
             pods=indices[POD_INDEX],
         )
+    )
+    ferry.optimization.bind(
+        jobs=indices[JOB_INDEX],
+        pods=indices[OPTIMIZATION_POD_INDEX],
+        enqueue_after=ferry.controller.queue.add_after,
     )
     ferry.controller.start()
     if ferry.config.metrics_port:

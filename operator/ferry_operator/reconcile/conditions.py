@@ -121,8 +121,10 @@ def fetch_pending(obs: Observation) -> Verdict:
 def waiting_for_artifact(obs: Observation) -> Verdict | None:
     if obs.artifact.ready:
         return None
+    # Unknown while the artifact is being made (an optimization Job runs), False when it cannot be.
+    status: ConditionStatus = "Unknown" if obs.artifact.status == "Unknown" else "False"
     return Verdict(
-        "False", "WaitingForArtifact", "nothing to deploy until the model is resolved (see ModelResolved)"
+        status, "WaitingForArtifact", "nothing to deploy until the model is resolved (see ModelResolved)"
     )
 
 

@@ -225,6 +225,13 @@ class Controller:
         verdicts = conditions.evaluate(obs)
         if resolution.optimized is not None:
             verdicts["Optimized"] = resolution.optimized
+            if resolution.optimized.status == "Unknown" and verdicts["Ready"].status == "True":
+                # Ready follows the newest spec: the revision serving now is not the one it asks for yet.
+                verdicts["Ready"] = conditions.Verdict(
+                    "False",
+                    "Optimizing",
+                    f"{verdicts['Ready'].message}; the new spec's model is being optimized (see Optimized)",
+                )
         written = await self._write_status(md, obs, verdicts, resolution)
         if written and outcome == "noop":
             outcome = "status"
