@@ -9,6 +9,11 @@ needed=(
   "git:git"
   "curl:curl"
   "promtool:prometheus"  # promtool: checks and unit-tests the alert rules (tests/observability)
+  "containerd:containerd"  # devcluster --real-node: the container runtime (CRI), with ctr
+  "runc:runc"            # devcluster --real-node: containerd's OCI runtime
+  "iptables:iptables"    # devcluster --real-node: kube-proxy (iptables mode), CNI portmap/masquerade
+  "conntrack:conntrack"  # devcluster --real-node: kube-proxy clears stale UDP (DNS) conntrack entries
+  "ip:iproute2"          # devcluster --real-node: removes the CNI bridge on `down`
 )
 missing=()
 for pair in "${needed[@]}"; do

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ferry_devcluster import build, cluster, components, kube, monitoring
+from ferry_devcluster import build, cluster, components, kube, monitoring, real_node
 from ferry_devcluster.config import ClusterConfig, default_port_base, default_state_dir
 
 MAX_NODES = 500
@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fake nodes with nvidia.com/gpu (default 1)",
     )
-    up.add_argument("--real-node", action="store_true", help="add a real kubelet node (not yet available)")
+    up.add_argument(
+        "--real-node",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run a real node (containerd, kubelet, kube-proxy, CNI): real-node-0 (default: as last up)",
+    )
     up.add_argument(
         "--port-base",
         type=_port_base,
@@ -89,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     which = commands.add_parser("which", help="print a cached binary's path, building it if missing")
     which.add_argument("binary", help="e.g. helm, kubectl, kube-apiserver, kubelet")
 
+    load = commands.add_parser(
+        "load-image", help="copy images from podman into the real node's containerd (no registry here)"
+    )
+    load.add_argument("images", nargs="+", metavar="IMAGE", help="e.g. ferry-runtime:0.1.0")
+
     build_cmd = commands.add_parser("build", help="build (or find cached) binaries; default: the cluster's")
     build_cmd.add_argument("binaries", nargs="*")
     return parser
@@ -105,13 +115,14 @@ def resolve_config(args: argparse.Namespace) -> ClusterConfig:
             ("nodes", getattr(args, "nodes", None)),
             ("gpu_nodes", getattr(args, "gpu_nodes", None)),
             ("port_base", getattr(args, "port_base", None)),
+            ("real_node", getattr(args, "real_node", None)),
         )
         if value is not None
     }
     return dataclasses.replace(base, **changes)
 
 
-def _up(args: argparse.Namespace, config: ClusterConfig) -> int:
+def _up(config: ClusterConfig) -> int:
     if config.nodes + config.gpu_nodes == 0:
         print(
             "devcluster: --nodes and --gpu-nodes are both 0; a cluster needs at least one node",
@@ -127,8 +138,10 @@ def _up(args: argparse.Namespace, config: ClusterConfig) -> int:
             file=sys.stderr,
         )
         return 2
+    if config.real_node:
+        config = dataclasses.replace(config, node_ip=real_node.host_ip())
     the_cluster = cluster.Cluster(config, sys.stderr)
-    timings = the_cluster.up(real_node=args.real_node)
+    timings = the_cluster.up()
     print(
         f"devcluster: up with {config.nodes} node(s) + {config.gpu_nodes} GPU node(s) at {config.server_url} "
         f"({timings.render()})",
@@ -157,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     config = resolve_config(args)
     try:
         if args.command == "up":
-            return _up(args, config)
+            return _up(config)
         if args.command == "down":
             stopped = cluster.Cluster(config, sys.stderr).down(purge=args.purge)
             print(
@@ -185,6 +198,18 @@ def main(argv: list[str] | None = None) -> int:
                 monitoring.uninstall(config.admin_kubeconfig)
             print(" ".join(monitoring.installed(config.admin_kubeconfig)) or "(none installed)")
             return 0
+        if args.command == "load-image":
+            if not (config.real_node and real_node.containerd_ready(config)):
+                print(
+                    f"devcluster: no real node runs in {config.state_dir}; run `devcluster up --real-node`",
+                    file=sys.stderr,
+                )
+                return 1
+            for image in args.images:
+                reference = real_node.normalized_reference(image)
+                real_node.import_podman_image(config, image, reference)
+                print(reference)
+            return 0
         if args.command == "which":
             print(build.kubectl() if args.binary == "kubectl" else build.ensure([args.binary])[args.binary])
             return 0
@@ -192,7 +217,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in build.ensure(args.binaries or components.CONTROL_PLANE_BINARIES).items():
                 print(f"{name} {path}")
             return 0
-    except (cluster.ClusterError, build.BuildError, kube.KubectlError, KeyError, FileNotFoundError) as error:
+    except (
+        cluster.ClusterError,
+        build.BuildError,
+        kube.KubectlError,
+        real_node.RealNodeError,
+        KeyError,
+        FileNotFoundError,
+    ) as error:
         print(f"devcluster: {error}", file=sys.stderr)
         return 1
     raise AssertionError(f"unhandled command {args.command}")

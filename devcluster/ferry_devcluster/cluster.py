@@ -34,6 +34,7 @@ from ferry_devcluster import (
     metrics_server,
     pki,
     processes,
+    real_node,
 )
 from ferry_devcluster.config import LOOPBACK, ClusterConfig
 from ferry_devcluster.processes import ProcessSpec, Supervisor
@@ -42,6 +43,7 @@ from ferry_devcluster.processes import ProcessSpec, Supervisor
 START_TIMEOUT_SECONDS = 300.0
 # Stop order: dependants first, etcd last, so nothing logs a storm of connection errors on the way down.
 STOP_ORDER: tuple[str, ...] = (
+    *real_node.PROCESS_NAMES,
     "metrics-server",
     "kwok",
     "kube-scheduler",
@@ -53,10 +55,6 @@ STOP_ORDER: tuple[str, ...] = (
 
 class ClusterError(RuntimeError):
     """The cluster could not be brought to the wanted state; the message says which part and why."""
-
-
-class NotYetAvailable(ClusterError):
-    """A requested feature that devcluster does not provide yet."""
 
 
 @dataclass
@@ -214,12 +212,7 @@ class Cluster:
         return True
 
     # ----------------------------------------------------------------------------- up
-    def up(self, real_node: bool = False) -> Timings:
-        if real_node:
-            raise NotYetAvailable(
-                "--real-node is not yet available: devcluster runs fake (kwok) nodes only for now; a real "
-                "node (containerd, runc, kubelet, CNI, kube-proxy) is the next devcluster issue"
-            )
+    def up(self) -> Timings:
         with self._exclusive():
             return self._up()
 
@@ -261,7 +254,7 @@ class Cluster:
         self._reconcile_nodes()
         timings.mark("components")
 
-        everything = list(reversed(STOP_ORDER))
+        everything = [name for name in reversed(STOP_ORDER) if name not in real_node.PROCESS_NAMES]
         _wait_until(
             "the controller manager, scheduler, kwok and metrics-server to report healthy",
             lambda: (
@@ -290,7 +283,77 @@ class Cluster:
             everything,
         )
         timings.mark("ready")
+        if config.real_node:
+            self._up_real_node(timings)
         return timings
+
+    def _up_real_node(self, timings: Timings) -> None:
+        """containerd, the kubelet and kube-proxy on this machine, registered as one more node."""
+        config = self.config
+        binaries = build.ensure(["kubelet", "kube-proxy", "coredns", *components.CNI_PLUGIN_BINARIES])
+        real_node.prepare_host()
+        real_node.ensure_cgroup_root(config)
+        real_node.link_cni_plugins(config, {name: binaries[name] for name in components.CNI_PLUGIN_BINARIES})
+        real_node.cni_conf_dir(config).mkdir(parents=True, exist_ok=True)
+        real_node.containerd_config_path(config).write_text(real_node.containerd_config(config))
+        real_node.kubelet_config_path(config).write_text(real_node.kubelet_configuration(config))
+        real_node.kube_proxy_config_path(config).write_text(real_node.kube_proxy_configuration(config))
+        real_node.corefile_path(config).write_text(real_node.corefile(config))
+        timings.mark("node binaries+config")
+
+        self._ensure_running(real_node.containerd_process(config))
+        _wait_until(
+            "containerd's socket", lambda: real_node.containerd_ready(config), self.supervisor, ["containerd"]
+        )
+        real_node.ensure_pause_image(config)
+        timings.mark("containerd")
+
+        node_processes = ["containerd", "kubelet", "kube-proxy"]
+        self._ensure_running(real_node.kubelet_process(config, binaries["kubelet"], config.node_ip))
+        self._ensure_running(real_node.kube_proxy_process(config, binaries["kube-proxy"]))
+        pod_cidr: list[str] = []
+
+        def node_has_pod_cidr() -> bool:
+            node = self._apiserver().get_json(f"/api/v1/nodes/{real_node.NODE_NAME}") or {}
+            cidr = node.get("spec", {}).get("podCIDR")
+            if cidr:
+                pod_cidr.append(str(cidr))
+            return bool(cidr)
+
+        # the controller manager allocates the node's range once the kubelet registers it; the
+        # bridge's subnet must be that range, so the CNI configuration is written only then
+        _wait_until(
+            f"node {real_node.NODE_NAME} registered with a podCIDR",
+            node_has_pod_cidr,
+            self.supervisor,
+            node_processes,
+        )
+        conflist = real_node.cni_conflist(config, pod_cidr[-1])
+        path = real_node.cni_conflist_path(config)
+        if not path.exists() or path.read_text() != conflist:
+            path.write_text(conflist)
+        _wait_until(
+            f"node {real_node.NODE_NAME} Ready",
+            lambda: real_node.NODE_NAME in self.ready_nodes(),
+            self.supervisor,
+            node_processes,
+        )
+        timings.mark("real node")
+
+        for index in range(real_node.LOCAL_VOLUMES):
+            directory = real_node.local_volume_dir(config, index)
+            directory.mkdir(parents=True, exist_ok=True)
+            # pods run as any user; the volume is theirs to write
+            directory.chmod(0o777)
+        kube.apply(config.admin_kubeconfig, real_node.dns_objects(config) + real_node.storage_objects(config))
+        self._ensure_running(real_node.coredns_process(config, binaries["coredns"]))
+        _wait_until(
+            "CoreDNS /ready",
+            lambda: real_node.coredns_ready(config),
+            self.supervisor,
+            [*node_processes, "coredns"],
+        )
+        timings.mark("dns")
 
     def _apply_cluster_objects(self) -> None:
         config = self.config
@@ -333,7 +396,12 @@ class Cluster:
         return stopped
 
     def _stop_all(self) -> list[str]:
-        stopped = [name for name in STOP_ORDER if self.supervisor.stop(name)]
+        stopped = [name for name in ("kube-proxy", "kubelet") if self.supervisor.stop(name)]
+        # the containers go before containerd, so its shims have nothing left to wait for
+        killed = real_node.kill_containers(self.config)
+        if killed:
+            stopped.append(f"{killed} container process(es)")
+        stopped += [name for name in STOP_ORDER if self.supervisor.stop(name)]
         stopped += [name for name in self.supervisor.known_names() if self.supervisor.stop(name)]
         # belt and braces: a cluster binary still running with files of this state directory (its pid
         # file lost, or a child that left its group) is ours too
@@ -341,10 +409,17 @@ class Cluster:
         if strays:
             processes.terminate_pids(strays, grace_seconds=10.0)
             stopped.append(f"{len(strays)} stray process(es)")
+        kube_proxy = build.binary_path("kube-proxy")
+        stopped += real_node.teardown(self.config, kube_proxy if self.config.real_node else None)
         return stopped
 
     def status(self) -> dict[str, Any]:
-        running = {name: self.supervisor.pid(name) for name in reversed(STOP_ORDER)}
+        names = [
+            name
+            for name in reversed(STOP_ORDER)
+            if self.config.real_node or name not in real_node.PROCESS_NAMES
+        ]
+        running = {name: self.supervisor.pid(name) for name in names}
         report: dict[str, Any] = {
             "state_dir": str(self.config.state_dir),
             "kubeconfig": str(self.config.admin_kubeconfig),

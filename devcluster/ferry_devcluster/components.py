@@ -136,6 +136,29 @@ HELM = Component(
     ),
 )
 
+# The real node's pod network: containerd runs these by their upstream names (bridge, host-local, ...)
+# from a directory of links that real_node.py makes; cached with a cni- prefix so the names say what
+# they are next to the other binaries.
+CNI_PLUGINS = Component(
+    name="cni-plugins",
+    module="github.com/containernetworking/plugins",
+    binaries=tuple(
+        Binary(
+            f"cni-{package.rsplit('/', 1)[1]}", f"github.com/containernetworking/plugins/plugins/{package}"
+        )
+        for package in ("main/bridge", "main/loopback", "ipam/host-local", "meta/portmap")
+    ),
+)
+# The real node's cluster DNS: our own main (the component directory's main.go) linking CoreDNS with
+# the plugins of kubeadm's default Corefile only; the full build links every cloud SDK.
+COREDNS = Component(
+    name="coredns",
+    module="github.com/coredns/coredns",
+    # CoreDNS's version is a constant in coremain; nothing to stamp
+    binaries=(Binary("coredns", "ferry.dev/devcluster/components/coredns"),),
+)
+
+CNI_PLUGIN_BINARIES: tuple[str, ...] = tuple(binary.name for binary in CNI_PLUGINS.binaries)
 
 # Binaries the fake-node cluster needs; the real node will add kubelet and kube-proxy.
 CONTROL_PLANE_BINARIES: tuple[str, ...] = (
@@ -165,4 +188,13 @@ PROMETHEUS_OPERATOR = Component(
     binaries=(),
 )
 
-ALL: tuple[Component, ...] = (KUBERNETES, ETCD, KWOK, METRICS_SERVER, HELM, PROMETHEUS_OPERATOR)
+ALL: tuple[Component, ...] = (
+    KUBERNETES,
+    ETCD,
+    KWOK,
+    METRICS_SERVER,
+    HELM,
+    PROMETHEUS_OPERATOR,
+    CNI_PLUGINS,
+    COREDNS,
+)

@@ -15,6 +15,8 @@ from pathlib import Path
 from ferry_devcluster.build import REPO_ROOT
 
 LOOPBACK = "127.0.0.1"
+# the one real node's name (up --real-node)
+REAL_NODE_NAME = "real-node-0"
 # Below the NodePort range (30000-32767) and the kernel's ephemeral ports (32768-60999), and away
 # from the well-known Kubernetes ports, so a devcluster can run beside a real cluster's processes.
 DEFAULT_PORT_BASE = 26400
@@ -27,6 +29,15 @@ PORT_OFFSETS: dict[str, int] = {
     "kube-scheduler": 59,
     "etcd": 79,
     "etcd-peer": 80,
+    # the real node (--real-node); 10250 would collide with kwok's 50, so the kubelet takes 51
+    "kubelet": 51,
+    "kubelet-healthz": 48,
+    "kube-proxy-metrics": 49,
+    "kube-proxy-healthz": 56,
+    # the real node's cluster DNS (CoreDNS on the host, behind the kube-dns Service)
+    "coredns": 53,
+    "coredns-health": 54,
+    "coredns-ready": 81,
 }
 
 
@@ -73,6 +84,15 @@ class ClusterConfig:
     # pod addresses (kwok assigns them from here; the controller manager allocates per-node ranges)
     pod_cidr: str = "10.244.0.0/16"
     cluster_domain: str = "cluster.local"
+    # a real kubelet node (containerd, CNI, kube-proxy) beside the fake ones; see real_node.py
+    real_node: bool = False
+    # the host address the real node registers and the API server advertises (pods reach it there);
+    # found by `up --real-node`
+    node_ip: str = ""
+
+    @property
+    def advertise_address(self) -> str:
+        return self.node_ip if self.real_node and self.node_ip else LOOPBACK
 
     def port(self, name: str) -> int:
         return self.port_base + PORT_OFFSETS[name]

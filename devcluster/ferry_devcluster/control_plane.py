@@ -49,13 +49,7 @@ def apiserver(config: ClusterConfig, binary: Path) -> ProcessSpec:
         argv=(
             str(binary),
             f"--etcd-servers=http://{LOOPBACK}:{config.port('etcd')}",
-            f"--bind-address={LOOPBACK}",
-            f"--advertise-address={LOOPBACK}",
-            # the reconciler would publish the advertise address as the `kubernetes` Service's
-            # endpoint, and the API server refuses to start with a loopback one; without pods that
-            # need that Service there is nothing to publish (the real node will advertise a
-            # reachable address and drop this)
-            "--endpoint-reconciler-type=none",
+            *_address_flags(config),
             f"--secure-port={config.port('apiserver')}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -81,6 +75,21 @@ def apiserver(config: ClusterConfig, binary: Path) -> ProcessSpec:
             f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
         ),
     )
+
+
+def _address_flags(config: ClusterConfig) -> tuple[str, ...]:
+    if config.advertise_address == LOOPBACK:
+        return (
+            f"--bind-address={LOOPBACK}",
+            f"--advertise-address={LOOPBACK}",
+            # the reconciler would publish the advertise address as the `kubernetes` Service's
+            # endpoint, and the API server refuses to start with a loopback one; without pods that
+            # need that Service there is nothing to publish
+            "--endpoint-reconciler-type=none",
+        )
+    # the real node's pods reach the API server at the host's address (the `kubernetes` Service's
+    # endpoint), host clients at 127.0.0.1: both, so all addresses
+    return ("--bind-address=0.0.0.0", f"--advertise-address={config.advertise_address}")
 
 
 def _component_auth_flags(config: ClusterConfig, client: str) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ CLUSTER_NAME = "devcluster"
 
 # The identities that get a kubeconfig: the name of a client certificate in the PKI directory.
 CLIENTS: tuple[str, ...] = ("admin", "kube-controller-manager", "kube-scheduler", "kwok", "metrics-server")
+REAL_NODE_CLIENTS: tuple[str, ...] = ("kubelet", "kube-proxy", "coredns")
 
 
 def _b64(path: Path) -> str:
@@ -51,7 +52,7 @@ def write_all(config: ClusterConfig) -> None:
     config.kubeconfig_dir.mkdir(parents=True, exist_ok=True)
     config.kubeconfig_dir.chmod(0o700)
     pki = config.pki_dir
-    for client in CLIENTS:
+    for client in CLIENTS + (REAL_NODE_CLIENTS if config.real_node else ()):
         content = render(
             config.server_url, pki / "ca.crt", pki / f"{client}.crt", pki / f"{client}.key", user=client
         )

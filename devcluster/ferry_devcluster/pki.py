@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ferry_devcluster.config import LOOPBACK, ClusterConfig
+from ferry_devcluster.config import LOOPBACK, REAL_NODE_NAME, ClusterConfig
 
 CLUSTER_CA = "ca"
 FRONT_PROXY_CA = "front-proxy-ca"
@@ -76,7 +76,9 @@ def certificate_specs(config: ClusterConfig) -> tuple[CertificateSpec, ...]:
             name="apiserver",
             common_name="kube-apiserver",
             dns_names=apiserver_dns_names(config),
-            ip_addresses=(LOOPBACK, config.kubernetes_service_ip),
+            ip_addresses=tuple(
+                dict.fromkeys((LOOPBACK, config.kubernetes_service_ip, config.advertise_address))
+            ),
             server=True,
         ),
         CertificateSpec(
@@ -125,6 +127,29 @@ def certificate_specs(config: ClusterConfig) -> tuple[CertificateSpec, ...]:
         CertificateSpec(
             name="front-proxy-client", common_name="front-proxy-client", client=True, signer=FRONT_PROXY_CA
         ),
+        *(real_node_certificate_specs(config) if config.real_node else ()),
+    )
+
+
+def real_node_certificate_specs(config: ClusterConfig) -> tuple[CertificateSpec, ...]:
+    node = REAL_NODE_NAME
+    return (
+        # the Node authorizer and NodeRestriction confine this identity to its own node
+        CertificateSpec(
+            name="kubelet", common_name=f"system:node:{node}", organizations=("system:nodes",), client=True
+        ),
+        # the kubelet's HTTPS endpoint (logs, exec, metrics), reached at the node's InternalIP
+        CertificateSpec(
+            name="kubelet-serving",
+            common_name=f"system:node:{node}",
+            dns_names=(node, "localhost"),
+            ip_addresses=tuple(dict.fromkeys((LOOPBACK, config.advertise_address))),
+            server=True,
+        ),
+        # bound by the built-in ClusterRoleBinding system:node-proxier
+        CertificateSpec(name="kube-proxy", common_name="system:kube-proxy", client=True),
+        # cluster DNS; bound to the ClusterRole real_node.py applies (as CoreDNS's upstream manifest)
+        CertificateSpec(name="coredns", common_name="system:coredns", client=True),
     )
 
 

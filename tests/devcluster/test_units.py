@@ -6,7 +6,6 @@ import ipaddress
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -71,11 +70,6 @@ def test_up_without_any_node_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     code = cli.main(["--state-dir", str(tmp_path), "up", "--nodes", "0", "--gpu-nodes", "0"])
     assert code == 2
     assert "at least one node" in capsys.readouterr().err
-
-
-def test_real_node_is_refused_clearly_for_now(tmp_path: Path) -> None:
-    with pytest.raises(cluster.NotYetAvailable, match="--real-node is not yet available"):
-        cluster.Cluster(make_config(tmp_path), sys.stderr).up(real_node=True)
 
 
 def test_down_without_a_cluster_is_fine_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
