@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -309,6 +310,9 @@ class Cluster:
         timings.mark("containerd")
 
         node_processes = ["containerd", "kubelet", "kube-proxy"]
+        # a node object outlives its kubelet (it is in etcd): after a restart, Ready counts only
+        # when the new kubelet has reported it
+        kubelet_started = time.time() if self.supervisor.pid("kubelet") is None else 0.0
         self._ensure_running(real_node.kubelet_process(config, binaries["kubelet"], config.node_ip))
         self._ensure_running(real_node.kube_proxy_process(config, binaries["kube-proxy"]))
         pod_cidr: list[str] = []
@@ -334,12 +338,13 @@ class Cluster:
             path.write_text(conflist)
         _wait_until(
             f"node {real_node.NODE_NAME} Ready",
-            lambda: real_node.NODE_NAME in self.ready_nodes(),
+            lambda: self._real_node_ready_since(kubelet_started),
             self.supervisor,
             node_processes,
         )
         timings.mark("real node")
 
+        self._recycle_released_volumes()
         for index in range(real_node.LOCAL_VOLUMES):
             directory = real_node.local_volume_dir(config, index)
             directory.mkdir(parents=True, exist_ok=True)
@@ -354,6 +359,30 @@ class Cluster:
             [*node_processes, "coredns"],
         )
         timings.mark("dns")
+
+    def _real_node_ready_since(self, since: float) -> bool:
+        node = self._apiserver().get_json(f"/api/v1/nodes/{real_node.NODE_NAME}") or {}
+        for condition in node.get("status", {}).get("conditions", []):
+            if condition.get("type") == "Ready" and condition.get("status") == "True":
+                heartbeat = datetime.fromisoformat(condition["lastHeartbeatTime"].replace("Z", "+00:00"))
+                # the API's timestamps have whole seconds
+                return heartbeat.timestamp() >= since - 1.0
+        return False
+
+    def _recycle_released_volumes(self) -> None:
+        """A local PV whose claim was deleted stays Released (no provisioner deletes it): empty its
+        directory and recreate it, so `up` always offers every volume again."""
+        key, value = real_node.NODE_LABEL
+        listed = kube.kubectl(self.config.admin_kubeconfig, "get", "pv", "-l", f"{key}={value}", "-o", "json")
+        for volume in json.loads(listed.stdout).get("items", []):
+            if volume.get("status", {}).get("phase") != "Released":
+                continue
+            path = Path(volume["spec"]["local"]["path"])
+            if path.is_relative_to(real_node.node_dir(self.config)):
+                shutil.rmtree(path, ignore_errors=True)
+            kube.kubectl(
+                self.config.admin_kubeconfig, "delete", "pv", volume["metadata"]["name"], "--wait=true"
+            )
 
     def _apply_cluster_objects(self) -> None:
         config = self.config

@@ -298,23 +298,54 @@ def test_runtime_pod_serves_through_its_service_and_down_leaves_nothing(
     with urllib.request.urlopen(request, timeout=10) as reply:
         assert json.loads(reply.read())["outputs"][0]["data"] == [0.0, 2.0, 0.0, 4.0]
 
-    # from another pod: the `kubernetes` Service reaches the API server at its advertised address
+    # from another pod: Service names resolve (CoreDNS), the `kubernetes` Service reaches the API
+    # server at its advertised address, and a claim of the local class binds to a volume on the node
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "scratch"},
+            "spec": {
+                "storageClassName": real_node.LOCAL_STORAGE_CLASS,
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }
+    )
     probe = (
         "import ssl, urllib.request; "
+        "open('/scratch/written-by-pod', 'w').write('hello'); "
         "print(urllib.request.urlopen('https://kubernetes.default.svc/readyz', "
         "context=ssl._create_unverified_context(), timeout=10).status, "
         "urllib.request.urlopen('http://relu.default.svc.cluster.local/v2/health/ready', timeout=10).status)"
     )
-    kube.kubectl(
-        "run", "client", "--image", RUNTIME_IMAGE, "--image-pull-policy=Never", "--restart=Never",
-        f"--overrides={json.dumps({'spec': {'nodeSelector': {real_node.NODE_LABEL[0]: 'true'}}})}",
-        "--command", "--", "python3", "-c", probe,
-    )  # fmt: skip
+    client = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "client"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "client",
+                    "image": RUNTIME_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", probe],
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                }
+            ],
+            "volumes": [{"name": "scratch", "persistentVolumeClaim": {"claimName": "scratch"}}],
+        },
+    }
+    kube.apply(client)
     wait_for(
         "the client pod to finish",
         lambda: kube.kubectl_json("get", "pod", "client")["status"].get("phase") in ("Succeeded", "Failed"),
     )
     assert kube.kubectl("logs", "client").stdout.split() == ["200", "200"]
+    assert kube.kubectl_json("get", "pod", "client")["spec"]["nodeName"] == real_node.NODE_NAME
+    volume = kube.kubectl_json("get", "pv", kube.kubectl_json("get", "pvc", "scratch")["spec"]["volumeName"])
+    assert (Path(volume["spec"]["local"]["path"]) / "written-by-pod").read_text() == "hello"
 
     # `down` stops everything and removes what the node added to the host
     down = subprocess.run(
