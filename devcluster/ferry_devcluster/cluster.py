@@ -220,6 +220,9 @@ class Cluster:
     def _up(self) -> Timings:
         config = self.config
         timings = Timings()
+        if config.real_node:
+            # before anything starts: a refused `up` leaves the machine as it was
+            real_node.refuse_a_second_node(config)
         config.save()
 
         binaries = build.ensure(components.CONTROL_PLANE_BINARIES)

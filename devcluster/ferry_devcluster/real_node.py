@@ -721,18 +721,42 @@ def _remove_kubelet_chains() -> None:
                 _run_quiet(program, "-t", table, "-X", chain)
 
 
-def _other_nodes_running() -> bool:
-    """Whether a kubelet or kube-proxy (of another state directory) still runs on this machine."""
+def node_processes_elsewhere(config: ClusterConfig | None = None) -> dict[int, str]:
+    """kubelets and kube-proxies running on this machine for another state directory than `config`'s
+    (any, without one): pid -> command line."""
+    found = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             executable = os.readlink(f"/proc/{entry.name}/exe")
+            cmdline = (
+                Path(f"/proc/{entry.name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
         except OSError:
             continue
-        if Path(executable).name.startswith(("kubelet-", "kube-proxy-")):
-            return True
-    return False
+        if not Path(executable).name.startswith(("kubelet-", "kube-proxy-")):
+            continue
+        if config is None or f"{config.state_dir}/" not in cmdline:
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def _other_nodes_running() -> bool:
+    return bool(node_processes_elsewhere())
+
+
+def refuse_a_second_node(config: ClusterConfig) -> None:
+    """kube-proxy's iptables chains and the pod routes are machine-wide: two real nodes would
+    rewrite each other's rules, so only one devcluster on a machine may run one."""
+    others = node_processes_elsewhere(config)
+    if others:
+        pid, cmdline = next(iter(others.items()))
+        raise RealNodeError(
+            f"another devcluster's real node runs on this machine (pid {pid}: {cmdline[:200]}); "
+            "only one real node per machine is possible (kube-proxy's iptables chains are machine-wide): "
+            "run `devcluster down` for that state directory first"
+        )
 
 
 def unmount_under(directory: Path) -> None:

@@ -231,6 +231,9 @@ def leftovers(config: ClusterConfig) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClusterConfig, Kube]]:
+    others = real_node.node_processes_elsewhere()
+    if others:
+        pytest.skip(f"another devcluster runs a real node on this machine (one per machine): {others}")
     state_dir = tmp_path_factory.mktemp("real-node") / "cluster"
     command = [str(DEVCLUSTER), "--state-dir", str(state_dir)]
     up = [
