@@ -27,7 +27,7 @@ OPERATOR = Path(sys.executable).parent / "ferry-operator"
 T = TypeVar("T")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.2) -> T:
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120.0, interval: float = 0.2) -> T:
     """Poll `probe` until it returns something truthy; fail naming `what` and the last value seen."""
     deadline = time.monotonic() + timeout
     last: Any = None
