@@ -125,6 +125,13 @@ def controller_manager(config: ClusterConfig, binary: Path) -> ProcessSpec:
             f"--cluster-cidr={config.pod_cidr}",
             # one instance: waiting to acquire a lease only slows the start
             "--leader-elect=false",
+            # The client-side rate limit (default 20 QPS, burst 30) caps how fast the Deployment and
+            # ReplicaSet controllers create hundreds of pods: scale runs measure it, not the operator.
+            # Production control planes raise it the same way.
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
+            "--concurrent-deployment-syncs=10",
+            "--concurrent-replicaset-syncs=10",
         ),
     )
 
@@ -136,6 +143,9 @@ def scheduler_configuration(config: ClusterConfig) -> str:
         "kind: KubeSchedulerConfiguration\n"
         "clientConnection:\n"
         f"  kubeconfig: {kubeconfig.path_for(config, 'kube-scheduler')}\n"
+        # binding hundreds of pods at the default 50 QPS makes the scheduler the bottleneck of scale runs
+        "  qps: 200\n"
+        "  burst: 400\n"
         "leaderElection:\n"
         "  leaderElect: false\n"
     )
