@@ -262,6 +262,15 @@ def test_runtime_pod_serves_through_its_service_and_down_leaves_nothing(
     real_cluster: tuple[ClusterConfig, Kube], tmp_path: Path
 ) -> None:
     config, kube = real_cluster
+    # A new machine has no images yet: build the runtime image the way users do (cached by podman).
+    if subprocess.run(["podman", "image", "exists", RUNTIME_IMAGE], check=False).returncode != 0:
+        built = subprocess.run(
+            ["bash", str(DEVCLUSTER.parents[1] / "scripts" / "build-images.sh"), "--only", "runtime"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     assert kube.kubectl_json("get", "node", real_node.NODE_NAME)["metadata"]["labels"][
         real_node.NODE_LABEL[0]
     ]
