@@ -71,7 +71,7 @@ for component in operator runtime optimizer; do
   echo "building $image on $base"
   start=$(date +%s)
   podman "${podman_flags[@]}" build "${build_limits[@]}" "${ca_flags[@]}" --network host --build-arg "BASE_IMAGE=$base" \
-    -f "$component/Dockerfile" -t "$image" .
+    --target "$component" --build-arg "COMPONENT=$component" -f Dockerfile -t "$image" .
   size=$(podman image inspect "$image" --format '{{.Size}}')
   echo "$image: $((size / 1024 / 1024)) MiB, built in $(($(date +%s) - start)) s"
   if $load; then

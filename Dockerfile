@@ -1,21 +1,29 @@
 # syntax=docker/dockerfile:1
-# The ferry-optimizer image: TensorFlow, tf2onnx and ONNX Runtime for the optimization Jobs.
-# Build from the repository root:  podman build -f optimizer/Dockerfile -t ferry-optimizer:0.1.0 .
-# BASE_IMAGE defaults to the official Python image; with no registry (the devcluster), scripts/build-images.sh
-# passes a Debian bookworm base made locally (its python3 is 3.11 too).
+# Ferry's three images from one recipe; they differ only in the pyproject extra they install and their
+# entry point:
+#   operator   kopf + the Kubernetes client, no ML libraries (import-linter enforces it)
+#   runtime    ONNX Runtime and the server, no TensorFlow; also the storage initializer (ferry-fetch)
+#   optimizer  TensorFlow, tf2onnx and ONNX Runtime for the optimization Jobs
+# Build from the repository root:
+#   podman build --target runtime --build-arg COMPONENT=runtime -t ferry-runtime:0.1.0 .
+# BASE_IMAGE defaults to the official Python image; with no registry (the devcluster),
+# scripts/build-images.sh passes a Debian bookworm base made locally (its python3 is 3.11 too).
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
+# Which pyproject extra to install: operator, runtime or optimizer.
+ARG COMPONENT
 # Where the build machine reaches PyPI through a TLS-inspecting proxy, the build script mounts its CA
 # bundle and names it here; unset everywhere else.
 ARG PIP_CERT=""
 # A virtual environment is the unit we copy into the final stage: no compilers or pip caches ship.
-RUN python3 -m venv /opt/ferry
+RUN test -n "$COMPONENT" || { echo "set --build-arg COMPONENT=operator|runtime|optimizer" >&2; exit 2; } \
+ && python3 -m venv /opt/ferry
 COPY pyproject.toml constraints.txt /src/
 # Dependencies first, from pyproject.toml's lists: this layer is reused until they change, so a code change
 # rebuilds in seconds instead of re-downloading ONNX Runtime or TensorFlow.
-RUN /opt/ferry/bin/python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-print('\\n'.join(p['dependencies'] + p['optional-dependencies']['optimizer']))" > /src/requirements.txt \
+RUN /opt/ferry/bin/python -c "import sys, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+print('\\n'.join(p['dependencies'] + p['optional-dependencies'][sys.argv[1]]))" "$COMPONENT" > /src/requirements.txt \
  && /opt/ferry/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-cache-dir --upgrade pip \
  && /opt/ferry/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-cache-dir -c /src/constraints.txt \
     -r /src/requirements.txt
@@ -27,8 +35,9 @@ COPY devcluster/ferry_devcluster /src/devcluster/ferry_devcluster
 RUN /opt/ferry/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-cache-dir --no-deps /src \
  && find /opt/ferry -name __pycache__ -prune -exec rm -rf {} +
 
-FROM ${BASE_IMAGE}
-LABEL org.opencontainers.image.title="ferry-optimizer" \
+FROM ${BASE_IMAGE} AS final
+ARG COMPONENT
+LABEL org.opencontainers.image.title="ferry-${COMPONENT}" \
       org.opencontainers.image.source="https://ferry.dev" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/ferry /opt/ferry
@@ -38,4 +47,14 @@ ENV PATH=/opt/ferry/bin:$PATH \
 # Non-root, numeric so Kubernetes can verify runAsNonRoot without a passwd lookup.
 USER 65532:65532
 WORKDIR /tmp
+
+FROM final AS operator
+# Arguments (the chart passes --namespace or --all-namespaces) replace CMD, not the entry point.
+ENTRYPOINT ["ferry-operator"]
+CMD ["--all-namespaces"]
+
+FROM final AS runtime
+ENTRYPOINT ["ferry-runtime"]
+
+FROM final AS optimizer
 ENTRYPOINT ["ferry-optimize"]
