@@ -297,9 +297,18 @@ def test_runtime_pod_serves_through_its_service_and_down_leaves_nothing(
     kube.kubectl("wait", "--for=condition=Ready", "pod/relu", f"--timeout={WAIT_SECONDS}s")
     cluster_ip = kube.kubectl_json("get", "service", "relu")["spec"]["clusterIP"]
 
-    # from the host, through kube-proxy's rules for the ClusterIP
-    with urllib.request.urlopen(f"http://{cluster_ip}/v2/health/ready", timeout=10) as reply:
-        assert reply.status == 200
+    # from the host, through kube-proxy's rules for the ClusterIP. The pod being Ready does not mean
+    # kube-proxy has programmed its endpoint yet (until then the ClusterIP rejects connections), so a
+    # client waits for the Service to answer, as any client of a new Service does.
+    def service_ready() -> bool | None:
+        try:
+            with urllib.request.urlopen(f"http://{cluster_ip}/v2/health/ready", timeout=10) as reply:
+                return reply.status == 200 or None
+        except OSError:
+            time.sleep(0.5)
+            return None
+
+    wait_for("the relu Service to answer on its ClusterIP", service_ready, timeout=60)
     request = urllib.request.Request(
         f"http://{cluster_ip}/v2/models/relu/infer",
         data=json.dumps(
