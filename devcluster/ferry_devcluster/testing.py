@@ -6,6 +6,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import urllib.parse
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ferry_devcluster import build, cluster
-from ferry_devcluster.config import ClusterConfig
+from ferry_devcluster.config import PORT_OFFSETS, ClusterConfig
 
 COMMAND_TIMEOUT_SECONDS = 300
 
@@ -101,3 +102,20 @@ def shared_devcluster(config: ClusterConfig, out: TextIO) -> Iterator[Kube]:
                     cluster.Cluster(config, out).down()
                     started_by_tests.unlink(missing_ok=True)
                 fcntl.flock(sessions, fcntl.LOCK_UN)
+
+
+def free_port_base() -> int:
+    """A port base whose every port is free now, for a second cluster beside the shared one.
+
+    Searched below the kernel's ephemeral ports (32768-60999), where an outgoing connection could take a
+    port between this check and the cluster's bind, and below NodePorts; the default base is skipped.
+    """
+    for base in range(20000 + (os.getpid() % 10) * 100, 26300, 100):
+        try:
+            for offset in PORT_OFFSETS.values():
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range between 20000 and 26300")

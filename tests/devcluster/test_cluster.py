@@ -4,8 +4,6 @@ metrics, CRD validation, Helm, GPU scheduling, the monitoring CRDs on demand, an
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,8 +13,8 @@ from typing import Any
 import pytest
 
 from ferry_devcluster import build, components, monitoring, processes
-from ferry_devcluster.config import PORT_OFFSETS, ClusterConfig
-from ferry_devcluster.testing import Kube
+from ferry_devcluster.config import ClusterConfig
+from ferry_devcluster.testing import Kube, free_port_base
 
 pytestmark = pytest.mark.cluster
 
@@ -35,19 +33,6 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_SECONDS)
             return last
         time.sleep(1)
     pytest.fail(f"timed out waiting for {what}; last seen: {last!r}")
-
-
-def free_port_base() -> int:
-    """A port base whose every port is free now (other clusters may run on this machine)."""
-    for base in range(27000 + (os.getpid() % 10) * 100, 40000, 100):
-        try:
-            for offset in PORT_OFFSETS.values():
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", base + offset))
-        except OSError:
-            continue
-        return base
-    pytest.fail("no free port range between 27000 and 40000")
 
 
 def deployment(name: str, replicas: int, annotations: dict[str, str] | None = None) -> dict[str, Any]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
 import subprocess
 import tarfile
 import time
@@ -18,8 +16,8 @@ from typing import Any
 import pytest
 
 from ferry_devcluster import build, cli, control_plane, pki, processes, real_node
-from ferry_devcluster.config import PORT_OFFSETS, ClusterConfig
-from ferry_devcluster.testing import Kube
+from ferry_devcluster.config import ClusterConfig
+from ferry_devcluster.testing import Kube, free_port_base
 
 DEVCLUSTER = build.REPO_ROOT / "devcluster" / "devcluster"
 RUNTIME_IMAGE = "ferry-runtime:0.1.0"
@@ -152,22 +150,6 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_SECONDS)
             return last
         time.sleep(1)
     pytest.fail(f"timed out waiting for {what}; last seen: {last!r}")
-
-
-def free_port_base() -> int:
-    """A port base whose every port is free now (other clusters may run on this machine)."""
-    # Below the kernel's ephemeral ports (32768-60999): a port found free there can be taken by an
-    # outgoing connection before the cluster binds it (seen in CI rehearsals), and below NodePorts.
-    # The default devcluster base (26400) is skipped.
-    for base in range(20000 + (os.getpid() % 10) * 100, 26300, 100):
-        try:
-            for offset in PORT_OFFSETS.values():
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", base + offset))
-        except OSError:
-            continue
-        return base
-    pytest.fail("no free port range between 20000 and 26300")
 
 
 def relu_model(directory: Path) -> None:
