@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ferry_devcluster import build, cluster, components, kube, monitoring, real_node
+from ferry_devcluster import build, cluster, components, kube, monitoring, prometheus, real_node
 from ferry_devcluster.config import ClusterConfig, default_port_base, default_state_dir
 
 MAX_NODES = 500
@@ -91,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     crds = commands.add_parser("monitoring-crds", help="the monitoring.coreos.com CRDs, on demand")
     crds.add_argument("action", choices=["install", "uninstall", "status"])
 
+    prom = commands.add_parser(
+        "prometheus", help="a Prometheus on the host scraping what the ServiceMonitors describe"
+    )
+    prom.add_argument(
+        "action",
+        choices=["up", "down", "url", "discover"],
+        help="up: (re)generate the scrape configuration from the ServiceMonitors and start or reload it; "
+        "discover: the target discovery loop that `up` runs in the background",
+    )
+
     which = commands.add_parser("which", help="print a cached binary's path, building it if missing")
     which.add_argument("binary", help="e.g. helm, kubectl, kube-apiserver, kubelet")
 
@@ -123,9 +133,10 @@ def resolve_config(args: argparse.Namespace) -> ClusterConfig:
 
 
 def _up(config: ClusterConfig) -> int:
-    if config.nodes + config.gpu_nodes == 0:
+    if config.nodes + config.gpu_nodes == 0 and not config.real_node:
         print(
-            "devcluster: --nodes and --gpu-nodes are both 0; a cluster needs at least one node",
+            "devcluster: --nodes and --gpu-nodes are both 0 without --real-node; a cluster needs at least "
+            "one node",
             file=sys.stderr,
         )
         return 2
@@ -198,6 +209,24 @@ def main(argv: list[str] | None = None) -> int:
                 monitoring.uninstall(config.admin_kubeconfig)
             print(" ".join(monitoring.installed(config.admin_kubeconfig)) or "(none installed)")
             return 0
+        if args.command == "prometheus":
+            if args.action == "up":
+                monitors, jobs = prometheus.up(config)
+                print(
+                    f"devcluster: prometheus scrapes {jobs} endpoint(s) of {monitors} ServiceMonitor(s); "
+                    f"configuration {prometheus.config_path(config)}",
+                    file=sys.stderr,
+                )
+            elif args.action == "discover":
+                prometheus.discover_forever(config)
+            elif args.action == "down":
+                was_running = prometheus.down(config)
+                print(
+                    f"devcluster: prometheus {'stopped' if was_running else 'was not running'}", file=sys.stderr
+                )
+                return 0
+            print(prometheus.url(config))
+            return 0
         if args.command == "load-image":
             if not (config.real_node and real_node.containerd_ready(config)):
                 print(
@@ -222,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         build.BuildError,
         kube.KubectlError,
         real_node.RealNodeError,
+        prometheus.PrometheusError,
         KeyError,
         FileNotFoundError,
     ) as error:

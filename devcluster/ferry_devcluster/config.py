@@ -38,6 +38,8 @@ PORT_OFFSETS: dict[str, int] = {
     "coredns": 53,
     "coredns-health": 54,
     "coredns-ready": 81,
+    # Prometheus on the host (`devcluster prometheus up`), scraping what the ServiceMonitors describe
+    "prometheus": 90,
 }
 
 
