@@ -221,9 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                 prometheus.discover_forever(config)
             elif args.action == "down":
                 was_running = prometheus.down(config)
-                print(
-                    f"devcluster: prometheus {'stopped' if was_running else 'was not running'}", file=sys.stderr
-                )
+                state = "stopped" if was_running else "was not running"
+                print(f"devcluster: prometheus {state}", file=sys.stderr)
                 return 0
             print(prometheus.url(config))
             return 0

@@ -167,6 +167,7 @@ def _endpoint_job(
 def scrape_configuration(
     service_monitors: Sequence[Mapping[str, Any]],
     targets_file: Path,
+    rule_files: Sequence[Path] = (),
     evaluation_interval: str = DEFAULT_INTERVAL,
 ) -> dict[str, Any]:
     """The Prometheus configuration that scrapes what `service_monitors` describe: one job per endpoint
@@ -182,8 +183,20 @@ def scrape_configuration(
             jobs.append(_endpoint_job(monitor, index, endpoint, targets_file))
     return {
         "global": {"scrape_interval": DEFAULT_INTERVAL, "evaluation_interval": evaluation_interval},
+        "rule_files": [str(path) for path in rule_files],
         "scrape_configs": jobs,
     }
+
+
+def rule_file_name(rule: Mapping[str, Any]) -> str:
+    """One rule file per PrometheusRule, as prometheus-operator writes them (group names are unique only
+    within one object)."""
+    return f"{rule['metadata']['namespace']}-{rule['metadata']['name']}.json"
+
+
+def rule_file(rule: Mapping[str, Any]) -> dict[str, Any]:
+    """A Prometheus rule file from a PrometheusRule's spec.groups (the same shape)."""
+    return {"groups": list(rule.get("spec", {}).get("groups") or [])}
 
 
 def _object_labels(prefix: str, labels: Mapping[str, str]) -> dict[str, str]:
@@ -340,11 +353,12 @@ def discover_forever(config: ClusterConfig) -> None:
         time.sleep(DISCOVERY_INTERVAL_SECONDS)
 
 
-def service_monitors(config: ClusterConfig) -> list[dict[str, Any]]:
+def monitoring_objects(config: ClusterConfig, resource: str) -> list[dict[str, Any]]:
+    """ServiceMonitors or PrometheusRules of every namespace."""
     result = kube.kubectl(
         config.admin_kubeconfig,
         "get",
-        "servicemonitors.monitoring.coreos.com",
+        f"{resource}.monitoring.coreos.com",
         "-A",
         "-o",
         "json",
@@ -352,7 +366,7 @@ def service_monitors(config: ClusterConfig) -> list[dict[str, Any]]:
     )
     if result.returncode != 0:
         raise PrometheusError(
-            "cannot list ServiceMonitors (are the monitoring CRDs installed? `devcluster monitoring-crds "
+            f"cannot list {resource} (are the monitoring CRDs installed? `devcluster monitoring-crds "
             f"install`): {result.stderr.strip()}"
         )
     items: list[dict[str, Any]] = json.loads(result.stdout)["items"]
@@ -380,9 +394,17 @@ def _ready(config: ClusterConfig) -> bool:
 
 def up(config: ClusterConfig) -> tuple[int, int]:
     """Write the configuration for the ServiceMonitors that exist now and start Prometheus, or reload
-    it when it runs. Returns (ServiceMonitors, scrape jobs)."""
-    monitors = service_monitors(config)
-    generated = scrape_configuration(monitors, targets_path(config))
+    it when it runs; PrometheusRules become rule files. Returns (ServiceMonitors, scrape jobs)."""
+    monitors = monitoring_objects(config, "servicemonitors")
+    rules_dir = config.config_dir / "prometheus-rules"
+    shutil.rmtree(rules_dir, ignore_errors=True)
+    rules_dir.mkdir(parents=True)
+    rule_files = []
+    for rule in monitoring_objects(config, "prometheusrules"):
+        path = rules_dir / rule_file_name(rule)
+        path.write_text(json.dumps(rule_file(rule), indent=2) + "\n")
+        rule_files.append(path)
+    generated = scrape_configuration(monitors, targets_path(config), rule_files)
     config.config_dir.mkdir(parents=True, exist_ok=True)
     config_path(config).write_text(json.dumps(generated, indent=2, sort_keys=True) + "\n")
     targets_path(config).parent.mkdir(parents=True, exist_ok=True)

@@ -167,7 +167,24 @@ def test_promtool_accepts_the_generated_configuration(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is missing: run scripts/install-system-deps.sh (Debian package prometheus)")
-    generated = prometheus.scrape_configuration([monitor(), monitor("b", "other")], tmp_path / "targets.json")
+    rule = {
+        "metadata": {"name": "digits", "namespace": "demo"},
+        "spec": {
+            "groups": [
+                {
+                    "name": "ferry.demo.digits.slo",
+                    "rules": [
+                        {"record": "ferry:requests:rate5m", "expr": "sum(rate(ferry_requests_total[5m]))"}
+                    ],
+                }
+            ]
+        },
+    }
+    rules = tmp_path / prometheus.rule_file_name(rule)
+    rules.write_text(json.dumps(prometheus.rule_file(rule)))
+    generated = prometheus.scrape_configuration(
+        [monitor(), monitor("b", "other")], tmp_path / "targets.json", [rules]
+    )
     (tmp_path / "targets.json").write_text(json.dumps(prometheus.endpoint_targets([], [], [])))
     path = tmp_path / "prometheus.yml"
     path.write_text(json.dumps(generated))
@@ -175,6 +192,7 @@ def test_promtool_accepts_the_generated_configuration(tmp_path: Path) -> None:
         [promtool, "check", "config", str(path)], capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 1 rules found" in checked.stdout + checked.stderr
 
 
 def test_prometheus_has_its_own_port_and_command() -> None:
