@@ -93,10 +93,10 @@ class OperatorConfig(BaseModel):
     cluster_domain: str = "cluster.local"
     """DNS suffix of Services, for status.url."""
 
-    concurrency_metric: str = "ferry_runtime_inflight_requests"
+    concurrency_metric: str = "ferry_requests_in_flight"
     """Pods metric (from a custom metrics adapter) the autoscaler tracks for metric: concurrency."""
 
-    rps_metric: str = "ferry_runtime_requests_per_second"
+    rps_metric: str = "ferry_requests_per_second"
     """Pods metric the autoscaler tracks for metric: rps."""
 
     @field_validator("image_pull_secrets", "namespaces", mode="before")

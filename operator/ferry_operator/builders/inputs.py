@@ -45,9 +45,9 @@ class ServingDefaults:
     # DNS suffix of Services, for status.url.
     cluster_domain: str = "cluster.local"
     # Custom pod metric (served by a metrics adapter) the autoscaler tracks for metric: concurrency.
-    concurrency_metric: str = "ferry_runtime_inflight_requests"
+    concurrency_metric: str = "ferry_requests_in_flight"
     # Custom pod metric the autoscaler tracks for metric: rps.
-    rps_metric: str = "ferry_runtime_requests_per_second"
+    rps_metric: str = "ferry_requests_per_second"
 
 
 @dataclasses.dataclass(frozen=True)
