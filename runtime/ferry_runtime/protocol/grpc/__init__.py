@@ -1,1 +1,1 @@
-"""The v2 gRPC transport (`inference.GRPCInferenceService`) on grpc.aio."""
+"""The v2 gRPC transport (`inference.GRPCInferenceService`): unary gRPC over HTTP/2 on the event loop."""

@@ -114,11 +114,41 @@ def _parameters(parameters: Any) -> Parameters:
     return decoded
 
 
-def encode_response(response: InferenceResponse) -> pb.ModelInferResponse:
-    message = pb.ModelInferResponse(
-        model_name=response.model_name, model_version=response.model_version, id=response.id
-    )
+def encode_response(response: InferenceResponse) -> bytes:
+    """The serialized ModelInferResponse, written directly in protobuf's wire format.
+
+    Building the message object only to serialize it costs more than the rest of a small inference's
+    response path; the layout is fixed (strings, packed shapes, raw bytes), and a test checks the
+    bytes equal what protobuf itself serializes.
+    """
+    parts = [_field(0x0A, response.model_name.encode()), _field(0x12, response.model_version.encode())]
+    if response.id:
+        parts.append(_field(0x1A, response.id.encode()))
+    raw = []
     for tensor in response.outputs:
-        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
-        message.raw_output_contents.append(encode_raw(tensor.array))
-    return message
+        array = tensor.array
+        shape = b"".join(map(_varint, array.shape))
+        described = _field(0x0A, tensor.name.encode()) + _field(0x12, tensor.datatype.encode())
+        if shape:
+            described += _field(0x1A, shape)
+        parts.append(_field(0x2A, described))
+        raw.append(_field(0x32, encode_raw(array)))
+    return b"".join(parts) + b"".join(raw)
+
+
+def _field(tag: int, value: bytes) -> bytes:
+    """A length-delimited field (tag byte = field number << 3 | 2) in protobuf's wire format."""
+    if not value and tag in (0x0A, 0x12):
+        return b""  # proto3 omits empty strings
+    return bytes((tag,)) + _varint(len(value)) + value
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -1,71 +1,99 @@
-"""The v2 gRPC service (`inference.GRPCInferenceService`) on grpc.aio, over the shared data plane.
+"""The v2 gRPC service (`inference.GRPCInferenceService`) over the shared data plane.
 
-Handlers are registered by hand with the generated message classes, so the service is fully typed and
-needs no generated servicer module.
+The transport is `http2.py` (unary gRPC over HTTP/2 on the event loop); this module is the service:
+each method parses its request message, asks the data plane, and answers with the serialized response
+message or a status. Inference completes through a future callback, with no task or coroutine per call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import grpc
-import grpc.aio
 from google.protobuf.message import DecodeError
 
+from ferry_runtime.batching import Outputs
 from ferry_runtime.dataplane import DataPlane
 from ferry_runtime.errors import FerryError, Unavailable
+from ferry_runtime.inference import InferenceRequest
 from ferry_runtime.metrics import Metrics, RequestRecorder
 from ferry_runtime.protocol.grpc import codec
 from ferry_runtime.protocol.grpc.generated import grpc_predict_v2_pb2 as pb
+from ferry_runtime.protocol.grpc.http2 import Call, GrpcTransportServer, Handler, Metadata
 
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 
-RequestT = TypeVar("RequestT")
-ResponseT = TypeVar("ResponseT")
+
+def _status_metadata(error: FerryError) -> Metadata:
+    if isinstance(error, Unavailable):
+        # gRPC's standard retry pushback, and the HTTP-style hint for clients that read metadata.
+        seconds = error.retry_after_seconds
+        return (("grpc-retry-pushback-ms", str(seconds * 1000)), ("retry-after", str(seconds)))
+    return ()
+
+
+def fail(call: Call, error: FerryError) -> None:
+    call.fail(error.grpc_status, error.message, _status_metadata(error))
+
+
+def _parse(request_type: Any, data: bytes) -> Any:
+    try:
+        return request_type.FromString(data)
+    except DecodeError as error:
+        raise _Undecodable(f"request is not a valid {request_type.__name__}: {error}") from None
+
+
+class _Undecodable(FerryError):
+    grpc_status = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
 
 
 class InferenceService:
     def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
         self.dataplane = dataplane
         self.recorder = RequestRecorder(metrics, dataplane.model_name, "grpc")
+        self._loop = asyncio.get_running_loop()
 
-    async def server_live(
-        self, _request: pb.ServerLiveRequest, _context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=self.dataplane.live)
+    def methods(self) -> dict[str, Handler]:
+        simple: dict[str, Callable[[bytes], bytes]] = {
+            "ServerLive": self.server_live,
+            "ServerReady": self.server_ready,
+            "ServerMetadata": self.server_metadata,
+            "ModelReady": self.model_ready,
+            "ModelMetadata": self.model_metadata,
+        }
+        handlers: dict[str, Handler] = {
+            f"/{SERVICE}/{name}": _answer(method) for name, method in simple.items()
+        }
+        handlers[f"/{SERVICE}/ModelInfer"] = self.model_infer
+        return handlers
 
-    async def server_ready(
-        self, _request: pb.ServerReadyRequest, _context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.dataplane.ready)
+    def server_live(self, data: bytes) -> bytes:
+        _parse(pb.ServerLiveRequest, data)
+        return pb.ServerLiveResponse(live=self.dataplane.live).SerializeToString()
 
-    async def server_metadata(
-        self, _request: pb.ServerMetadataRequest, _context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
+    def server_ready(self, data: bytes) -> bytes:
+        _parse(pb.ServerReadyRequest, data)
+        return pb.ServerReadyResponse(ready=self.dataplane.ready).SerializeToString()
 
-    async def model_ready(
-        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ModelReadyResponse:
-        try:
-            return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
-        except FerryError as error:
-            await _abort(context, error)
-            raise
+    def server_metadata(self, data: bytes) -> bytes:
+        _parse(pb.ServerMetadataRequest, data)
+        return pb.ServerMetadataResponse(**self.dataplane.server_metadata()).SerializeToString()
 
-    async def model_metadata(
-        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ModelMetadataResponse:
-        try:
-            metadata = self.dataplane.model_metadata(request.name, request.version)
-        except FerryError as error:
-            await _abort(context, error)
-            raise
+    def model_ready(self, data: bytes) -> bytes:
+        request: pb.ModelReadyRequest = _parse(pb.ModelReadyRequest, data)
+        ready = self.dataplane.model_ready(request.name, request.version)
+        return pb.ModelReadyResponse(ready=ready).SerializeToString()
+
+    def model_metadata(self, data: bytes) -> bytes:
+        request: pb.ModelMetadataRequest = _parse(pb.ModelMetadataRequest, data)
+        metadata = self.dataplane.model_metadata(request.name, request.version)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=metadata.name,
@@ -73,92 +101,61 @@ class InferenceService:
             platform=metadata.platform,
             inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in metadata.inputs],
             outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in metadata.outputs],
-        )
+        ).SerializeToString()
 
-    async def model_infer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ModelInferResponse:
-        received = time.perf_counter()
+    def model_infer(self, data: bytes, call: Call) -> None:
         plane = self.dataplane
         try:
-            inference = codec.decode_request(request)
-            plane.in_flight += 1
-            try:
-                response = await plane.infer(inference)
-            finally:
-                plane.in_flight -= 1
-            message = codec.encode_response(response)
+            request = codec.decode_request(_parse(pb.ModelInferRequest, data))
+            future = plane.submit(request, self._loop)
         except FerryError as error:
-            self.recorder.record(error.grpc_status.name, time.perf_counter() - received)
-            await _abort(context, error)
-            raise
-        self.recorder.record("OK", time.perf_counter() - received)
-        return message
+            self.recorder.record(error.grpc_status.name, time.perf_counter() - call.received)
+            fail(call, error)
+            return
+        plane.in_flight += 1
+        future.add_done_callback(lambda done: self._complete(call, request, done))
+
+    def _complete(self, call: Call, request: InferenceRequest, future: asyncio.Future[Outputs]) -> None:
+        plane = self.dataplane
+        plane.in_flight -= 1
+        error = future.exception()
+        if error is None:
+            try:
+                message = codec.encode_response(plane.response(request, future.result()))
+            except Exception as failure:  # an output the protocol cannot carry is a server-side fault
+                log.exception("cannot encode the response of model '%s'", request.model_name)
+                error = failure
+            else:
+                self.recorder.record("OK", time.perf_counter() - call.received)
+                call.reply(message)
+                return
+        if not isinstance(error, FerryError):
+            log.error("inference failed: %r", error)
+            error = FerryError(f"internal error: {error}")
+        self.recorder.record(error.grpc_status.name, time.perf_counter() - call.received)
+        fail(call, error)
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: FerryError) -> None:
-    if isinstance(error, Unavailable):
-        # gRPC's standard retry pushback, and the HTTP-style hint for clients that read metadata.
-        seconds = error.retry_after_seconds
-        context.set_trailing_metadata(
-            (("grpc-retry-pushback-ms", str(seconds * 1000)), ("retry-after", str(seconds)))
-        )
-    await context.abort(error.grpc_status, error.message)
-
-
-def _unary(
-    handler: Callable[[RequestT, grpc.aio.ServicerContext[Any, Any]], Awaitable[ResponseT]],
-    request_type: Any,
-) -> grpc.RpcMethodHandler:
-    # The request is parsed here rather than by grpc, so undecodable bytes are the client's
-    # INVALID_ARGUMENT instead of grpc's INTERNAL "Exception deserializing request!".
-    async def parse_then_handle(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> ResponseT:
+def _answer(method: Callable[[bytes], bytes]) -> Handler:
+    def handle(data: bytes, call: Call) -> None:
         try:
-            request = request_type.FromString(data)
-        except DecodeError as error:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {request_type.__name__}: {error}"
-            )
-            raise
-        return await handler(request, context)
+            response = method(data)
+        except FerryError as error:
+            fail(call, error)
+            return
+        call.reply(response)
 
-    return grpc.unary_unary_rpc_method_handler(
-        parse_then_handle,
-        response_serializer=lambda message: message.SerializeToString(),
-    )
+    return handle
 
 
 class GrpcServer:
     def __init__(self, service: InferenceService, max_message_bytes: int) -> None:
         self.service = service
-        self._server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", -1),
-                # Two servers on one port would split traffic silently; fail to bind instead.
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        handlers = {
-            "ServerLive": _unary(service.server_live, pb.ServerLiveRequest),
-            "ServerReady": _unary(service.server_ready, pb.ServerReadyRequest),
-            "ModelReady": _unary(service.model_ready, pb.ModelReadyRequest),
-            "ServerMetadata": _unary(service.server_metadata, pb.ServerMetadataRequest),
-            "ModelMetadata": _unary(service.model_metadata, pb.ModelMetadataRequest),
-            "ModelInfer": _unary(service.model_infer, pb.ModelInferRequest),
-        }
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        if hasattr(self._server, "add_registered_method_handlers"):
-            # Registered methods skip grpc's per-call generic lookup.
-            self._server.add_registered_method_handlers(SERVICE, handlers)
+        self._transport = GrpcTransportServer(service.methods(), max_message_bytes)
 
     async def start(self, host: str, port: int) -> int:
-        bound = self._server.add_insecure_port(f"{host}:{port}")
-        if bound == 0:
-            raise OSError(f"cannot bind gRPC to {host}:{port}")
-        await self._server.start()
-        return int(bound)
+        return await self._transport.start(host, port)
 
     async def stop(self, grace_seconds: float) -> None:
         """New RPCs are refused at once; in-flight RPCs get `grace_seconds` to finish."""
-        await self._server.stop(grace_seconds)
+        await self._transport.stop(grace_seconds)
