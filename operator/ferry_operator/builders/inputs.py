@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ferry_operator.api import models
+from ferry_operator.builders.artifact_store import ArtifactStore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,9 @@ class ServingDefaults:
     concurrency_metric: str = "ferry_requests_in_flight"
     # Custom pod metric the autoscaler tracks for metric: rps.
     rps_metric: str = "ferry_requests_per_second"
+    # Where optimized artifacts live: the fetch containers of pods serving one get its S3 credentials, and
+    # its drift reference (reference.json beside model.onnx) is fetched too.
+    artifact_store: ArtifactStore = dataclasses.field(default_factory=ArtifactStore)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,10 +14,10 @@ import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from ferry_operator import content_key, kinds
 from ferry_operator.api import models
+from ferry_operator.builders.artifact_store import ArtifactStore
 from ferry_operator.builders.common import Manifest, owner_reference, with_input_hash
 from ferry_operator.builders.inputs import Owner
 from ferry_operator.builders.serving import (
@@ -66,6 +66,15 @@ class OptimizerDefaults:
     artifact_s3_region: str = ""
     # Secret (in the ModelDeployment's namespace) with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY of the store.
     artifact_credentials_secret: str = ""
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(
+            self.artifact_store,
+            self.artifact_s3_endpoint,
+            self.artifact_s3_region,
+            self.artifact_credentials_secret,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,22 +157,7 @@ def _environment(inputs: OptimizationInputs) -> list[dict[str, Any]]:
         # Progress lines reach the pod's log (and `kubectl logs job/NAME`) as they happen.
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    if urlsplit(defaults.artifact_store).scheme == "s3":
-        if defaults.artifact_s3_endpoint:
-            env.append({"name": "AWS_ENDPOINT_URL", "value": defaults.artifact_s3_endpoint})
-        if defaults.artifact_s3_region:
-            env.append({"name": "AWS_REGION", "value": defaults.artifact_s3_region})
-        if defaults.artifact_credentials_secret:
-            env += [
-                {
-                    "name": name,
-                    "valueFrom": {
-                        "secretKeyRef": {"name": defaults.artifact_credentials_secret, "key": name}
-                    },
-                }
-                for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-            ]
-    return env
+    return env + defaults.store.s3_environment()
 
 
 def container(inputs: OptimizationInputs) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ferry_operator import kinds
+from ferry_operator.builders.artifact_store import DRIFT_REFERENCE_FILE
 from ferry_operator.builders.common import Manifest, digest, metadata, with_input_hash
 from ferry_operator.builders.inputs import BuildInputs
 
@@ -87,38 +88,77 @@ def runtime_env(inputs: BuildInputs) -> list[dict[str, str]]:
     return [{"name": name, "value": value} for name, value in env.items()]
 
 
-def fetch_container(inputs: BuildInputs, image: str) -> dict[str, Any]:
-    artifact = inputs.artifact
-    args = [artifact.uri, MODEL_DIR]
-    if artifact.sha256:
-        args += ["--sha256", artifact.sha256]
+def _fetch_mounts(inputs: BuildInputs) -> list[dict[str, Any]]:
     mounts: list[dict[str, Any]] = [
         {"name": "models", "mountPath": MODEL_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     mounts += [
         {"name": _pvc_volume(claim), "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
-        for claim in pvc_claims(artifact.uri)
+        for claim in pvc_claims(inputs.artifact.uri)
     ]
+    return mounts
+
+
+def _fetch_environment(inputs: BuildInputs) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": "FERRY_PVC_ROOT", "value": PVC_ROOT}]
+    store = inputs.defaults.artifact_store
+    if store.holds(inputs.artifact.uri):
+        # An optimized artifact: read with the store's credentials, as the optimization Job wrote it.
+        env += store.s3_environment()
+    return env
+
+
+def fetch_container(inputs: BuildInputs, image: str) -> dict[str, Any]:
+    artifact = inputs.artifact
+    args = [artifact.uri, MODEL_DIR]
+    if artifact.sha256:
+        args += ["--sha256", artifact.sha256]
     container: dict[str, Any] = {
         "name": "fetch-model",
         "image": image,
         "imagePullPolicy": inputs.defaults.image_pull_policy,
         "command": ["ferry-fetch"],
         "args": args,
-        "env": [{"name": "FERRY_PVC_ROOT", "value": PVC_ROOT}],
+        "env": _fetch_environment(inputs),
         # Same resources as the runtime: an init container's requests do not add to the pod's (the pod
         # reserves the larger of the two), and a large download needs memory as much as serving does.
         "resources": container_resources(inputs),
         "securityContext": restricted_security_context(),
-        "volumeMounts": mounts,
+        "volumeMounts": _fetch_mounts(inputs),
         # The fetcher's last words (e.g. "digest mismatch") become the pod's termination message, which
         # the operator shows in the ModelResolved condition.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if inputs.spec.model.credentials_secret:
+    if inputs.spec.model.credentials_secret and not inputs.defaults.artifact_store.holds(artifact.uri):
         container["envFrom"] = [{"secretRef": {"name": inputs.spec.model.credentials_secret}}]
     return container
+
+
+# ferry-optimize writes reference.json only when it was given data, and an artifact rolled back to may
+# predate it: a missing reference leaves the runtime serving without drift metrics (it treats the file as
+# optional), so its fetch must not keep the pod from starting.
+_OPTIONAL_FETCH = (
+    'ferry-fetch "$1" "$2" || echo "no drift reference at $1: the runtime serves without drift metrics" >&2'
+)
+
+
+def fetch_drift_reference_container(inputs: BuildInputs, image: str) -> dict[str, Any] | None:
+    """Fetches the optimizer's drift reference beside an optimized model; None for other artifacts."""
+    reference = inputs.defaults.artifact_store.drift_reference(inputs.artifact.uri)
+    if reference is None:
+        return None
+    return {
+        "name": "fetch-drift-reference",
+        "image": image,
+        "imagePullPolicy": inputs.defaults.image_pull_policy,
+        "command": ["sh", "-c", _OPTIONAL_FETCH, "fetch-drift-reference"],
+        "args": [reference, f"{MODEL_DIR}/{DRIFT_REFERENCE_FILE}"],
+        "env": _fetch_environment(inputs),
+        "resources": container_resources(inputs),
+        "securityContext": restricted_security_context(),
+        "volumeMounts": _fetch_mounts(inputs),
+    }
 
 
 def runtime_container(inputs: BuildInputs, image: str) -> dict[str, Any]:
@@ -175,7 +215,11 @@ def pod_template(inputs: BuildInputs) -> dict[str, Any]:
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": pod_security_context(),
-        "initContainers": [fetch_container(inputs, image)],
+        "initContainers": [
+            container
+            for container in (fetch_container(inputs, image), fetch_drift_reference_container(inputs, image))
+            if container is not None
+        ],
         "containers": [runtime_container(inputs, image)],
         "volumes": volumes,
     }

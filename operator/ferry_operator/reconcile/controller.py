@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from ferry_operator import builders, kinds, metrics
 from ferry_operator.api import models
+from ferry_operator.builders.artifact_store import ArtifactStore
 from ferry_operator.builders.common import Manifest
 from ferry_operator.builders.inputs import BuildInputs, Owner, ServingDefaults
 from ferry_operator.builders.network import url as service_url
@@ -88,6 +89,12 @@ class Controller:
             cluster_domain=config.cluster_domain,
             concurrency_metric=config.concurrency_metric,
             rps_metric=config.rps_metric,
+            artifact_store=ArtifactStore(
+                config.artifact_store,
+                config.artifact_s3_endpoint,
+                config.artifact_s3_region,
+                config.artifact_credentials_secret,
+            ),
         )
         # In-memory knowledge that the watch may not reflect yet (it lags our own writes).
         self._applied: dict[OwnerKey, dict[kinds.Kind, plan.AppliedRecord]] = {}
