@@ -10,7 +10,7 @@
 # scripts/build-images.sh passes a Debian bookworm base made locally (its python3 is 3.11 too).
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
-FROM ${BASE_IMAGE} AS build
+FROM ${BASE_IMAGE} AS deps
 # Which pyproject extra to install: operator, runtime or optimizer.
 ARG COMPONENT
 # Where the build machine reaches PyPI through a TLS-inspecting proxy, the build script mounts its CA
@@ -20,27 +20,35 @@ ARG PIP_CERT=""
 RUN test -n "$COMPONENT" || { echo "set --build-arg COMPONENT=operator|runtime|optimizer" >&2; exit 2; } \
  && python3 -m venv /opt/ferry
 COPY pyproject.toml constraints.txt /src/
-# Dependencies first, from pyproject.toml's lists: this layer is reused until they change, so a code change
-# rebuilds in seconds instead of re-downloading ONNX Runtime or TensorFlow.
+# Only the dependencies, from pyproject.toml's lists, live in this stage: it is reused until they change.
+# Ferry's own code is added in the final stage as one small layer on top of this one, so a code change
+# neither re-downloads ONNX Runtime or TensorFlow nor stores another copy of them (a copy of the optimizer's
+# 1.8 GB environment per source change once filled a CI machine's disk).
 RUN /opt/ferry/bin/python -c "import sys, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
 print('\\n'.join(p['dependencies'] + p['optional-dependencies'][sys.argv[1]]))" "$COMPONENT" > /src/requirements.txt \
  && /opt/ferry/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-cache-dir --upgrade pip \
  && /opt/ferry/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-cache-dir -c /src/constraints.txt \
-    -r /src/requirements.txt
+    -r /src/requirements.txt \
+ && find /opt/ferry -name __pycache__ -prune -exec rm -rf {} +
+
+FROM deps AS wheel
+ARG PIP_CERT=""
 COPY README.md /src/
 COPY operator /src/operator
 COPY runtime /src/runtime
 COPY optimizer /src/optimizer
 COPY devcluster/ferry_devcluster /src/devcluster/ferry_devcluster
-RUN /opt/ferry/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-cache-dir --no-deps /src \
- && find /opt/ferry -name __pycache__ -prune -exec rm -rf {} +
+RUN /opt/ferry/bin/pip wheel ${PIP_CERT:+--cert "$PIP_CERT"} --no-cache-dir --no-deps --wheel-dir /wheels /src
 
 FROM ${BASE_IMAGE} AS final
 ARG COMPONENT
 LABEL org.opencontainers.image.title="ferry-${COMPONENT}" \
       org.opencontainers.image.source="https://ferry.dev" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /opt/ferry /opt/ferry
+COPY --from=deps /opt/ferry /opt/ferry
+COPY --from=wheel /wheels /tmp/wheels
+RUN /opt/ferry/bin/pip install --no-cache-dir --no-deps --no-index --no-compile /tmp/wheels/*.whl \
+ && rm -rf /tmp/wheels
 ENV PATH=/opt/ferry/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
