@@ -75,6 +75,11 @@ async def servicemonitor_index(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return observe.index_child(kinds.SERVICE_MONITOR, body)
 
 
+@kopf.index("monitoring.coreos.com", "v1", "prometheusrules", labels=MANAGED)
+async def prometheusrule_index(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return observe.index_child(kinds.PROMETHEUS_RULE, body)
+
+
 @kopf.index("v1", "pods", labels=MANAGED)
 async def pod_index(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return observe.index_pod(body)
@@ -121,6 +126,16 @@ async def pdb_event(memo: Any, body: kopf.Body, **_: Any) -> None:
 @kopf.on.event("monitoring.coreos.com", "v1", "servicemonitors", labels=MANAGED)
 async def servicemonitor_event(memo: Any, body: kopf.Body, **_: Any) -> None:
     _ferry(memo).controller.enqueue(observe.owner_key(body))
+
+
+@kopf.on.event("monitoring.coreos.com", "v1", "prometheusrules", labels=MANAGED)
+async def prometheusrule_event(memo: Any, body: kopf.Body, **_: Any) -> None:
+    _ferry(memo).controller.enqueue(observe.owner_key(body))
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=wiring.is_monitoring_crd)
+async def monitoring_crd_event(memo: Any, **_: Any) -> None:
+    _ferry(memo).controller.rediscover_monitoring()
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED)

@@ -66,6 +66,7 @@ SERVICE = Kind("", "v1", "Service", "services")
 HORIZONTAL_POD_AUTOSCALER = Kind("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 POD_DISRUPTION_BUDGET = Kind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets")
 SERVICE_MONITOR = Kind("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors")
+PROMETHEUS_RULE = Kind("monitoring.coreos.com", "v1", "PrometheusRule", "prometheusrules")
 POD = Kind("", "v1", "Pod", "pods")
 JOB = Kind("batch", "v1", "Job", "jobs")
 EVENT = Kind("", "v1", "Event", "events")
@@ -78,7 +79,10 @@ CHILD_KINDS: tuple[Kind, ...] = (
     POD_DISRUPTION_BUDGET,
     HORIZONTAL_POD_AUTOSCALER,
     SERVICE_MONITOR,
+    PROMETHEUS_RULE,
 )
+# Kinds of the optional Prometheus Operator API (monitoring.coreos.com): created only where it is installed.
+MONITORING_KINDS: tuple[Kind, ...] = (SERVICE_MONITOR, PROMETHEUS_RULE)
 
 
 def selector_labels(name: str) -> dict[str, str]:

@@ -138,12 +138,13 @@ class KubeClient:
     async def create_event(self, namespace: str, event: Mapping[str, Any]) -> None:
         await self.request("POST", kinds.EVENT.path(namespace), resource=kinds.EVENT.plural, body=event)
 
-    async def resource_exists(self, group_version: str, plural: str) -> bool:
-        """Whether the API serves `plural` in `group_version` (monitoring.coreos.com/v1, servicemonitors)."""
+    async def served_resources(self, group_version: str) -> frozenset[str]:
+        """The resources (plural names) the API serves in `group_version`; none when the group is not
+        installed (monitoring.coreos.com/v1 -> servicemonitors, prometheusrules, ...)."""
         try:
             listing = await self.request("GET", f"/apis/{group_version}", resource="discovery")
         except ApiError as error:
             if error.status == 404:
-                return False
+                return frozenset()
             raise
-        return any(item.get("name") == plural for item in listing.get("resources", []))
+        return frozenset(str(item.get("name", "")) for item in listing.get("resources", []))

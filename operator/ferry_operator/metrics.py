@@ -33,6 +33,24 @@ MODEL_DEPLOYMENTS = prometheus_client.Gauge(
     "ModelDeployments the operator watches, by phase.",
     ["phase"],
 )
+OPTIMIZATIONS = prometheus_client.Counter(
+    "ferry_operator_optimizations_total",
+    "Optimization Jobs that finished, by outcome: passed, gate_rejected, candidates_failed (serves the "
+    "converted model), failed (the Job failed), no_result (succeeded without a summary). Once per Job.",
+    ["outcome"],
+)
+OPTIMIZATION_SECONDS = prometheus_client.Histogram(
+    "ferry_operator_optimization_duration_seconds",
+    "Run time of finished optimization Jobs (the Job's startTime to its completion or failure), by outcome.",
+    ["outcome"],
+    buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 21600),
+)
+ROLLBACKS = prometheus_client.Counter(
+    "ferry_operator_rollbacks_total",
+    "Automatic rollbacks to the last Ready revision (spec.rollout.autoRollback), by why the rollout failed "
+    "(ProgressDeadlineExceeded, CrashLoopBackOff, FetchFailed).",
+    ["reason"],
+)
 QUEUE_DEPTH = prometheus_client.Gauge(
     "ferry_operator_queue_depth",
     "ModelDeployments waiting for a reconcile.",

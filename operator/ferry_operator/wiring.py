@@ -32,7 +32,10 @@ CHILD_INDEXES: Mapping[kinds.Kind, str] = {
     kinds.HORIZONTAL_POD_AUTOSCALER: "hpa_index",
     kinds.POD_DISRUPTION_BUDGET: "pdb_index",
     kinds.SERVICE_MONITOR: "servicemonitor_index",
+    kinds.PROMETHEUS_RULE: "prometheusrule_index",
 }
+# The CRDs whose arrival or removal changes which monitoring children `auto` creates.
+MONITORING_CRDS = frozenset(f"{kind.plural}.{kind.group}" for kind in kinds.MONITORING_KINDS)
 POD_INDEX = "pod_index"
 JOB_INDEX = "job_index"
 OPTIMIZATION_POD_INDEX = "optimization_pod_index"
@@ -145,6 +148,11 @@ async def cleanup(ferry: Ferry) -> None:
     if ferry.metrics_server is not None:
         await ferry.metrics_server.cleanup()
     await ferry.client.close()
+
+
+def is_monitoring_crd(name: str, **_: Any) -> bool:
+    """kopf filter: only the monitoring.coreos.com CRDs Ferry creates objects of."""
+    return name in MONITORING_CRDS
 
 
 def pod_changed(ferry: Ferry, uid: str, key: OwnerKey | None, snapshot: PodSnapshot | None) -> None:

@@ -65,13 +65,14 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 def build(spec: dict[str, Any], service_monitor_available: bool = True) -> build_inputs.BuildInputs:
+    """Inputs for `spec`; `service_monitor_available`: the monitoring.coreos.com CRDs are installed."""
     parsed = models.ModelDeploymentSpec.model_validate(spec)
     return build_inputs.BuildInputs(
         owner=OWNER,
         spec=parsed,
         artifact=build_inputs.ServedArtifact(uri=parsed.model.uri, sha256=parsed.model.sha256),
         defaults=DEFAULTS,
-        service_monitor_available=service_monitor_available,
+        monitoring_kinds=frozenset(kinds.MONITORING_KINDS) if service_monitor_available else frozenset(),
     )
 
 
@@ -175,6 +176,22 @@ def test_service_monitor_follows_the_mode_and_the_crd() -> None:
     assert kinds.SERVICE_MONITOR not in builders.desired_children(
         build(disabled, service_monitor_available=True)
     )
+
+
+def test_prometheus_rule_follows_the_mode_and_the_crd_with_owner_and_alerts() -> None:
+    auto = CASES["minimal"]
+    rule = builders.desired_children(build(auto))[kinds.PROMETHEUS_RULE]
+    assert rule["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    assert rule["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "ferry"
+    alert_names = {r.get("alert") for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert {"FerryModelNoReadyReplicas", "FerryModelRolloutStuck"} <= alert_names
+    assert kinds.PROMETHEUS_RULE not in builders.desired_children(
+        build(auto, service_monitor_available=False)
+    )
+    enabled = spec_with(monitoring={"prometheusRule": "enabled"})
+    assert kinds.PROMETHEUS_RULE in builders.desired_children(build(enabled, service_monitor_available=False))
+    disabled = spec_with(monitoring={"prometheusRule": "disabled"})
+    assert kinds.PROMETHEUS_RULE not in builders.desired_children(build(disabled))
 
 
 def test_hash_and_revision_change_only_with_their_inputs() -> None:

@@ -453,7 +453,10 @@ class Rollout(ApiModel):
     """How a new revision replaces the current one."""
 
     auto_rollback: bool = True
-    """Return to the last good revision when a rollout misses its deadline or crash-loops."""
+    """Return to the last Ready revision when a new revision's rollout fails: it misses
+    progressDeadlineSeconds, or one of its pods crash-loops or fails to fetch the model 3 times. The
+    failed spec is not tried again until the spec changes (any new generation is a new attempt). false:
+    the failed rollout is left in place and the status says why."""
 
     progress_deadline_seconds: int = Field(default=600, ge=10, le=86_400)
     """How long a rollout may take before it is declared failed (the Deployment's
@@ -467,6 +470,11 @@ class Monitoring(ApiModel):
     """Create a ServiceMonitor for the serving pods: auto creates one when the monitoring.coreos.com CRDs
     exist, enabled requires them, disabled never creates one. Pods carry prometheus.io scrape annotations
     either way."""
+
+    prometheus_rule: Literal["auto", "enabled", "disabled"] = "auto"
+    """Create a PrometheusRule with the model's alerts (no ready replicas, error ratio, latency SLO burn,
+    rollout stuck, optimization failed, accuracy drop, input drift; docs/runbooks.md): auto creates one
+    when the monitoring.coreos.com CRDs exist, enabled requires them, disabled never creates one."""
 
 
 # --- the object -------------------------------------------------------------------------------------------
@@ -561,6 +569,46 @@ class Revision(ApiModel):
 
     previous: str | None = None
     """The last revision that was fully rolled out before the current one (the rollback target)."""
+
+
+class LastReadyRevision(ApiModel):
+    """The newest revision that was Ready: what an automatic rollback returns to."""
+
+    revision: str = Field(min_length=1)
+    """The revision (digest of the serving pod template)."""
+
+    generation: int = Field(ge=0)
+    """The spec generation that was Ready with this revision."""
+
+    model: ModelInfo
+    """The artifact that revision serves."""
+
+    spec: Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+    """The spec that generation had, as the API server held it: a rollback rebuilds the serving Deployment
+    from it, so it returns to exactly the pods that were Ready."""
+
+
+class Rollback(ApiModel):
+    """An automatic rollback: the spec's revision failed to roll out, so the last Ready revision serves
+    again. Kept while the spec is unchanged; the next spec generation is a new attempt."""
+
+    generation: int = Field(ge=0)
+    """The spec generation whose rollout failed."""
+
+    failed_revision: str
+    """The revision that failed to roll out."""
+
+    revision: str
+    """The revision rolled back to."""
+
+    reason: str
+    """Why the rollout failed: ProgressDeadlineExceeded, CrashLoopBackOff or FetchFailed."""
+
+    message: str = Field(max_length=32_768)
+    """What failed, with the failing pod's own message."""
+
+    time: str
+    """When the operator rolled back (RFC 3339)."""
 
 
 class Artifact(ApiModel):
@@ -688,3 +736,9 @@ class ModelDeploymentStatus(ApiModel):
 
     optimization: OptimizationStatus | None = None
     """The latest optimization, when spec.optimize is set."""
+
+    last_ready_revision: LastReadyRevision | None = None
+    """The newest revision that was Ready, and what it was built from (the rollback target)."""
+
+    rollback: Rollback | None = None
+    """The automatic rollback in effect for this spec generation, if its rollout failed."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ferry_operator import kinds
 from ferry_operator.builders.common import Manifest
 from ferry_operator.builders.inputs import BuildInputs
-from ferry_operator.builders.monitoring import service_monitor
+from ferry_operator.builders.monitoring import prometheus_rule, service_monitor
 from ferry_operator.builders.network import service
 from ferry_operator.builders.scaling import horizontal_pod_autoscaler, pod_disruption_budget
 from ferry_operator.builders.serving import deployment
@@ -31,5 +31,6 @@ def desired_children(inputs: BuildInputs) -> dict[kinds.Kind, Manifest]:
         kinds.POD_DISRUPTION_BUDGET: pod_disruption_budget(inputs),
         kinds.HORIZONTAL_POD_AUTOSCALER: horizontal_pod_autoscaler(inputs),
         kinds.SERVICE_MONITOR: service_monitor(inputs),
+        kinds.PROMETHEUS_RULE: prometheus_rule(inputs),
     }
     return {kind: manifest for kind, manifest in children.items() if manifest is not None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ferry_operator import kinds
 from ferry_operator.api import models
 from ferry_operator.builders.artifact_store import ArtifactStore
 
@@ -62,5 +63,5 @@ class BuildInputs:
     spec: models.ModelDeploymentSpec
     artifact: ServedArtifact
     defaults: ServingDefaults
-    # Whether the monitoring.coreos.com ServiceMonitor CRD is installed (for serviceMonitor: auto).
-    service_monitor_available: bool = False
+    # The monitoring.coreos.com kinds the API server serves (for serviceMonitor/prometheusRule: auto).
+    monitoring_kinds: frozenset[kinds.Kind] = frozenset()

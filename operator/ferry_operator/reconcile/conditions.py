@@ -15,6 +15,7 @@ from typing import Any
 
 from ferry_operator.api.models import ConditionStatus, ConditionType, Phase
 from ferry_operator.reconcile.observe import DeploymentState, PodSnapshot
+from ferry_operator.reconcile.rollout import ROLLED_BACK, ROLLOUT_FAILED, Failure, RolledBack
 
 CONDITION_ORDER: tuple[ConditionType, ...] = (
     "ModelResolved",
@@ -77,6 +78,11 @@ class Observation:
     required_ready: int
     progress_deadline_seconds: int
     pods: tuple[PodSnapshot, ...] = ()
+    # The rollback in effect (status.rollback): the Deployment runs rolled_back.revision, not the spec's.
+    rolled_back: RolledBack | None = None
+    # A failed rollout left in place (autoRollback off, or nothing to roll back to), and why.
+    rollout_failure: Failure | None = None
+    kept_because: str = ""
 
 
 Policy = Callable[[Observation], Verdict | None]
@@ -158,6 +164,18 @@ def deployment_catching_up(obs: Observation) -> Verdict:
     )
 
 
+def rolled_back_deployment(obs: Observation) -> Verdict | None:
+    back = obs.rolled_back
+    if back is None:
+        return None
+    return Verdict(
+        "False",
+        ROLLED_BACK,
+        f"revision {back.failed_revision} failed to roll out (see Degraded); Deployment {obs.name} runs the "
+        f"last Ready revision {back.revision} again",
+    )
+
+
 # --- Ready ------------------------------------------------------------------------------------------------
 
 
@@ -169,6 +187,19 @@ def not_deployable(obs: Observation) -> Verdict | None:
     if obs.deployment is None:
         return Verdict("False", "Creating", f"creating the serving Deployment {obs.name}")
     return None
+
+
+def rolled_back_ready(obs: Observation) -> Verdict | None:
+    back = obs.rolled_back
+    if back is None:
+        return None
+    available = obs.deployment.available_replicas if obs.deployment is not None else 0
+    return Verdict(
+        "False",
+        ROLLED_BACK,
+        f"this spec's revision {back.failed_revision} failed to roll out and was rolled back (see Degraded); "
+        f"the last Ready revision {back.revision} serves with {available} replicas available",
+    )
 
 
 def scaled_to_zero(obs: Observation) -> Verdict | None:
@@ -232,6 +263,17 @@ def nothing_to_roll_out(obs: Observation) -> Verdict | None:
     return Verdict("True", "Creating", f"creating the serving Deployment {obs.name}")
 
 
+def rolled_back_progress(obs: Observation) -> Verdict | None:
+    back = obs.rolled_back
+    if back is None:
+        return None
+    return Verdict(
+        "False",
+        ROLLED_BACK,
+        f"rolled back to revision {back.revision}; the spec is tried again when it changes",
+    )
+
+
 def deadline_exceeded(obs: Observation) -> Verdict | None:
     deployment = obs.deployment
     assert deployment is not None
@@ -280,6 +322,30 @@ def rollout_complete(obs: Observation) -> Verdict:
 # --- Degraded ---------------------------------------------------------------------------------------------
 
 
+def rollout_rolled_back(obs: Observation) -> Verdict | None:
+    back = obs.rolled_back
+    if back is None:
+        return None
+    return Verdict(
+        "True",
+        ROLLED_BACK,
+        f"the rollout of revision {back.failed_revision} (generation {back.generation}) failed: "
+        f"{back.reason}: {back.message}. Rolled back to revision {back.revision}, the last that was "
+        "Ready, which keeps serving. Fix the spec and apply it: any change of the spec is a new attempt",
+    )
+
+
+def rollout_failed(obs: Observation) -> Verdict | None:
+    failure = obs.rollout_failure
+    if failure is None:
+        return None
+    return Verdict(
+        "True",
+        ROLLOUT_FAILED,
+        f"the rollout failed: {failure.reason}: {failure.message}; {obs.kept_because}",
+    )
+
+
 def pod_in_trouble(obs: Observation) -> Verdict | None:
     problems = [pod.problem for pod in obs.pods if pod.problem is not None]
     if not problems:
@@ -316,13 +382,27 @@ CHAINS: Mapping[ConditionType, Sequence[Policy]] = {
     "Deployed": (
         waiting_for_artifact,
         apply_failed,
+        rolled_back_deployment,
         deployment_missing,
         deployment_current,
         deployment_catching_up,
     ),
-    "Ready": (not_deployable, scaled_to_zero, rollout_in_progress, waiting_for_replicas, serving),
-    "Progressing": (nothing_to_roll_out, deadline_exceeded, rolling_out, rollout_complete),
-    "Degraded": (pod_in_trouble, rollout_stuck, as_expected),
+    "Ready": (
+        not_deployable,
+        rolled_back_ready,
+        scaled_to_zero,
+        rollout_in_progress,
+        waiting_for_replicas,
+        serving,
+    ),
+    "Progressing": (
+        nothing_to_roll_out,
+        rolled_back_progress,
+        deadline_exceeded,
+        rolling_out,
+        rollout_complete,
+    ),
+    "Degraded": (rollout_rolled_back, rollout_failed, pod_in_trouble, rollout_stuck, as_expected),
 }
 
 
@@ -347,6 +427,10 @@ def phase(verdicts: Mapping[ConditionType, Verdict]) -> Phase:
         verdict = verdicts.get(condition_type)
         return verdict.status if verdict is not None else "Unknown"
 
+    degraded = verdicts.get("Degraded")
+    if degraded is not None and degraded.reason == ROLLED_BACK:
+        # The last Ready revision serves: the model works, just not as the newest spec asks.
+        return "Degraded"
     if status("ModelResolved") == "False" or status("Optimized") == "False" or status("Deployed") == "False":
         return "Failed"
     if status("Degraded") == "True":

@@ -8,6 +8,7 @@ event arrived or in what order, and an operator restarted at any point converges
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -20,13 +21,15 @@ from pydantic import ValidationError
 
 from ferry_operator import builders, kinds, metrics
 from ferry_operator.api import models
+from ferry_operator.builders import monitoring
 from ferry_operator.builders.artifact_store import ArtifactStore
 from ferry_operator.builders.common import Manifest
-from ferry_operator.builders.inputs import BuildInputs, Owner, ServingDefaults
+from ferry_operator.builders.inputs import BuildInputs, Owner, ServedArtifact, ServingDefaults
 from ferry_operator.builders.network import url as service_url
+from ferry_operator.builders.serving import deployment as deployment_manifest
 from ferry_operator.config import OperatorConfig
 from ferry_operator.kube import ApiError, KubeClient
-from ferry_operator.reconcile import conditions, plan, status
+from ferry_operator.reconcile import conditions, plan, rollout, status
 from ferry_operator.reconcile.artifacts import ArtifactResolver, Resolution, ServeAsIs
 from ferry_operator.reconcile.conditions import ApplyFailure, Observation
 from ferry_operator.reconcile.observe import (
@@ -63,6 +66,17 @@ class _Desired:
     revision: str | None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Serving:
+    """The children to apply and what they serve, after the rollback decision."""
+
+    children: Mapping[kinds.Kind, Manifest]
+    # The revision the Deployment is given (the last Ready one while rolled back).
+    revision: str | None
+    artifact: ServedArtifact | None
+    decision: rollout.Decision
+
+
 def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -81,7 +95,9 @@ class Controller:
         self.resolver: ArtifactResolver = resolver or ServeAsIs()
         self.queue: WorkQueue[OwnerKey] = WorkQueue()
         self.indices: Indices | None = None
-        self.service_monitor_available = False
+        # The monitoring.coreos.com kinds the API server serves now (for `auto` monitoring children).
+        self.monitoring_kinds: frozenset[kinds.Kind] = frozenset()
+        self._rediscover = asyncio.Event()
         self.defaults = ServingDefaults(
             runtime_image=config.runtime_image,
             image_pull_policy=config.runtime_image_pull_policy,
@@ -101,6 +117,7 @@ class Controller:
         self._written_status: dict[OwnerKey, tuple[str, dict[str, Any]]] = {}
         self._desired: dict[OwnerKey, _Desired] = {}
         self._phases: dict[OwnerKey, str] = {}
+        self._deleted_uids: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._instance = socket.gethostname()
 
@@ -172,22 +189,34 @@ class Controller:
                 for key in list(self.indices.model_deployments):
                     self.enqueue(key)
 
+    def rediscover_monitoring(self) -> None:
+        """Look at the monitoring API again now: a monitoring CRD was added or removed, or a request for one
+        of its kinds answered 404 (the CRDs went away since the last look)."""
+        self._rediscover.set()
+
     async def _discover_monitoring(self) -> None:
+        # Periodic as a safety net; woken at once by rediscover_monitoring().
+        group_version = kinds.SERVICE_MONITOR.api_version
         while True:
+            self._rediscover.clear()
             try:
-                available = await self.client.resource_exists(
-                    kinds.SERVICE_MONITOR.api_version, kinds.SERVICE_MONITOR.plural
-                )
+                served = await self.client.served_resources(group_version)
             except (ApiError, OSError, TimeoutError) as error:
-                logger.warning("cannot tell whether ServiceMonitors are available: %s", error)
+                logger.warning("cannot tell whether %s is installed: %s", group_version, error)
             else:
-                if available != self.service_monitor_available:
-                    logger.info("ServiceMonitor CRD %s", "found" if available else "not installed")
-                    self.service_monitor_available = available
+                available = frozenset(kind for kind in kinds.MONITORING_KINDS if kind.plural in served)
+                if available != self.monitoring_kinds:
+                    logger.info(
+                        "%s serves: %s",
+                        group_version,
+                        ", ".join(sorted(kind.kind for kind in available)) or "nothing (CRDs not installed)",
+                    )
+                    self.monitoring_kinds = available
                     if self.indices is not None:
                         for key in list(self.indices.model_deployments):
                             self.enqueue(key)
-            await asyncio.sleep(self.config.monitoring_discovery_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rediscover.wait(), self.config.monitoring_discovery_seconds)
 
     # --- one reconcile ------------------------------------------------------------------------------------
 
@@ -209,25 +238,30 @@ class Controller:
         resolution = await self.resolver.resolve(md, spec)
         desired = self._desired_children(md, spec, resolution)
         observed = self._observed_children(key)
+        pods = tuple(self.indices.pods.get(key, ()))
+        serving = self._serving(md, spec, desired, resolution, observed, pods)
         failures: list[ApplyFailure] = []
         outcome = "noop"
         if desired.inputs is not None:
-            the_plan = plan.plan(desired.children, observed, self._applied.get(key, {}))
+            the_plan = plan.plan(serving.children, observed, self._applied.get(key, {}))
             if not the_plan.empty:
                 outcome = "applied"
             failures = await self._execute(key, desired.inputs, the_plan, observed)
-        pods = tuple(self.indices.pods.get(key, ()))
+        decision = serving.decision
         obs = Observation(
             name=md.name,
             generation=md.generation,
-            model_uri=resolution.artifact.uri if resolution.artifact else spec.model.uri,
+            model_uri=serving.artifact.uri if serving.artifact else spec.model.uri,
             artifact=resolution.resolution,
             apply_failures=tuple(failures),
             deployment=observed[kinds.DEPLOYMENT].deployment if kinds.DEPLOYMENT in observed else None,
-            desired_revision=desired.revision,
+            desired_revision=serving.revision,
             required_ready=_required_ready(spec),
             progress_deadline_seconds=spec.rollout.progress_deadline_seconds,
             pods=pods,
+            rolled_back=decision.rolled_back if decision.action != "follow" else None,
+            rollout_failure=decision.failure,
+            kept_because=decision.kept_because,
         )
         verdicts = conditions.evaluate(obs)
         if resolution.optimized is not None:
@@ -239,7 +273,7 @@ class Controller:
                     "Optimizing",
                     f"{verdicts['Ready'].message}; the new spec's model is being optimized (see Optimized)",
                 )
-        written = await self._write_status(md, obs, verdicts, resolution)
+        written = await self._write_status(md, obs, verdicts, resolution, serving)
         if written and outcome == "noop":
             outcome = "status"
         if any(not failure.permanent for failure in failures):
@@ -249,7 +283,7 @@ class Controller:
     def _desired_children(
         self, md: ModelDeploymentSnapshot, spec: models.ModelDeploymentSpec, resolution: Resolution
     ) -> _Desired:
-        cache_key = (md.uid, md.generation, self.service_monitor_available, resolution.artifact)
+        cache_key = (md.uid, md.generation, self.monitoring_kinds, resolution.artifact)
         cached = self._desired.get(md.key)
         if cached is not None and cached.cache_key == cache_key:
             return cached
@@ -261,7 +295,7 @@ class Controller:
                 spec=spec,
                 artifact=resolution.artifact,
                 defaults=self.defaults,
-                service_monitor_available=self.service_monitor_available,
+                monitoring_kinds=self.monitoring_kinds,
             )
             children = builders.desired_children(inputs)
             template = children[kinds.DEPLOYMENT]["spec"]["template"]
@@ -271,13 +305,72 @@ class Controller:
         self._desired[md.key] = desired
         return desired
 
+    def _serving(  # noqa: PLR0917 - the reconcile's intermediate values, each used once
+        self,
+        md: ModelDeploymentSnapshot,
+        spec: models.ModelDeploymentSpec,
+        desired: _Desired,
+        resolution: Resolution,
+        observed: Mapping[kinds.Kind, ChildSnapshot],
+        pods: tuple[PodSnapshot, ...],
+    ) -> _Serving:
+        """What to serve: the spec's revision, or the last Ready one when its rollout failed (rollout.py)."""
+        current = self._current_status(md)
+        if desired.inputs is None or desired.revision is None:
+            # Nothing deployable now (an optimization runs): the Deployment is left as it is, and a
+            # rollback of this generation stays on record.
+            kept = rollout.rolled_back_from_status(current)
+            if kept is not None and kept.generation != md.generation:
+                kept = None
+            return _Serving(
+                desired.children, desired.revision, resolution.artifact, rollout.Decision("follow", kept)
+            )
+        last_ready = rollout.last_ready_from_status(current)
+        deployment = observed[kinds.DEPLOYMENT].deployment if kinds.DEPLOYMENT in observed else None
+        decision = rollout.decide(
+            rollout.Situation(
+                generation=md.generation,
+                desired_revision=desired.revision,
+                auto_rollback=spec.rollout.auto_rollback,
+                progress_deadline_seconds=spec.rollout.progress_deadline_seconds,
+                deployment=deployment,
+                pods=pods,
+                last_ready=last_ready,
+                rolled_back=rollout.rolled_back_from_status(current),
+                now=utc_now(),
+            )
+        )
+        if decision.action == "follow" or last_ready is None:
+            return _Serving(desired.children, desired.revision, resolution.artifact, decision)
+        # The last Ready revision's pods, at the replica count the current spec asks for (scale is not part
+        # of a revision, and the autoscaler, if any, is the current spec's).
+        restored_inputs = dataclasses.replace(
+            desired.inputs, spec=last_ready.spec, artifact=last_ready.artifact
+        )
+        restored = deployment_manifest(restored_inputs, builders.desired_replicas(desired.inputs))
+        revision = str(restored["spec"]["template"]["metadata"]["annotations"][kinds.REVISION_ANNOTATION])
+        if decision.action == "roll-back":
+            assert decision.rolled_back is not None
+            metrics.ROLLBACKS.labels(reason=decision.rolled_back.reason).inc()
+            logger.warning(
+                "rolling %s/%s back from revision %s to %s: %s",
+                md.namespace,
+                md.name,
+                desired.revision,
+                revision,
+                decision.rolled_back.message,
+            )
+        return _Serving(
+            {**desired.children, kinds.DEPLOYMENT: restored}, revision, last_ready.artifact, decision
+        )
+
     def _observed_children(self, key: OwnerKey) -> dict[kinds.Kind, ChildSnapshot]:
         assert self.indices is not None
         observed = {}
         for kind, index in self.indices.children.items():
             # Fixed names: a second object of a kind would be someone else's copy, not ours to manage.
             child = _single(index.get(key))
-            if child is not None and child.name == key[1]:
+            if child is not None and child.name == key[1] and child.uid not in self._deleted_uids:
                 observed[kind] = child
         return observed
 
@@ -295,6 +388,12 @@ class Controller:
                     await self._hand_replicas_to_autoscaler(inputs, observed.get(kind))
                 body = await self.client.apply(kind, manifest, kinds.FIELD_MANAGER)
             except ApiError as error:
+                if error.status == 404 and kind in kinds.MONITORING_KINDS:
+                    # The CRD is gone (or not there yet); discovery decides again, and for `auto` the
+                    # child is then simply not wanted.
+                    self.rediscover_monitoring()
+                    if monitoring.mode(kind, inputs) == "auto":
+                        continue
                 failures.append(
                     ApplyFailure(
                         kind.kind, manifest["metadata"]["name"], _describe(kind, error), error.permanent
@@ -316,6 +415,9 @@ class Controller:
         for child in the_plan.prune:
             try:
                 await self.client.delete(child.kind, key[0], child.name, child.uid)
+                # Gone (or already gone: a 404 counts). A watch cache that never saw the deletion (its
+                # CRD was removed with the object) must not make every reconcile delete it again.
+                self._deleted_uids.add(child.uid)
             except ApiError as error:
                 failures.append(
                     ApplyFailure(child.kind.kind, child.name, f"cannot delete: {error.message}", False)
@@ -359,9 +461,10 @@ class Controller:
         obs: Observation,
         verdicts: dict[models.ConditionType, conditions.Verdict],
         resolution: Resolution,
+        serving: _Serving,
     ) -> bool:
         current = self._current_status(md)
-        artifact = resolution.artifact
+        artifact = serving.artifact
         model_info: dict[str, Any] = {}
         if artifact is not None:
             model_info = {"format": artifact.format, "uri": artifact.uri}
@@ -376,7 +479,20 @@ class Controller:
             url=url,
             selector=kinds.selector_string(md.name),
             model=model_info,
-            extra=resolution.status,
+            extra={
+                **resolution.status,
+                "rollback": serving.decision.rolled_back.as_status()
+                if serving.decision.rolled_back
+                else None,
+                "lastReadyRevision": rollout.last_ready_status(
+                    current.get("lastReadyRevision"),
+                    ready=verdicts["Ready"].status == "True",
+                    revision=obs.desired_revision,
+                    generation=md.generation,
+                    spec=md.spec,
+                    model=model_info,
+                ),
+            },
         )
         self._track_phase(md.key, new["phase"])
         patch = status.diff(current, new)
@@ -479,10 +595,11 @@ def _required_ready(spec: models.ModelDeploymentSpec) -> int:
 
 
 def _describe(kind: kinds.Kind, error: ApiError) -> str:
-    if error.status == 404 and kind == kinds.SERVICE_MONITOR:
+    if error.status == 404 and kind in kinds.MONITORING_KINDS:
+        field = "serviceMonitor" if kind == kinds.SERVICE_MONITOR else "prometheusRule"
         return (
-            "the ServiceMonitor CRD (monitoring.coreos.com/v1) is not installed; install the Prometheus "
-            "Operator CRDs or set spec.monitoring.serviceMonitor to auto or disabled"
+            f"the {kind.kind} CRD ({kind.api_version}) is not installed; install the Prometheus "
+            f"Operator CRDs or set spec.monitoring.{field} to auto or disabled"
         )
     return f"{error.status} {error.reason}: {error.message}"
 

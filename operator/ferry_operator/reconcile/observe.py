@@ -71,6 +71,10 @@ class PodSnapshot:
     name: str
     fetched: bool
     problem: PodProblem | None
+    # ferry.dev/revision of the template the pod was made from (None: not made by a Ferry Deployment).
+    revision: str | None = None
+    # The most restarts of any of its containers (init containers included): how long a problem lasted.
+    restarts: int = 0
 
 
 def owner_key(body: Mapping[str, Any]) -> OwnerKey | None:
@@ -156,7 +160,9 @@ def pod_snapshot(body: Mapping[str, Any]) -> PodSnapshot:
     name = str(meta.get("name", ""))
     fetched = False
     problem: PodProblem | None = None
-    for init in status.get("initContainerStatuses") or []:
+    init_statuses = status.get("initContainerStatuses") or []
+    container_statuses = status.get("containerStatuses") or []
+    for init in init_statuses:
         terminated = (init.get("state") or {}).get("terminated") or {}
         last = (init.get("lastState") or {}).get("terminated") or {}
         if terminated.get("exitCode") == 0:
@@ -165,22 +171,44 @@ def pod_snapshot(body: Mapping[str, Any]) -> PodSnapshot:
         if failed.get("exitCode") not in (None, 0) and not fetched:
             detail = (failed.get("message") or failed.get("reason") or "").strip()
             problem = PodProblem(name, "FetchFailed", f"ferry-fetch exited {failed['exitCode']}: {detail}")
-    for container in status.get("containerStatuses") or []:
+    for container in container_statuses:
         if container.get("ready") or (container.get("state") or {}).get("running"):
             fetched = True
-        waiting = (container.get("state") or {}).get("waiting") or {}
-        if problem is None and waiting.get("reason") in _PROBLEM_WAITING_REASONS:
-            problem = PodProblem(name, str(waiting["reason"]), str(waiting.get("message", "")).strip())
+        if problem is None:
+            problem = _waiting_problem(name, container)
     if problem is None:
         for condition in status.get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
                 problem = PodProblem(name, "Unschedulable", str(condition.get("message", "")).strip())
     if problem is None:
-        for init in status.get("initContainerStatuses") or []:
-            waiting = (init.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in _PROBLEM_WAITING_REASONS:
-                problem = PodProblem(name, str(waiting["reason"]), str(waiting.get("message", "")).strip())
-    return PodSnapshot(name=name, fetched=fetched, problem=problem)
+        for init in init_statuses:
+            problem = problem or _waiting_problem(name, init)
+    annotations = meta.get("annotations") or {}
+    return PodSnapshot(
+        name=name,
+        fetched=fetched,
+        problem=problem,
+        revision=annotations.get(kinds.REVISION_ANNOTATION),
+        restarts=max(
+            (int(c.get("restartCount") or 0) for c in (*init_statuses, *container_statuses)), default=0
+        ),
+    )
+
+
+def _waiting_problem(pod: str, container: Mapping[str, Any]) -> PodProblem | None:
+    """A container waiting for a reason that will not clear up by itself. For a crash loop the message is the
+    container's last words (its termination message, e.g. the runtime's "cannot serve model ..."), which
+    say why; the kubelet's "back-off 40s restarting failed container" does not."""
+    waiting = (container.get("state") or {}).get("waiting") or {}
+    reason = waiting.get("reason")
+    if reason not in _PROBLEM_WAITING_REASONS:
+        return None
+    message = str(waiting.get("message", "")).strip()
+    last = (container.get("lastState") or {}).get("terminated") or {}
+    if reason == "CrashLoopBackOff" and last:
+        words = str(last.get("message") or last.get("reason") or "").strip()
+        message = f"exited {last.get('exitCode')}" + (f": {words}" if words else "")
+    return PodProblem(pod, str(reason), message)
 
 
 # Container waiting reasons that will not clear up by themselves.

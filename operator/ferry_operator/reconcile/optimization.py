@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ferry_operator import __version__, content_key, kinds
+from ferry_operator import __version__, content_key, kinds, metrics
 from ferry_operator.api import models
 from ferry_operator.builders import optimization_job
 from ferry_operator.builders.common import input_hash
@@ -81,6 +81,8 @@ class JobSnapshot:
     message: str = ""
     # completionTime, or when the Job was marked Failed (RFC 3339).
     finished_at: str | None = None
+    # status.startTime (RFC 3339).
+    started_at: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +127,7 @@ def job_snapshot(body: Mapping[str, Any]) -> JobSnapshot:
         reason=reason,
         message=message,
         finished_at=finished_at,
+        started_at=status.get("startTime"),
     )
 
 
@@ -463,6 +466,26 @@ def _seconds_since(timestamp: str | None, now: datetime.datetime) -> float:
     return max(0.0, (now - then).total_seconds())
 
 
+def job_outcome(decision: Decision) -> str | None:
+    """The metrics' outcome of a finished Job, read from the decision about it (None: not finished, or the
+    result was already recorded in the status, i.e. counted when it was read)."""
+    if decision.result is not None:
+        report = decision.result.report
+        if report.passed and decision.result.artifact is not None:
+            return "passed"
+        return "candidates_failed" if decision.result.artifact is not None else "gate_rejected"
+    return {"JobFailed": "failed", "NoResult": "no_result"}.get(decision.optimized.reason)
+
+
+def _duration(start: str, end: str) -> float:
+    try:
+        began = datetime.datetime.fromisoformat(start.replace("Z", "+00:00"))
+        ended = datetime.datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, (ended - began).total_seconds())
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
@@ -515,6 +538,8 @@ class OptimizationResolver:
         # Known to this process before the watch shows it (status lags our own writes), by ModelDeployment
         # uid: the results read from Job pods, and the artifact last served.
         self._results: dict[str, Summary] = {}
+        # uids of the Jobs whose outcome the metrics counted (a result is decided on every reconcile).
+        self._counted_jobs: set[str] = set()
         self._served: dict[str, ServedArtifact | None] = {}
 
     def bind(
@@ -556,6 +581,7 @@ class OptimizationResolver:
             artifact_store=self.defaults.artifact_store,
         )
         decision = decide(situation)
+        self._count_outcome(situation, decision)
         if decision.action != "none":
             decision = await self._run_job(md, manifest, decision)
         if decision.result is not None:
@@ -606,6 +632,19 @@ class OptimizationResolver:
         except ApiError as error:
             if error.status not in (404, 409):
                 raise
+
+    def _count_outcome(self, situation: Situation, decision: Decision) -> None:
+        """ferry_operator_optimizations_total and the duration histogram, once per finished Job."""
+        outcome = job_outcome(decision)
+        job = next((j for j in situation.jobs if j.name == situation.job_name), None)
+        if outcome is None or job is None or job.uid in self._counted_jobs:
+            return
+        self._counted_jobs.add(job.uid)
+        metrics.OPTIMIZATIONS.labels(outcome=outcome).inc()
+        if job.started_at and job.finished_at:
+            metrics.OPTIMIZATION_SECONDS.labels(outcome=outcome).observe(
+                _duration(job.started_at, job.finished_at)
+            )
 
     def _recheck(self, key: OwnerKey, delay: float) -> None:
         if self._enqueue_after is not None:

@@ -22,6 +22,8 @@ OWNED_FIELDS = frozenset(
         "url",
         "model",
         "revision",
+        "lastReadyRevision",
+        "rollback",
     }
 )
 
@@ -66,6 +68,9 @@ def revisions(previous: Mapping[str, Any], desired: str | None) -> dict[str, str
         c.get("type") == "Ready" and c.get("status") == "True" for c in previous.get("conditions") or []
     )
     earlier = current if current and was_ready else before.get("previous")
+    if earlier == desired:
+        # Back to the previous revision (a rollback): what preceded it is no longer known.
+        earlier = None
     return {"current": desired, **({"previous": earlier} if earlier else {})}
 
 
