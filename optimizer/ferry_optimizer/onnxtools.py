@@ -1,4 +1,4 @@
-"""ONNX and ONNX Runtime operations of the pipeline: run, time, optimize the graph, quantize, rename.
+"""ONNX and ONNX Runtime operations of the pipeline: run, time, fuse, optimize the graph, quantize, rename.
 
 Every latency in a report comes from `measure_latency`: one CPU session with fixed threads and the same
 online graph optimization a serving pod applies, warmed up, then the median of timed runs.
@@ -6,8 +6,10 @@ online graph optimization a serving pod applies, warmed up, then the median of t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import sys
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -157,12 +159,98 @@ def optimize_graph(source: Path, target: Path, level: str) -> None:
         raise StepError(f"ONNX Runtime wrote no optimized model at graph level {level}")
 
 
+# Ops whose presence means attention is already fused: there is nothing left for the fusions to do.
+_FUSED_ATTENTION = {"Attention", "MultiHeadAttention", "QAttention", "PackedAttention"}
+# Ops a Softmax's input passes through between the score MatMul and the Softmax (scale, mask, bias).
+_SCORE_PATH = {"Add", "Div", "Mul", "Where", "Cast", "Sub"}
+# ... and between the Softmax and the MatMul with the values.
+_PROBABILITY_PATH = {"Dropout", "Cast", "Identity"}
+
+
+def transformer_type(model: Path) -> str | None:
+    """ "bert" when the graph is a transformer encoder ONNX Runtime's fusions apply to, else None.
+
+    The sign is unfused self-attention (a Softmax fed from a MatMul through scale/mask ops and feeding a
+    MatMul) next to layer normalization (the LayerNormalization op, or its ReduceMean decomposition).
+    """
+    graph = onnx.load(str(model), load_external_data=False).graph
+    ops = {node.op_type for node in graph.node}
+    if ops & _FUSED_ATTENTION or not ({"LayerNormalization", "ReduceMean"} & ops):
+        return None
+    producers = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def fed_by_matmul(name: str, hops: int = 4) -> bool:
+        node = producers.get(name)
+        if node is None or hops == 0:
+            return False
+        if node.op_type == "MatMul":
+            return True
+        return node.op_type in _SCORE_PATH and any(fed_by_matmul(i, hops - 1) for i in node.input)
+
+    def feeds_matmul(name: str, hops: int = 3) -> bool:
+        for node in consumers.get(name, []):
+            if node.op_type == "MatMul":
+                return True
+            if hops and node.op_type in _PROBABILITY_PATH and feeds_matmul(node.output[0], hops - 1):
+                return True
+        return False
+
+    for node in graph.node:
+        if node.op_type == "Softmax" and fed_by_matmul(node.input[0]) and feeds_matmul(node.output[0]):
+            return "bert"
+    return None
+
+
+def fuse_transformer(source: Path, target: Path, model_type: str) -> dict[str, int]:
+    """ONNX Runtime's transformer fusions (attention, layer norms, GELU, embeddings) into its fused ops.
+
+    Run before quantization, so the quantizer sees one Attention op (QAttention) instead of its dozen
+    float ops, and fewer float ops remain around the INT8 MatMuls. Heads and hidden size are detected from
+    the graph. Returns the count of each fused op (those that matched).
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions(model_type)
+    # Symbolic shape inference needs sympy, which Ferry does not ship; the encoder fusions match without
+    # it (they then keep a few Cast and Reshape nodes shape inference would have proven useless).
+    options.enable_shape_inference = False
+    try:
+        # The fusions print progress to stdout, which carries the CLI's report table.
+        with contextlib.redirect_stdout(sys.stderr):
+            fused = optimize_model(
+                str(source),
+                model_type=model_type,
+                num_heads=0,
+                hidden_size=0,
+                optimization_options=options,
+                opt_level=0,  # only the fusions: the graph step runs ONNX Runtime's own passes
+                use_gpu=False,
+            )
+            counts = {op: int(n) for op, n in fused.get_fused_operator_statistics().items() if n}
+            fused.save_model_to_file(str(target))
+    except Exception as error:  # the fusions raise bare Exceptions and assertion errors
+        raise StepError(f"transformer fusion ({model_type}) failed: {error}") from error
+    return counts
+
+
 def quantize_dynamic(source: Path, target: Path) -> None:
     # Per-channel with 7-bit weights (reduce_range): accurate on x86 CPUs without VNNI, where 8-bit
     # products saturate, and still correct on CPUs with it; the serving node's CPU is not known here.
+    # DefaultTensorType: ONNX shape inference knows no types for the outputs of ONNX Runtime's fused ops
+    # (com.microsoft domain); they are float in every graph the transformer fusions write.
     try:
         _ort_quantize_dynamic(
-            source, target, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True
+            source,
+            target,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=True,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     except Exception as error:  # the quantizer raises bare Exceptions and assertion errors
         raise StepError(f"dynamic quantization failed: {error}") from error

