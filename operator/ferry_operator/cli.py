@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
 import kopf
+from kopf._core.engines import peering
 
 from ferry_operator import __version__, config, wiring
 
@@ -56,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings=wiring.operator_settings(settings),
             memo=kopf.Memo(ferry=ferry),
             standalone=True,
+            # kopf's default identity looks the user up in /etc/passwd, which a container running as an
+            # arbitrary numeric uid (the images' 65532) does not list: it would crash at start
+            identity=peering.Identity(f"ferry-operator@{socket.gethostname()}"),
         )
     )
     return 0
