@@ -257,8 +257,8 @@ def import_podman_image(config: ClusterConfig, image: str, reference: str) -> No
     if saved.returncode != 0:
         raise RealNodeError(f"podman save {image} failed: {saved.stderr.decode(errors='replace').strip()}")
     ctr(config, "images", "import", "-", stdin=saved.stdout)
-    if not image_present(config, reference):
-        # podman names it localhost/<name>; tag it as the name pods use
+    if _podman_reference(image) != reference:
+        # podman names it localhost/<name>; tag it as the name pods use, replacing an earlier build's
         ctr(config, "images", "tag", "--force", _podman_reference(image), reference)
 
 
