@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -251,12 +252,36 @@ def ensure_pause_image(config: ClusterConfig) -> None:
 
 def import_podman_image(config: ClusterConfig, image: str, reference: str) -> None:
     """Copy an image from podman into the node's containerd as `reference` (e.g. docker.io/library/x:1)."""
-    saved = subprocess.run(
-        ["podman", "save", "--format", "docker-archive", image], capture_output=True, check=False
-    )
-    if saved.returncode != 0:
-        raise RealNodeError(f"podman save {image} failed: {saved.stderr.decode(errors='replace').strip()}")
-    ctr(config, "images", "import", "-", stdin=saved.stdout)
+    # streamed from podman to ctr: the optimizer image is about 2 GB, too much to hold in memory here
+    with tempfile.TemporaryFile() as save_errors:
+        saving = subprocess.Popen(
+            ["podman", "save", "--format", "docker-archive", image],
+            stdout=subprocess.PIPE,
+            stderr=save_errors,
+        )
+        assert saving.stdout is not None
+        importing = subprocess.run(
+            [
+                _system_binary("ctr"),
+                f"--address={containerd_socket(config)}",
+                "--namespace=k8s.io",
+                "images",
+                "import",
+                "-",
+            ],
+            stdin=saving.stdout,
+            capture_output=True,
+            check=False,
+        )
+        saving.stdout.close()
+        if saving.wait() != 0:
+            save_errors.seek(0)
+            message = save_errors.read().decode(errors="replace").strip()
+            raise RealNodeError(f"podman save {image} failed: {message}")
+    if importing.returncode != 0:
+        raise RealNodeError(
+            f"ctr images import of {image} failed: {importing.stderr.decode(errors='replace').strip()}"
+        )
     if _podman_reference(image) != reference:
         # podman names it localhost/<name>; tag it as the name pods use, replacing an earlier build's
         ctr(config, "images", "tag", "--force", _podman_reference(image), reference)
