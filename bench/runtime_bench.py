@@ -11,8 +11,9 @@ The last lines compare each transport's best throughput with the baseline's best
     .venv/bin/python bench/runtime_bench.py            # short run (< 3 minutes)
     .venv/bin/python bench/runtime_bench.py --long     # more concurrency levels, longer points
 
-The load generators are deliberately thin (pre-encoded requests, raw HTTP/1.1 framing, gRPC with bytes
-in and out) so the client steals as little CPU from the server as possible on a small machine.
+The load generators are deliberately thin (pre-encoded requests, raw HTTP/1.1 framing, gRPC as
+hand-framed HTTP/2 with pre-encoded headers and messages) so the client steals as little CPU from
+the server as possible on a small machine.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 import uvloop
+
+from ferry_runtime.protocol.grpc import http2
+from ferry_runtime.protocol.grpc.hpack import Decoder, encode_literal, encode_literal_indexed_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import runtime_models
@@ -129,6 +133,9 @@ def run_in_process(workload: Workload, threads: int, concurrency: int, seconds: 
 
 V2_DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
 
+
+# Set by --grpc-client: "raw" (hand-framed HTTP/2, the default) or "grpcio" (grpc.aio's client).
+GRPC_CLIENT = "raw"
 
 # Set by --request-id: REST requests then carry a v2 `id`, so the server retains each prediction for feedback.
 REQUEST_ID = ""
@@ -248,7 +255,134 @@ async def _rest_load(
     return latencies, errors, time.perf_counter() - started
 
 
+class _GrpcClient(asyncio.Protocol):
+    """gRPC over one HTTP/2 connection with `concurrency` unary calls in flight, framed by hand.
+
+    Each call is a pre-encoded HEADERS frame (literal headers, so no HPACK state on this side) and one
+    DATA frame; a call ends with the server's trailers, whose grpc-status must be 0. grpcio's own
+    client spends about as much CPU per call as grpcio's server, which on a 2-core machine would
+    measure the client as much as the server (`--grpc-client grpcio` still runs it, for comparison).
+    """
+
+    def __init__(
+        self,
+        message: bytes,
+        concurrency: int,
+        stop_at: float,
+        latencies: list[float],
+        done: asyncio.Future[int],
+    ) -> None:
+        # :method POST, :scheme http (static entries 3 and 6), then literals.
+        self.block = (
+            b"\x83\x86"
+            + encode_literal_indexed_name(4, MODEL_INFER.encode())
+            + encode_literal_indexed_name(1, b"127.0.0.1")
+            + encode_literal_indexed_name(31, b"application/grpc")
+            + encode_literal(b"te", b"trailers")
+        )
+        self.data = b"\x00" + len(message).to_bytes(4, "big") + message
+        self.concurrency = concurrency
+        self.stop_at = stop_at
+        self.latencies = latencies
+        self.done = done
+        self.decoder = Decoder()
+        self.buffer = bytearray()
+        self.sent_at: dict[int, float] = {}
+        self.next_stream = 1
+        self.errors = 0
+        self.unacknowledged = 0
+        self.transport: asyncio.Transport | None = None
+
+    def _call(self) -> bytes:
+        stream = self.next_stream
+        self.next_stream += 2
+        self.sent_at[stream] = time.perf_counter()
+        return http2.frame(http2.HEADERS, http2.END_HEADERS, stream, self.block) + http2.frame(
+            http2.DATA, http2.END_STREAM, stream, self.data
+        )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        settings = http2.INITIAL_WINDOW_SIZE.to_bytes(2, "big") + http2.MAX_WINDOW.to_bytes(4, "big")
+        opening = [
+            http2.PREFACE,
+            http2.frame(http2.SETTINGS, 0, 0, settings),
+            http2.frame(http2.WINDOW_UPDATE, 0, 0, (http2.MAX_WINDOW - 65535).to_bytes(4, "big")),
+        ]
+        opening.extend(self._call() for _ in range(self.concurrency))
+        transport.write(b"".join(opening))  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        offset = 0
+        out: list[bytes] = []
+        while len(buffer) - offset >= 9:
+            length = int.from_bytes(buffer[offset : offset + 3], "big")
+            end = offset + 9 + length
+            if end > len(buffer):
+                break
+            kind, flags = buffer[offset + 3], buffer[offset + 4]
+            stream = int.from_bytes(buffer[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
+            payload = bytes(buffer[offset + 9 : end])
+            offset = end
+            if kind == http2.SETTINGS and not flags & http2.ACK:
+                out.append(http2.frame(http2.SETTINGS, http2.ACK, 0))
+            elif kind == http2.PING and not flags & http2.ACK:
+                out.append(http2.frame(http2.PING, http2.ACK, 0, payload))
+            elif kind == http2.DATA:
+                self.unacknowledged += length
+                if self.unacknowledged > 1 << 30:
+                    out.append(http2.frame(http2.WINDOW_UPDATE, 0, 0, self.unacknowledged.to_bytes(4, "big")))
+                    self.unacknowledged = 0
+            elif kind == http2.HEADERS:
+                headers = dict(self.decoder.decode(payload))
+                if flags & http2.END_STREAM:
+                    if headers.get(b"grpc-status") != b"0":
+                        self.errors += 1
+                    self._ended(stream, out)
+            elif kind in (http2.RST_STREAM, http2.GOAWAY):
+                self.errors += 1
+                self._ended(stream, out)
+        del buffer[:offset]
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+    def _ended(self, stream: int, out: list[bytes]) -> None:
+        began = self.sent_at.pop(stream, None)
+        if began is None:
+            return
+        now = time.perf_counter()
+        self.latencies.append(now - began)
+        if now < self.stop_at:
+            out.append(self._call())
+        elif not self.sent_at and not self.done.done():
+            self.done.set_result(self.errors)
+            assert self.transport is not None
+            self.transport.close()
+
+    def connection_lost(self, _exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(self.errors + len(self.sent_at))
+
+
 async def _grpc_load(
+    port: int, request: bytes, concurrency: int, seconds: float
+) -> tuple[list[float], int, float]:
+    if GRPC_CLIENT == "grpcio":
+        return await _grpcio_load(port, request, concurrency, seconds)
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    started = time.perf_counter()
+    done: asyncio.Future[int] = loop.create_future()
+    await loop.create_connection(
+        lambda: _GrpcClient(request, concurrency, started + seconds, latencies, done), "127.0.0.1", port
+    )
+    errors = await done
+    return latencies, errors, time.perf_counter() - started
+
+
+async def _grpcio_load(
     port: int, request: bytes, concurrency: int, seconds: float
 ) -> tuple[list[float], int, float]:
     latencies: list[float] = []
@@ -414,9 +548,16 @@ def main() -> int:
         default="",
         help="give every REST request this v2 id (the server then retains predictions for feedback)",
     )
+    parser.add_argument(
+        "--grpc-client",
+        choices=("raw", "grpcio"),
+        default="raw",
+        help="gRPC load generator: hand-framed HTTP/2 (thin) or grpcio's asyncio client",
+    )
     args = parser.parse_args()
-    global REQUEST_ID  # noqa: PLW0603 - one switch read by the request builders
+    global REQUEST_ID, GRPC_CLIENT  # noqa: PLW0603 - switches read by the request builders and clients
     REQUEST_ID = args.request_id
+    GRPC_CLIENT = args.grpc_client
     levels = [
         int(c) for c in (args.concurrency or ("1,2,4,8,16,32,64" if args.long else "1,8,32")).split(",")
     ]

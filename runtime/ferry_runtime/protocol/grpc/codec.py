@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ferry_runtime.datatypes import (
+    DATATYPES,
     NUMPY_DTYPES,
     check_datatype,
     decode_raw,
@@ -48,19 +49,24 @@ _CONTENTS_FIELD = {
 
 
 def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
+    tensors = message.inputs
     raw_contents = message.raw_input_contents
-    if raw_contents and len(raw_contents) != len(message.inputs):
+    if raw_contents and len(raw_contents) != len(tensors):
         raise InvalidInput(
-            f"raw_input_contents has {len(raw_contents)} entries for {len(message.inputs)} inputs; "
+            f"raw_input_contents has {len(raw_contents)} entries for {len(tensors)} inputs; "
             f"give one per input, in order"
         )
     inputs: list[InputTensor] = []
-    for position, tensor in enumerate(message.inputs):
+    for position, tensor in enumerate(tensors):
         name = tensor.name
         if not name:
             raise InvalidInput(f"inputs[{position}] needs a name")
-        datatype = check_datatype(tensor.datatype, name)
-        shape = parse_shape(list(tensor.shape), name)
+        datatype = tensor.datatype
+        if datatype not in DATATYPES:
+            check_datatype(datatype, name)  # raises, naming the input and the datatypes served
+        shape = tuple(tensor.shape)
+        if shape and min(shape) < 0:
+            parse_shape(list(shape), name)  # raises, naming the input
         if raw_contents:
             array = decode_raw(raw_contents[position], datatype, shape, name)
         else:
@@ -68,18 +74,19 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
         inputs.append(InputTensor(name, datatype, array))
     if not inputs:
         raise InvalidInput("request needs at least one input")
+    requested = message.outputs
     outputs = (
-        [RequestedOutput(output.name, _parameters(output.parameters)) for output in message.outputs]
-        if message.outputs
+        [RequestedOutput(output.name, _parameters(output.parameters)) for output in requested]
+        if requested
         else None
     )
     return InferenceRequest(
-        model_name=message.model_name,
-        model_version=message.model_version,
-        inputs=inputs,
-        outputs=outputs,
-        id=message.id,
-        parameters=_parameters(message.parameters),
+        message.model_name,
+        message.model_version,
+        inputs,
+        outputs,
+        message.id,
+        _parameters(message.parameters),
     )
 
 
@@ -106,6 +113,8 @@ def _decode_contents(
 
 
 def _parameters(parameters: Any) -> Parameters:
+    if not parameters:
+        return {}
     decoded: Parameters = {}
     for key, value in parameters.items():
         choice = value.WhichOneof("parameter_choice")
@@ -118,22 +127,44 @@ def encode_response(response: InferenceResponse) -> bytes:
     """The serialized ModelInferResponse, written directly in protobuf's wire format.
 
     Building the message object only to serialize it costs more than the rest of a small inference's
-    response path; the layout is fixed (strings, packed shapes, raw bytes), and a test checks the
-    bytes equal what protobuf itself serializes.
+    response path. The layout is fixed (strings, packed shapes, raw bytes) and the parts that repeat
+    from call to call (model name and version, each output's name, datatype and shape) are encoded
+    once; a test checks the bytes equal what protobuf itself serializes.
     """
-    parts = [_field(0x0A, response.model_name.encode()), _field(0x12, response.model_version.encode())]
+    header = _HEADERS.get((response.model_name, response.model_version))
+    if header is None:
+        header = _field(0x0A, response.model_name.encode()) + _field(0x12, response.model_version.encode())
+        _remember(_HEADERS, (response.model_name, response.model_version), header)
+    parts = [header]
     if response.id:
         parts.append(_field(0x1A, response.id.encode()))
     raw = []
     for tensor in response.outputs:
         array = tensor.array
-        shape = b"".join(map(_varint, array.shape))
-        described = _field(0x0A, tensor.name.encode()) + _field(0x12, tensor.datatype.encode())
-        if shape:
-            described += _field(0x1A, shape)
-        parts.append(_field(0x2A, described))
+        key = (tensor.name, tensor.datatype, array.shape)
+        described = _OUTPUTS.get(key)
+        if described is None:
+            shape = b"".join(map(_varint, array.shape))
+            inner = _field(0x0A, tensor.name.encode()) + _field(0x12, tensor.datatype.encode())
+            if shape:
+                inner += _field(0x1A, shape)
+            described = _field(0x2A, inner)
+            _remember(_OUTPUTS, key, described)
+        parts.append(described)
         raw.append(_field(0x32, encode_raw(array)))
     return b"".join(parts) + b"".join(raw)
+
+
+_HEADERS: dict[tuple[str, str], bytes] = {}
+_OUTPUTS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
+# Distinct shapes (batch sizes) are few in practice; the bound only stops a pathological client.
+_MEMO_LIMIT = 512
+
+
+def _remember(memo: dict[Any, bytes], key: Any, value: bytes) -> None:
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
 
 
 def _field(tag: int, value: bytes) -> bytes:

@@ -208,6 +208,7 @@ def encode_literal_indexed_name(static_index: int, value: bytes) -> bytes:
 
 _ENTRY_OVERHEAD: Final = 32
 _HUFFMAN_MEMO_LIMIT: Final = 1024
+_BLOCK_MEMO_LIMIT: Final = 256
 
 
 class Decoder:
@@ -220,8 +221,27 @@ class Decoder:
         self._size = 0
         self._table: deque[Header] = deque()
         self._huffman: dict[bytes, bytes] = {}
+        # Blocks whose decoding left the table unchanged decode the same way until the table changes:
+        # a client's repeated calls send the same few bytes of indexed references every time.
+        self._blocks: dict[bytes, list[Header]] = {}
+        self._changed = False
 
     def decode(self, block: bytes) -> list[Header]:
+        """The block's headers, in order (the list may be shared: callers must not modify it)."""
+        cached = self._blocks.get(block)
+        if cached is not None:
+            return cached
+        self._changed = False
+        headers = self._decode(block)
+        if self._changed:
+            self._blocks.clear()
+        else:
+            if len(self._blocks) >= _BLOCK_MEMO_LIMIT:
+                self._blocks.clear()
+            self._blocks[block] = headers
+        return headers
+
+    def _decode(self, block: bytes) -> list[Header]:
         headers: list[Header] = []
         position = 0
         end = len(block)
@@ -244,6 +264,7 @@ class Decoder:
                 if size > self.max_allowed_size:
                     raise HpackError(f"table size update to {size} exceeds {self.max_allowed_size}")
                 self._max_size = size
+                self._changed = True
                 self._evict(0)
                 continue
             # literal without indexing (0000) or never indexed (0001)
@@ -290,6 +311,7 @@ class Decoder:
         return decoded, end
 
     def _add(self, header: Header) -> None:
+        self._changed = True
         size = len(header[0]) + len(header[1]) + _ENTRY_OVERHEAD
         if size > self._max_size:
             self._table.clear()
