@@ -60,6 +60,8 @@ DEFAULT_FRAME_SIZE: Final = 16384
 LOCAL_MAX_FRAME_SIZE: Final = 1 << 20
 # Receive windows are opened fully; they are topped up once half of them is used.
 _REPLENISH_AT: Final = MAX_WINDOW // 2
+# The largest header block accepted (gRPC metadata is small; grpc's own default limit is 8 KiB).
+MAX_HEADER_BLOCK: Final = 64 * 1024
 # The longest grpc-message sent: status details must fit the peer's header-list limit (8 KiB in grpc).
 _MAX_STATUS_MESSAGE: Final = 4096
 
@@ -336,6 +338,8 @@ class GrpcConnection(asyncio.Protocol):
         if continuing is None or continuing[0] != stream_id:
             raise Http2ConnectionError(PROTOCOL_ERROR, "CONTINUATION without a header block to continue")
         continuing[2].append(payload)
+        if sum(map(len, continuing[2])) > MAX_HEADER_BLOCK:
+            raise Http2ConnectionError(PROTOCOL_ERROR, f"header block larger than {MAX_HEADER_BLOCK} bytes")
         if flags & END_HEADERS:
             self._continuing = None
             self._header_block(stream_id, continuing[1], b"".join(continuing[2]))
