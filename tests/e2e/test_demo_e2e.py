@@ -1,0 +1,634 @@
+"""The demo end to end on the real node: `scripts/demo.py up` (what `make demo` runs) on a fresh devcluster,
+then everything the demo promises, checked with real clients against real pods.
+
+1-2. Ferry installed with Helm, the operator pod on the real node; the ModelDeployment's optimization Job
+     ran the optimizer image, its report is in the status, the serving pods fetch the chosen artifact.
+3.   Predictions through the Service with tritonclient over REST and gRPC equal ONNX Runtime's on the
+     artifact, and the accuracy on the held-out digits is what the optimizer's gate measured.
+4.   The host Prometheus (devcluster prometheus, from the ServiceMonitor) has the runtime's request and
+     latency series for every serving pod, and the dashboard's queries return data.
+5.   Load drives the HPA out on real CPU (metrics-server reading the kubelet) and back in after.
+6.   A model update rolls out under steady load with no failed request.
+7.   `helm test` passes.
+
+The tests run in file order and share one cluster (module fixture); each step's figures (timings, replicas
+over time, success rates) are written to $FERRY_E2E_REPORT (default out/e2e/report.json) for the status
+notes. FERRY_E2E_STATE_DIR reuses a running demo cluster instead of starting one (development).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ferry_devcluster import build, prometheus, real_node
+from ferry_devcluster.config import ClusterConfig
+from ferry_devcluster.testing import Kube, free_port_base
+
+pytestmark = pytest.mark.e2e
+
+ROOT = build.REPO_ROOT
+DEMO_SCRIPT = ROOT / "scripts" / "demo.py"
+DASHBOARD = ROOT / "charts" / "ferry" / "dashboards" / "ferry-overview.json"
+REPORT = Path(os.environ.get("FERRY_E2E_REPORT", ROOT / "out" / "e2e" / "report.json"))
+# Dashboard queries whose series this cluster cannot have, and why; each is asserted to be empty so that
+# the day it returns data this list is shortened.
+ABSENT_FROM_THIS_CLUSTER = {
+    "kube_": "kube-state-metrics does not run in the devcluster",
+    "ferry_model_reference_accuracy_ratio": "serving pods lack the optimizer's reference.json (issue 9)",
+    "ferry_input_drift_psi": "serving pods lack the optimizer's reference.json (issue 9)",
+}
+
+
+def load_demo() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("ferry_demo", DEMO_SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = load_demo()
+# the serving pods' selector (the optimization Job's pods share the other labels)
+SERVING_PODS = f"ferry.dev/modeldeployment={demo.MODEL}"
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: float = 2.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+
+
+@dataclass
+class Demo:
+    config: ClusterConfig
+    kube: Kube
+    out: Path
+    output: str
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, key: str, value: Any) -> None:
+        self.report[key] = value
+        REPORT.parent.mkdir(parents=True, exist_ok=True)
+        REPORT.write_text(json.dumps(self.report, indent=2))
+
+    def md(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.kube.kubectl_json(
+            "get", "modeldeployment", demo.MODEL, "-n", demo.NAMESPACE
+        )
+        return result
+
+    def service_ip(self) -> str:
+        return str(
+            self.kube.kubectl_json("get", "service", demo.MODEL, "-n", demo.NAMESPACE)["spec"]["clusterIP"]
+        )
+
+    def query(self, expression: str) -> list[dict[str, Any]]:
+        address = f"{prometheus.url(self.config)}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": expression}
+        )
+        with urllib.request.urlopen(address, timeout=30) as reply:
+            body = json.loads(reply.read())
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def artifact_dir(self) -> Path:
+        """The served artifact's directory on the node (the artifact claim's local volume)."""
+        uri = self.md()["status"]["optimization"]["artifact"]["uri"].rsplit("/", 1)[0]
+        prefix = f"pvc://{demo.ARTIFACT_CLAIM}/"
+        assert uri.startswith(prefix), uri
+        claim = Path(demo_env(self.config, lambda: demo.claim_directory(demo.ARTIFACT_CLAIM)))
+        return Path(claim / str(uri[len(prefix) :]))
+
+
+def demo_env(config: ClusterConfig, action: Callable[[], Any]) -> Any:
+    """Run one of demo.py's helpers against this cluster (it finds the cluster by the environment)."""
+    saved = os.environ.get("FERRY_DEVCLUSTER_DIR")
+    os.environ["FERRY_DEVCLUSTER_DIR"] = str(config.state_dir)
+    try:
+        return action()
+    finally:
+        if saved is None:
+            os.environ.pop("FERRY_DEVCLUSTER_DIR")
+        else:
+            os.environ["FERRY_DEVCLUSTER_DIR"] = saved
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    reuse = os.environ.get("FERRY_E2E_STATE_DIR")
+    if reuse:
+        state_dir = Path(reuse).resolve()
+    else:
+        others = real_node.node_processes_elsewhere()
+        if others:
+            pytest.skip(f"another devcluster runs a real node on this machine (one per machine): {others}")
+        state_dir = tmp_path_factory.mktemp("demo") / "cluster"
+    out = state_dir.parent / f"{state_dir.name}-demo-out"
+    env = {
+        **os.environ,
+        "FERRY_DEVCLUSTER_DIR": str(state_dir),
+        "FERRY_DEMO_OUT": str(out),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if not reuse:
+        env["FERRY_DEVCLUSTER_PORT_BASE"] = str(free_port_base())
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, str(DEMO_SCRIPT), "up"],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=2400,
+        )
+        elapsed = time.monotonic() - started
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        config = ClusterConfig.load(state_dir)
+        assert config is not None
+        the_demo = Demo(config, Kube(config.admin_kubeconfig, is_devcluster=True), out, result.stdout)
+        the_demo.record("demo_up_seconds", round(elapsed, 1))
+        the_demo.record("demo_up_laps", json.loads((out / "timings.json").read_text()))
+        yield the_demo
+    finally:
+        if not reuse and os.environ.get("FERRY_DEVCLUSTER_KEEP") != "1":
+            subprocess.run(
+                [sys.executable, str(DEMO_SCRIPT), "down"],
+                check=False,
+                env=env,
+                capture_output=True,
+                timeout=300,
+            )
+
+
+# ----------------------------------------------------------------------------------------- load
+
+
+class Load:
+    """Clients sending v2 REST inference requests to the Service's ClusterIP, each on a new connection so
+    that kube-proxy spreads them over the pods (a kept-alive connection stays on one pod), counting
+    answers by outcome."""
+
+    def __init__(self, address: str, body: bytes, clients: int) -> None:
+        self.url = f"http://{address}:8080/v2/models/{demo.MODEL}/infer"
+        self.body = body
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        request = urllib.request.Request(
+            self.url, data=self.body, headers={"Content-Type": "application/json"}
+        )
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(request, timeout=30) as reply:
+                    reply.read()
+                    good = reply.status == 200
+                    failure = "" if good else f"HTTP {reply.status}"
+            except (urllib.error.URLError, OSError) as error:
+                good, failure = False, f"{type(error).__name__}: {error}"
+            with self._lock:
+                if good:
+                    self.ok += 1
+                else:
+                    self.failures.append(failure)
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def summary(self) -> dict[str, Any]:
+        total = self.ok + len(self.failures)
+        return {
+            "requests": total,
+            "failed": len(self.failures),
+            "success_rate": round(self.ok / total, 6) if total else None,
+            "first_failures": self.failures[:5],
+        }
+
+
+def held_out(the_demo: Demo) -> tuple[np.ndarray, np.ndarray]:
+    data = np.load(the_demo.out / "models" / demo.MODEL / "data.npz")
+    return data["x"], data["y"]
+
+
+def request_body(the_demo: Demo, input_name: str, rows: int) -> bytes:
+    """One v2 JSON request of `rows` digits, encoded once: the load's CPU goes to the server, not to the
+    clients, which share this machine's cores with the node."""
+    x = held_out(the_demo)[0][:rows]
+    inputs = [{"name": input_name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def input_name(the_demo: Demo) -> str:
+    with urllib.request.urlopen(
+        f"http://{the_demo.service_ip()}:8080/v2/models/{demo.MODEL}", timeout=10
+    ) as reply:
+        return str(json.loads(reply.read())["inputs"][0]["name"])
+
+
+class ReplicaRecorder:
+    """The serving Deployment's replicas over time (seconds since start: spec, ready)."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            result = self.kube.kubectl(
+                "get", "deployment", demo.MODEL, "-n", demo.NAMESPACE, "-o", "json", check=False
+            )
+            if result.returncode == 0:
+                status = json.loads(result.stdout)
+                self.samples.append(
+                    (
+                        round(time.monotonic() - self._started),
+                        int(status["spec"].get("replicas") or 0),
+                        int(status["status"].get("readyReplicas") or 0),
+                    )
+                )
+            self._stop.wait(5)
+
+    def __enter__(self) -> ReplicaRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def current(self) -> int:
+        return self.samples[-1][1] if self.samples else 0
+
+
+# ----------------------------------------------------------------------------------------- the steps
+
+
+def test_demo_prints_where_to_send_requests(cluster: Demo) -> None:
+    address = cluster.service_ip()
+    assert f"curl -s http://{address}:8080/v2/models/{demo.MODEL}" in cluster.output
+    assert f"{address}:8081" in cluster.output
+    assert prometheus.url(cluster.config) in cluster.output
+
+
+def test_operator_pod_runs_on_the_real_node(cluster: Demo) -> None:
+    pods = cluster.kube.kubectl_json(
+        "get", "pods", "-n", demo.RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=operator"
+    )["items"]
+    running = [p for p in pods if p["status"].get("phase") == "Running"]
+    assert running, [p["status"] for p in pods]
+    assert {p["spec"]["nodeName"] for p in running} == {real_node.NODE_NAME}
+
+
+def test_optimization_job_ran_and_serving_pods_start_from_its_artifact(cluster: Demo) -> None:
+    status = cluster.md()["status"]
+    optimization = status["optimization"]
+    report = optimization["report"]
+    assert report["passed"] is True, optimization
+    assert report["chosen"] == "optimized", report
+    assert report["metric"]["name"] == "accuracy"
+    assert report["metric"]["baseline"] - report["metric"]["value"] <= 0.01
+    jobs = cluster.kube.kubectl_json("get", "jobs", "-n", demo.NAMESPACE)["items"]
+    (job,) = [j for j in jobs if j["metadata"].get("ownerReferences", [{}])[0].get("name") == demo.MODEL]
+    assert job["status"].get("succeeded") == 1
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == demo.IMAGES["optimizer"]
+    artifact = optimization["artifact"]
+    assert (cluster.artifact_dir() / "model.onnx").stat().st_size == artifact["sizeBytes"]
+    serving = cluster.kube.kubectl_json("get", "pods", "-n", demo.NAMESPACE, "-l", SERVING_PODS)["items"]
+    assert serving
+    for pod in serving:
+        assert pod["spec"]["nodeName"] == real_node.NODE_NAME
+        fetch = " ".join(pod["spec"]["initContainers"][0].get("args", []))
+        assert artifact["uri"] in fetch, fetch
+        assert artifact["sha256"] in fetch, fetch
+    assert status["model"]["uri"] == artifact["uri"]
+    cluster.record("optimization", {"report": report, "artifact": artifact})
+
+
+def test_predictions_over_rest_and_grpc_match_the_model(cluster: Demo) -> None:
+    import onnxruntime
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_http
+
+    x, y = held_out(cluster)
+    address = cluster.service_ip()
+    session = onnxruntime.InferenceSession(str(cluster.artifact_dir() / "model.onnx"))
+    name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
+    expected = session.run([output], {name: x})[0]
+
+    rest = triton_http.InferenceServerClient(f"{address}:8080")
+    rest_input = triton_http.InferInput(name, list(x.shape), "FP32")
+    rest_input.set_data_from_numpy(x, binary_data=True)
+    over_rest = rest.infer(demo.MODEL, [rest_input]).as_numpy(output)
+
+    grpc = triton_grpc.InferenceServerClient(f"{address}:8081")
+    grpc_input = triton_grpc.InferInput(name, list(x.shape), "FP32")
+    grpc_input.set_data_from_numpy(x)
+    over_grpc = grpc.infer(demo.MODEL, [grpc_input]).as_numpy(output)
+
+    assert over_rest is not None
+    assert over_grpc is not None
+    np.testing.assert_allclose(over_rest, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(over_grpc, expected, rtol=1e-5, atol=1e-6)
+    # the optimizer's gate measured the first optimize.data.samples rows
+    samples = int(cluster.md()["spec"]["optimize"]["data"].get("samples", 512))
+    accuracy = float((over_grpc.argmax(axis=1)[:samples] == y[:samples]).mean())
+    gate = cluster.md()["status"]["optimization"]["report"]["metric"]["value"]
+    assert accuracy == pytest.approx(gate, abs=1e-6)
+    cluster.record("served_accuracy", accuracy)
+
+
+def test_helm_test_passes(cluster: Demo) -> None:
+    result = cluster.kube.helm("test", demo.RELEASE, "-n", demo.RELEASE_NAMESPACE, "--timeout", "3m")
+    assert "Phase:          Succeeded" in result.stdout, result.stdout
+
+
+def serving_pods(cluster: Demo) -> set[str]:
+    pods = cluster.kube.kubectl_json("get", "pods", "-n", demo.NAMESPACE, "-l", SERVING_PODS)["items"]
+    return {p["metadata"]["name"] for p in pods if p["status"].get("phase") == "Running"}
+
+
+def test_prometheus_has_the_runtimes_request_and_latency_series_for_each_pod(cluster: Demo) -> None:
+    selector = f'namespace="{demo.NAMESPACE}", model="{demo.MODEL}"'
+    requests = f'sum by (pod) (ferry_requests_total{{{selector}, protocol="rest", code="200"}})'
+    latency = f"sum by (pod) (ferry_request_duration_seconds_count{{{selector}}})"
+
+    def total(expression: str) -> float:
+        return sum(float(sample["value"][1]) for sample in cluster.query(expression))
+
+    before = total(requests)
+    body = request_body(cluster, input_name(cluster), 8)
+    with Load(cluster.service_ip(), body, clients=1) as load:
+        time.sleep(5)
+    assert load.ok > 0, load.summary()
+    assert not load.failures, load.summary()
+    # the next scrape (the ServiceMonitor's interval) carries these requests
+    wait_for(
+        f"Prometheus to count the {load.ok} requests just sent",
+        lambda: total(requests) >= before + load.ok,
+        timeout=120,
+        interval=5,
+    )
+    pods = serving_pods(cluster)
+    for expression in (requests, latency):
+        found = {sample["metric"].get("pod", "") for sample in cluster.query(expression)}
+        assert pods <= found, (expression, found)
+    quantile = cluster.query(
+        f"histogram_quantile(0.99, sum by (le) (ferry_request_duration_seconds_bucket{{{selector}}}))"
+    )
+    assert quantile
+    assert float(quantile[0]["value"][1]) > 0
+    targets = json.loads(urllib.request.urlopen(f"{prometheus.url(cluster.config)}/api/v1/targets").read())
+    jobs = {t["labels"]["job"]: t["health"] for t in targets["data"]["activeTargets"]}
+    cluster.record("prometheus_targets", jobs)
+
+
+def hpa_utilization(cluster: Demo) -> int | None:
+    hpa = cluster.kube.kubectl_json("get", "hpa", demo.MODEL, "-n", demo.NAMESPACE)
+    for metric in hpa.get("status", {}).get("currentMetrics") or []:
+        current = metric.get("resource", {}).get("current", {})
+        if "averageUtilization" in current:
+            return int(current["averageUtilization"])
+    return None
+
+
+def test_load_scales_out_on_real_cpu_and_back_in_after(cluster: Demo) -> None:
+    # The default scale-in stabilization is 5 minutes; the ModelDeployment API does not expose the HPA's
+    # behavior, so it is shortened on the HPA itself (the operator's server-side apply does not own it).
+    cluster.kube.kubectl(
+        "patch",
+        "hpa",
+        demo.MODEL,
+        "-n",
+        demo.NAMESPACE,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 20}}}}),
+    )
+    body = request_body(cluster, input_name(cluster), 256)
+    utilization: list[tuple[int, int | None]] = []
+    started = time.monotonic()
+    with ReplicaRecorder(cluster.kube) as replicas:
+        with Load(cluster.service_ip(), body, clients=4) as load:
+
+            def scaled_out() -> bool:
+                utilization.append((round(time.monotonic() - started), hpa_utilization(cluster)))
+                return len(serving_pods(cluster)) > 1 and replicas.samples[-1][2] > 1
+
+            wait_for("the HPA to scale out and a second pod to be Ready", scaled_out, timeout=420, interval=5)
+            time.sleep(15)  # the new pods take traffic under load
+        peak = max(sample[1] for sample in replicas.samples)
+
+        def scaled_in() -> bool:
+            utilization.append((round(time.monotonic() - started), hpa_utilization(cluster)))
+            return replicas.samples[-1][1] == 1
+
+        wait_for("the HPA to scale back in to 1", scaled_in, timeout=420, interval=5)
+    cluster.record(
+        "hpa",
+        {
+            "replicas_over_time": [
+                {"t": t, "replicas": r, "ready": ready} for t, r, ready in replicas.samples
+            ],
+            "cpu_utilization_over_time": [{"t": t, "percent": u} for t, u in utilization],
+            "peak_replicas": peak,
+            "load": load.summary(),
+        },
+    )
+    assert peak > 1
+    assert max(u for _, u in utilization if u is not None) > 50
+    assert not load.failures, load.summary()
+
+
+def test_model_update_rolls_out_under_steady_load_without_failed_requests(cluster: Demo) -> None:
+    update = cluster.out / "models" / "digits-v2"
+    if not (update / "model.keras").exists():
+        trained = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "examples" / "digits" / "train.py"),
+                str(update),
+                "--seed",
+                "11",
+                "--epochs",
+                "20",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert trained.returncode == 0, trained.stderr[-3000:]
+    demo_env(cluster.config, lambda: demo.put_on_claim(demo.MODEL_CLAIM, update, "digits-v2"))
+    before = cluster.md()["status"]
+    old_pods = serving_pods(cluster)
+    body = request_body(cluster, input_name(cluster), 8)
+    started = time.monotonic()
+    with ReplicaRecorder(cluster.kube) as replicas, Load(cluster.service_ip(), body, clients=2) as load:
+        cluster.kube.apply(demo.model_deployment("digits-v2/model.keras"))
+
+        def rolled_out() -> bool:
+            status = cluster.md()["status"]
+            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+            new_artifact = status.get("model", {}).get("uri") != before.get("model", {}).get("uri")
+            current = serving_pods(cluster)
+            return ready and new_artifact and bool(current) and not (current & old_pods)
+
+        wait_for(
+            "the update to be optimized, rolled out and the old pods gone",
+            rolled_out,
+            timeout=900,
+            interval=3,
+        )
+        cluster.kube.kubectl(
+            "rollout", "status", f"deployment/{demo.MODEL}", "-n", demo.NAMESPACE, "--timeout=300s"
+        )
+
+        def old_pods_gone() -> bool:
+            pods = cluster.kube.kubectl_json("get", "pods", "-n", demo.NAMESPACE, "-l", SERVING_PODS)["items"]
+            return not {p["metadata"]["name"] for p in pods} & old_pods
+
+        # terminating pods still drain (preStop, then in-flight requests): the load runs until they exit
+        wait_for("the old pods to finish terminating", old_pods_gone, timeout=180)
+        time.sleep(5)
+    after = cluster.md()["status"]
+    cluster.record(
+        "rollout",
+        {
+            "seconds": round(time.monotonic() - started, 1),
+            "revision": {"before": before.get("revision"), "after": after.get("revision")},
+            "replicas_over_time": [
+                {"t": t, "replicas": r, "ready": ready} for t, r, ready in replicas.samples
+            ],
+            "load": load.summary(),
+        },
+    )
+    assert after["model"]["uri"] != before["model"]["uri"]
+    assert load.ok > 0
+    assert not load.failures, load.summary()
+
+
+def pod_address(cluster: Demo) -> str:
+    pods = cluster.kube.kubectl_json("get", "pods", "-n", demo.NAMESPACE, "-l", SERVING_PODS)["items"]
+    running = [p for p in pods if p["metadata"]["name"] in serving_pods(cluster)]
+    return str(running[0]["status"]["podIP"])
+
+
+def post(url: str, body: dict[str, Any]) -> int:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_dashboard_queries_return_data_from_this_prometheus(cluster: Demo) -> None:
+    from ferry_operator.api import models
+    from ferry_operator.builders import alerts
+
+    # the latency SLO's recording rules, as a PrometheusRule (devcluster prometheus loads those)
+    spec = models.ModelDeploymentSpec.model_validate(demo.model_deployment()["spec"])
+    cluster.kube.apply(alerts.prometheus_rule(demo.MODEL, demo.NAMESPACE, spec))
+    reloaded = subprocess.run(
+        [
+            str(ROOT / "devcluster" / "devcluster"),
+            "--state-dir",
+            str(cluster.config.state_dir),
+            "prometheus",
+            "up",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert reloaded.returncode == 0, reloaded.stderr
+    # traffic, and feedback (to the pod that answered: feedback state is per replica) scored and rejected
+    name = input_name(cluster)
+    pod = f"http://{pod_address(cluster)}:8080/v2/models/{demo.MODEL}"
+    x, y = held_out(cluster)
+    for index in range(20):
+        request = {
+            "id": f"e2e-{index}",
+            "inputs": [{"name": name, "shape": [1, 64], "datatype": "FP32", "data": x[index].tolist()}],
+        }
+        assert post(f"{pod}/infer", request) == 200
+        assert post(f"{pod}/feedback", {"id": f"e2e-{index}", "label": int(y[index])}) == 200
+    assert post(f"{pod}/feedback", {"id": "never-sent", "label": 1}) == 404
+    with Load(cluster.service_ip(), request_body(cluster, name, 8), clients=1):
+        time.sleep(10)
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    expressions = {
+        target["expr"]
+        .replace("$__rate_interval", "2m")
+        .replace("$namespace", demo.NAMESPACE)
+        .replace("$model", demo.MODEL)
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    }
+    # a ratio of server errors over all requests has no series while nothing failed (Grafana: "No data")
+    healthy_empty = {e for e in expressions if 'code=~"5..' in e}
+    absent = {e for e in expressions if any(series in e for series in ABSENT_FROM_THIS_CLUSTER)}
+    expected = expressions - healthy_empty - absent
+
+    def all_answer() -> set[str] | None:
+        missing = {e for e in expected if not cluster.query(e)}
+        return None if missing else expected
+
+    deadline = time.monotonic() + 150
+    missing: set[str] = set(expected)
+    while missing and time.monotonic() < deadline:
+        missing = {e for e in missing if not cluster.query(e)}
+        if missing:
+            time.sleep(10)
+    assert not missing, f"dashboard queries without data: {sorted(missing)}"
+    for expression in absent | healthy_empty:
+        assert cluster.query(expression) == [], expression
+    cluster.record(
+        "dashboard",
+        {
+            "queries": len(expressions),
+            "with_data": len(expected),
+            "absent": sorted(absent),
+            "empty_while_healthy": sorted(healthy_empty),
+        },
+    )
