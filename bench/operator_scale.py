@@ -78,7 +78,7 @@ def md_manifest(name: str) -> dict[str, Any]:
         "spec": {
             "model": {"uri": "pvc://models/digits/model.onnx", "format": "onnx"},
             "serving": {"replicas": 1, "resources": SMALL},
-            "monitoring": {"serviceMonitor": "disabled"},
+            "monitoring": {"serviceMonitor": "disabled", "prometheusRule": "disabled"},
         },
     }
 
@@ -254,6 +254,9 @@ def main() -> int:
     parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, else the devcluster's")
     parser.add_argument("--keep", action="store_true", help="keep the namespace for inspection")
     parser.add_argument(
+        "--profile", metavar="FILE", help="run the operator under cProfile and write its stats to FILE"
+    )
+    parser.add_argument(
         "--no-bulk-baseline",
         dest="bulk_baseline",
         action="store_false",
@@ -293,8 +296,20 @@ def main() -> int:
     log_path.parent.mkdir(exist_ok=True)
     env = {**os.environ, "KUBECONFIG": kubeconfig, "FERRY_OPERATOR_METRICS_PORT": str(port)}
     with log_path.open("wb") as log:
+        command = [str(Path(sys.executable).parent / "ferry-operator"), "--namespace", namespace]
+        if args.profile:
+            command = [
+                sys.executable,
+                "-m",
+                "cProfile",
+                "-o",
+                args.profile,
+                "-m",
+                "ferry_operator.cli",
+                *command[1:],
+            ]
         operator = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ferry-operator"), "--namespace", namespace],
+            command,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

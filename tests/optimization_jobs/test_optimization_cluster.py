@@ -158,7 +158,9 @@ def wait_condition(
 def init_args(cluster: Cluster) -> list[str]:
     deployment = cluster.get("deployment", "digits")
     assert deployment is not None
-    (fetch,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    # The model's fetcher (pods serving an optimized model also fetch its drift reference, after it).
+    containers = deployment["spec"]["template"]["spec"]["initContainers"]
+    (fetch,) = [c for c in containers if c["name"] == "fetch-model"]
     return list(fetch["args"])
 
 

@@ -501,7 +501,7 @@ class Controller:
         response = await self.client.patch_status(md.namespace, md.name, patch)
         written = status.applied(current, patch)
         self._written_status[md.key] = (str(response.get("metadata", {}).get("resourceVersion", "")), written)
-        if current.get("phase") != new["phase"]:
+        if _worth_an_event(current.get("phase"), new["phase"]):
             await self._post_phase_event(md, new, verdicts)
         return True
 
@@ -579,6 +579,15 @@ class Controller:
         old = self._phases.pop(key, None)
         if old is not None:
             metrics.MODEL_DEPLOYMENTS.labels(phase=old).dec()
+
+
+def _worth_an_event(old: str | None, new: str) -> bool:
+    """A phase transition a person wants in `kubectl describe`. The first phase of a new object (Pending or
+    Deploying) is not one: the object was just created, and at scale that event would be one more API
+    write per object for nothing; its first Ready, an optimization starting or a warning is."""
+    if old == new:
+        return False
+    return old is not None or new not in ("Pending", "Deploying")
 
 
 def _single(values: Iterable[Any] | None) -> Any:
