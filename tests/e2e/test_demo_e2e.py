@@ -51,8 +51,6 @@ REPORT = Path(os.environ.get("FERRY_E2E_REPORT", ROOT / "out" / "e2e" / "report.
 # the day it returns data this list is shortened.
 ABSENT_FROM_THIS_CLUSTER = {
     "kube_": "kube-state-metrics does not run in the devcluster",
-    "ferry_model_reference_accuracy_ratio": "serving pods lack the optimizer's reference.json (issue 9)",
-    "ferry_input_drift_psi": "serving pods lack the optimizer's reference.json (issue 9)",
 }
 
 
@@ -441,6 +439,18 @@ def test_load_scales_out_on_real_cpu_and_back_in_after(cluster: Demo) -> None:
         "--type=merge",
         "-p",
         json.dumps({"spec": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 20}}}}),
+    )
+    # from one replica (earlier steps' traffic may have scaled it out already)
+    wait_for(
+        "one serving replica before the load",
+        lambda: (
+            cluster.kube.kubectl_json("get", "deployment", demo.MODEL, "-n", demo.NAMESPACE)["spec"][
+                "replicas"
+            ]
+            == 1
+        ),
+        timeout=300,
+        interval=5,
     )
     body = request_body(cluster, input_name(cluster), 256)
     utilization: list[tuple[int, int | None]] = []
