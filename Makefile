@@ -54,7 +54,8 @@ test: check ## the full suite: static gates, unit, cluster and e2e tests (what C
 	$(BIN)/pytest
 
 .PHONY: demo
-demo: venv ## quick start: a local cluster with Ferry installed and a sample model served
+demo: venv ## quick start: a local cluster with a real node, Ferry installed and a sample model served
+	bash scripts/install-system-deps.sh  # containerd, runc, podman, prometheus: installed only when missing
 	$(BIN)/python scripts/demo.py
 
 .PHONY: fmt

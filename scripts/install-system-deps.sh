@@ -8,7 +8,7 @@ needed=(
   "make:make"            # the README's commands
   "git:git"
   "curl:curl"
-  "promtool:prometheus"  # promtool: checks and unit-tests the alert rules (tests/observability)
+  "promtool:prometheus"  # promtool (alert rule tests) and prometheus (devcluster prometheus, the e2e)
   "containerd:containerd"  # devcluster --real-node: the container runtime (CRI), with ctr
   "runc:runc"            # devcluster --real-node: containerd's OCI runtime
   "iptables:iptables"    # devcluster --real-node: kube-proxy (iptables mode), CNI portmap/masquerade
