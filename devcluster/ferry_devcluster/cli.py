@@ -9,7 +9,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ferry_devcluster import build, cluster, components, kube, monitoring, prometheus, real_node
+from ferry_devcluster import (
+    build,
+    cluster,
+    components,
+    kube,
+    monitoring,
+    prometheus,
+    prometheus_adapter,
+    real_node,
+)
 from ferry_devcluster.config import ClusterConfig, default_port_base, default_state_dir
 
 MAX_NODES = 500
@@ -99,6 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["up", "down", "url", "discover"],
         help="up: (re)generate the scrape configuration from the ServiceMonitors and start or reload it; "
         "discover: the target discovery loop that `up` runs in the background",
+    )
+
+    adapter = commands.add_parser(
+        "adapter",
+        help="prometheus-adapter on the host: the custom metrics API (custom.metrics.k8s.io) for HPAs",
+    )
+    adapter.add_argument(
+        "action",
+        choices=["up", "down"],
+        help="up: start it (again when options changed) and register APIService "
+        f"{prometheus_adapter.APISERVICE_NAME}; down: unregister and stop it",
+    )
+    adapter.add_argument(
+        "--prometheus",
+        metavar="URL",
+        default=None,
+        help="the Prometheus it queries (default: `devcluster prometheus`'s, http://127.0.0.1:<base+90>)",
     )
 
     which = commands.add_parser("which", help="print a cached binary's path, building it if missing")
@@ -226,6 +252,20 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             print(prometheus.url(config))
             return 0
+        if args.command == "adapter":
+            if args.action == "up":
+                prometheus_url = args.prometheus or prometheus.url(config)
+                prometheus_adapter.up(config, prometheus_url)
+                print(
+                    f"devcluster: prometheus-adapter serves {prometheus_adapter.APISERVICE_NAME} from "
+                    f"{prometheus_url}; metrics {prometheus_adapter.CONCURRENCY_METRIC}, "
+                    f"{prometheus_adapter.RPS_METRIC}",
+                    file=sys.stderr,
+                )
+            else:
+                state = "stopped" if prometheus_adapter.down(config) else "was not running"
+                print(f"devcluster: prometheus-adapter {state}", file=sys.stderr)
+            return 0
         if args.command == "load-image":
             if not (config.real_node and real_node.containerd_ready(config)):
                 print(
@@ -251,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         kube.KubectlError,
         real_node.RealNodeError,
         prometheus.PrometheusError,
+        prometheus_adapter.AdapterError,
         KeyError,
         FileNotFoundError,
     ) as error:

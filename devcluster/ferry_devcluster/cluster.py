@@ -35,6 +35,7 @@ from ferry_devcluster import (
     metrics_server,
     pki,
     processes,
+    prometheus_adapter,
     real_node,
 )
 from ferry_devcluster.config import LOOPBACK, ClusterConfig
@@ -396,6 +397,7 @@ class Cluster:
         )
         ca_bundle = base64.b64encode((config.pki_dir / "ca.crt").read_bytes()).decode()
         kube.apply(config.admin_kubeconfig, metrics_server.cluster_objects(config, ca_bundle))
+        prometheus_adapter.unregister_when_stopped(config)
 
     def _reconcile_nodes(self) -> None:
         """Create missing fake nodes, delete surplus ones; leave existing ones (and kwok's status) be."""

@@ -188,6 +188,14 @@ PROMETHEUS_OPERATOR = Component(
     binaries=(),
 )
 
+# The custom metrics API (custom.metrics.k8s.io) over Prometheus, for HPAs on serving metrics. v0.12.0
+# is the newest version the module proxy serves (v0.13.x answers 403 there). It stamps no version.
+PROMETHEUS_ADAPTER = Component(
+    name="prometheus-adapter",
+    module="sigs.k8s.io/prometheus-adapter",
+    binaries=(Binary("prometheus-adapter", "sigs.k8s.io/prometheus-adapter/cmd/adapter"),),
+)
+
 ALL: tuple[Component, ...] = (
     KUBERNETES,
     ETCD,
@@ -197,4 +205,5 @@ ALL: tuple[Component, ...] = (
     PROMETHEUS_OPERATOR,
     CNI_PLUGINS,
     COREDNS,
+    PROMETHEUS_ADAPTER,
 )

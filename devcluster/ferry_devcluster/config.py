@@ -40,6 +40,8 @@ PORT_OFFSETS: dict[str, int] = {
     "coredns-ready": 81,
     # Prometheus on the host (`devcluster prometheus up`), scraping what the ServiceMonitors describe
     "prometheus": 90,
+    # prometheus-adapter on the host (`devcluster adapter up`), beside metrics-server: custom metrics
+    "prometheus-adapter": 45,
 }
 
 

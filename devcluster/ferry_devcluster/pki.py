@@ -205,6 +205,12 @@ def _make_leaf(pki_dir: Path, spec: CertificateSpec) -> None:
     spec_file.write_text(wanted)
 
 
+def issue(config: ClusterConfig, spec: CertificateSpec) -> None:
+    """One leaf certificate signed by this cluster's CAs (reissued when its spec changed), for a
+    component started on demand after `up` (prometheus_adapter)."""
+    _make_leaf(config.pki_dir, spec)
+
+
 def _make_service_account_key(pki_dir: Path) -> None:
     if (pki_dir / "sa.key").exists() and (pki_dir / "sa.pub").exists():
         return
