@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 import zlib
 from collections.abc import Callable
@@ -68,8 +69,13 @@ _MAX_STATUS_MESSAGE: Final = 4096
 Metadata = tuple[tuple[str, str], ...]
 
 
+# A frame header: 24-bit length (as its top byte and lower 16 bits), type, flags, 31-bit stream id.
+_FRAME_HEADER: Final = struct.Struct(">BHBBI")
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
+    length = len(payload)
+    return _FRAME_HEADER.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id) + payload
 
 
 def _settings_payload(settings: dict[int, int]) -> bytes:
@@ -222,16 +228,16 @@ class GrpcConnection(asyncio.Protocol):
                 self._preface_seen = True
             offset = 0
             available = len(buffer)
+            unpack = _FRAME_HEADER.unpack_from
             while available - offset >= 9:
-                length = int.from_bytes(buffer[offset : offset + 3], "big")
+                length_high, length_low, kind, flags, stream_id = unpack(buffer, offset)
+                length = length_high << 16 | length_low
                 if length > LOCAL_MAX_FRAME_SIZE:
                     raise Http2ConnectionError(FRAME_SIZE_ERROR, f"frame of {length} bytes")
                 end = offset + 9 + length
                 if end > available:
                     break
-                kind = buffer[offset + 3]
-                flags = buffer[offset + 4]
-                stream_id = int.from_bytes(buffer[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
+                stream_id &= 0x7FFFFFFF
                 payload = bytes(buffer[offset + 9 : end])
                 offset = end
                 self._frame(kind, flags, stream_id, payload)
