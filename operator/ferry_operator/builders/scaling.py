@@ -16,7 +16,9 @@ def autoscaling_metric(inputs: BuildInputs) -> dict[str, Any]:
     """The autoscaling/v2 metric for spec.serving.autoscaling.metric.
 
     cpu is a Resource metric (metrics-server); concurrency and rps are Pods metrics that a custom metrics
-    adapter serves from the runtime's Prometheus series, so adding a metric is one more branch here.
+    adapter serves from the runtime's Prometheus series (the prometheus-adapter rules in
+    docs/operator.md#autoscaling, which `devcluster adapter up` runs), so adding a metric is one more
+    branch here.
     """
     autoscaling = inputs.spec.serving.autoscaling
     assert autoscaling is not None
