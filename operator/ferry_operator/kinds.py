@@ -71,8 +71,7 @@ POD = Kind("", "v1", "Pod", "pods")
 JOB = Kind("batch", "v1", "Job", "jobs")
 EVENT = Kind("", "v1", "Event", "events")
 
-# Every kind a ModelDeployment may own, in the order they are applied (the Service before the Deployment
-# so the first ready pod is reachable at once; the autoscaler after its target exists).
+# Every kind a ModelDeployment may own (the autoscaler is applied after its target exists: FIRST_WAVE).
 CHILD_KINDS: tuple[Kind, ...] = (
     SERVICE,
     DEPLOYMENT,
@@ -81,6 +80,8 @@ CHILD_KINDS: tuple[Kind, ...] = (
     SERVICE_MONITOR,
     PROMETHEUS_RULE,
 )
+# Children that refer to no other child: applied together, before the rest (which refer to the Deployment).
+FIRST_WAVE: frozenset[Kind] = frozenset({SERVICE, DEPLOYMENT, POD_DISRUPTION_BUDGET})
 # Kinds of the optional Prometheus Operator API (monitoring.coreos.com): created only where it is installed.
 MONITORING_KINDS: tuple[Kind, ...] = (SERVICE_MONITOR, PROMETHEUS_RULE)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -66,6 +66,26 @@ def create(config: OperatorConfig) -> Ferry:
     )
 
 
+class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf keeps a "diff base" (an object's last handled essence) for change handlers (on.create, on.update,
+    on.field) only. Ferry registers none: the reconcile is level-based on index and event handlers. Yet
+    kopf builds the essence, a deep copy of the whole body, on every watch event of every watched kind; at
+    scale that was about a third of the operator's CPU (pods and Deployments carry large managedFields).
+    So nothing is built or read. A change handler would need the stock storage back; a unit test fails
+    when one is registered."""
+
+    def build(
+        self,
+        *,
+        body: kopf.Body,  # noqa: ARG002 - the signature kopf calls
+        extra_fields: Iterable[kopf.FieldSpec] | None = None,  # noqa: ARG002
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:  # noqa: ARG002 - kopf's signature
+        return None
+
+
 def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     """kopf configured for production; each setting says why."""
     settings = kopf.OperatorSettings()
@@ -74,9 +94,7 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     # level-based and stores no progress; these matter for any future on.create/on.delete handler.)
     settings.persistence.finalizer = f"{models.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=models.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=models.GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase(prefix=models.GROUP, key="last-handled-configuration")
     # A watch stream ends after server_timeout and kopf resumes from the last resourceVersion; without a
     # timeout a half-open TCP connection (NAT, load balancer) would silently stop all events.
     settings.watching.server_timeout = config.watch_server_timeout_seconds
