@@ -259,3 +259,30 @@ def test_response_data_stops_at_the_peers_window_until_it_is_updated(digits_serv
     response = pb.ModelInferResponse.FromString(message)
     assert [tensor.name for tensor in response.outputs] == ["label", "probabilities"]
     assert _data_bytes(before + after) == len(message) + 5
+
+
+def test_a_changed_header_table_size_is_acknowledged_in_the_next_header_block(
+    digits_server: RuntimeProcess,
+) -> None:
+    request = _request(np.zeros((1, 64), np.float32)).SerializeToString()
+    block = (
+        b"\x83\x86"
+        + encode_literal_indexed_name(4, MODEL_INFER.encode())
+        + encode_literal_indexed_name(31, b"application/grpc")
+    )
+    table_size_zero = http2.HEADER_TABLE_SIZE.to_bytes(2, "big") + (0).to_bytes(4, "big")
+    opening = http2.PREFACE + http2.frame(http2.SETTINGS, 0, 0, table_size_zero)
+    opening += http2.frame(http2.HEADERS, http2.END_HEADERS, 1, block)
+    opening += http2.frame(
+        http2.DATA, http2.END_STREAM, 1, b"\x00" + len(request).to_bytes(4, "big") + request
+    )
+    buffer = bytearray()
+    with socket.create_connection(("127.0.0.1", digits_server.grpc_port), timeout=30) as client:
+        client.sendall(opening)
+        frames = _read_frames_until(client, buffer, _ended)
+    blocks = [payload for kind, _, payload in frames if kind == http2.HEADERS]
+    decoder = Decoder(max_table_size=0)
+    assert blocks[0].startswith(b"\x20")  # dynamic table size update to 0 before anything else
+    headers = [dict(decoder.decode(block)) for block in blocks]
+    assert headers[0][b":status"] == b"200"
+    assert headers[-1][b"grpc-status"] == b"0"

@@ -98,6 +98,7 @@ _CONTENT_TYPE_GRPC: Final = encode_literal_indexed_name(31, b"application/grpc")
 _ACCEPT_ENCODING: Final = encode_literal(b"grpc-accept-encoding", b"identity,deflate,gzip")
 RESPONSE_HEADERS: Final = _STATUS_200 + _CONTENT_TYPE_GRPC + _ACCEPT_ENCODING
 _OK_TRAILERS: Final = encode_literal(b"grpc-status", b"0")
+_TABLE_SIZE_ZERO: Final = b"\x20"
 
 
 def status_block(code: grpc.StatusCode, message: str, metadata: Metadata = ()) -> bytes:
@@ -193,6 +194,9 @@ class GrpcConnection(asyncio.Protocol):
         self._continuing: tuple[int, int, list[bytes]] | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        # Set when the client changes SETTINGS_HEADER_TABLE_SIZE: HPACK then wants the next header block
+        # this side sends to start with a table size update (to 0: this side never indexes).
+        self._table_update = b""
 
     # --- asyncio.Protocol ---
 
@@ -297,6 +301,8 @@ class GrpcConnection(asyncio.Protocol):
                 self._peer_initial_window = value
                 for stream in self._streams.values():
                     stream.send_window += delta
+            elif key == HEADER_TABLE_SIZE:
+                self._table_update = _TABLE_SIZE_ZERO
             elif key == MAX_FRAME_SIZE:
                 if not DEFAULT_FRAME_SIZE <= value <= 2**24 - 1:
                     raise Http2ConnectionError(
@@ -513,7 +519,7 @@ class GrpcConnection(asyncio.Protocol):
         stream_id = stream.id
         size = len(data)
         out = self._out
-        out.append(frame(HEADERS, END_HEADERS, stream_id, RESPONSE_HEADERS))
+        out.append(frame(HEADERS, END_HEADERS, stream_id, self._block_prefix() + RESPONSE_HEADERS))
         if size <= self._send_window and size <= stream.send_window and size <= self._peer_max_frame:
             self._send_window -= size
             out.append(frame(DATA, 0, stream_id, data))
@@ -532,16 +538,20 @@ class GrpcConnection(asyncio.Protocol):
         """A trailers-only response: the call's status without a message."""
         if stream.closed:
             return
-        block = RESPONSE_HEADERS + status_block(code, message, metadata)
+        block = self._block_prefix() + RESPONSE_HEADERS + status_block(code, message, metadata)
         self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
         self._finish(stream)
         self._schedule_flush()
 
     def _http_error(self, stream: _Stream, status: bytes) -> None:
         # Not a gRPC request: a plain HTTP status (":status" is static table entry 8's name).
-        block = encode_literal_indexed_name(8, status)
+        block = self._block_prefix() + encode_literal_indexed_name(8, status)
         self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
         self._finish(stream)
+
+    def _block_prefix(self) -> bytes:
+        update, self._table_update = self._table_update, b""
+        return update
 
     def _finish(self, stream: _Stream) -> None:
         stream.closed = True
@@ -577,7 +587,8 @@ class GrpcConnection(asyncio.Protocol):
             if stream.pending:
                 still_blocked.append(stream)
             else:
-                out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.trailers))
+                block = self._block_prefix() + stream.trailers
+                out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
                 self._finish(stream)
         self._blocked = still_blocked
         self._schedule_flush()
