@@ -642,3 +642,69 @@ def test_dashboard_queries_return_data_from_this_prometheus(cluster: Demo) -> No
             "empty_while_healthy": sorted(healthy_empty),
         },
     )
+
+
+def template_hashes(cluster: Demo, running_only: bool = True) -> set[str]:
+    """The pod-template-hash labels of the serving pods: which revisions' ReplicaSets have pods."""
+    pods = cluster.kube.kubectl_json("get", "pods", "-n", demo.NAMESPACE, "-l", SERVING_PODS)["items"]
+    return {
+        p["metadata"]["labels"]["pod-template-hash"]
+        for p in pods
+        if not running_only or p["status"].get("phase") == "Running"
+    }
+
+
+def test_broken_update_is_rolled_back_automatically_while_the_previous_revision_serves(cluster: Demo) -> None:
+    # An ONNX model served as it is (no optimize) whose file is not a model: the runtime cannot load it.
+    broken = cluster.out / "models" / "broken"
+    broken.mkdir(parents=True, exist_ok=True)
+    (broken / "model.onnx").write_bytes(b"this is not an ONNX model\n")
+    demo_env(cluster.config, lambda: demo.put_on_claim(demo.MODEL_CLAIM, broken, "broken"))
+    before = cluster.md()
+    serving_revision = before["status"]["revision"]["current"]
+    # the serving revision's ReplicaSet (the HPA may add pods of it meanwhile)
+    old_hashes = template_hashes(cluster)
+    manifest = demo.model_deployment()
+    manifest["spec"]["model"] = {"uri": f"pvc://{demo.MODEL_CLAIM}/broken/model.onnx", "format": "onnx"}
+    del manifest["spec"]["optimize"]
+    body = request_body(cluster, input_name(cluster), 8)
+    started = time.monotonic()
+    with Load(cluster.service_ip(), body, clients=1) as load:
+        cluster.kube.apply(manifest)
+
+        def rolled_back() -> dict[str, Any] | None:
+            status = cluster.md()["status"]
+            rollback = status.get("rollback")
+            return (
+                rollback
+                if rollback and rollback.get("generation") == before["metadata"]["generation"] + 1
+                else None
+            )
+
+        rollback = wait_for(
+            "the operator to roll the broken update back", rolled_back, timeout=600, interval=5
+        )
+
+        def failing_pods_gone() -> bool:
+            return template_hashes(cluster, running_only=False) <= old_hashes
+
+        wait_for("the failing new pods to be removed", failing_pods_gone, timeout=180, interval=5)
+        time.sleep(5)
+    status = cluster.md()["status"]
+    cluster.record(
+        "rollback",
+        {"seconds": round(time.monotonic() - started, 1), "status": rollback, "load": load.summary()},
+    )
+    assert rollback["revision"] == serving_revision
+    assert rollback["failedRevision"] != serving_revision
+    assert rollback["reason"] in ("CrashLoopBackOff", "ProgressDeadlineExceeded"), rollback
+    assert "restarted" in rollback["message"] or "did not become available" in rollback["message"], rollback
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert any("roll" in (c.get("reason", "") + c.get("message", "")).lower() for c in conditions.values()), (
+        conditions
+    )
+    # the previous revision kept serving throughout, and still does
+    assert serving_pods(cluster), status
+    assert template_hashes(cluster) == old_hashes
+    assert load.ok > 0
+    assert not load.failures, load.summary()
