@@ -295,9 +295,11 @@ def host_prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], HostP
         process.stop()
 
 
-def _pod_metric(kube: Kube, namespace: str) -> dict[str, float]:
+def _pod_metric(
+    kube: Kube, namespace: str, metric: str = prometheus_adapter.CONCURRENCY_METRIC
+) -> dict[str, float]:
     """The custom metrics API's answer for every pod of the namespace, as the HPA controller asks it."""
-    path = f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/*/ferry_requests_in_flight"
+    path = f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/*/{metric}"
     result = kube.kubectl("get", "--raw", path, check=False)
     if result.returncode != 0:
         return {}
@@ -394,6 +396,11 @@ def test_hpa_scales_out_on_in_flight_requests_served_by_the_adapter(
                 f"the adapter to report {TARGET_IN_FLIGHT * 2}+ requests in flight", loaded_metric
             )
             replicas = _wait_for("the HPA to scale the Deployment out", scaled_out)
+            # the other rule: requests per second, a rate of the runtime's request counter
+            rps = _wait_for(
+                "the adapter to serve requests per second",
+                lambda: _pod_metric(kube, namespace, prometheus_adapter.RPS_METRIC).get(pod),
+            )
         assert load.answered > 0, load.failures[:5]
         # one pod reporting CLIENTS in flight against a target of TARGET_IN_FLIGHT per pod: as many pods as
         # divide the load, up to maxReplicas (pods without a sample yet count as 0 when scaling out)
@@ -401,7 +408,8 @@ def test_hpa_scales_out_on_in_flight_requests_served_by_the_adapter(
         status = hpa_status()
         print(
             f"custom-metric autoscaling: in flight {loaded[pod]:.1f} on {pod} (target {TARGET_IN_FLIGHT}), "
-            f"replicas 1 -> {replicas}, {load.answered} requests answered; HPA {json.dumps(status)}"
+            f"replicas 1 -> {replicas}, {rps:.1f} requests/s, {load.answered} requests answered; "
+            f"HPA {json.dumps(status)}"
         )
     finally:
         prometheus_adapter.down(devcluster_config)
