@@ -179,6 +179,14 @@ def test_refused_child_fails_with_the_servers_message() -> None:
     assert conditions.phase(verdicts) == "Failed"
 
 
+def test_a_temporary_api_error_is_retried_not_a_failure() -> None:
+    failure = ApplyFailure("Service", "digits", "no answer in time", permanent=False)
+    verdicts = conditions.evaluate(observation(apply_failures=(failure,), deployment=None))
+    assert (verdicts["Deployed"].status, verdicts["Deployed"].reason) == ("Unknown", "ApplyRetrying")
+    assert "no answer in time" in verdicts["Deployed"].message
+    assert conditions.phase(verdicts) == "Deploying"
+
+
 def test_unresolvable_artifact_blocks_everything_with_its_own_reason() -> None:
     artifact = ArtifactResolution(
         ready=False, status="False", reason="ConversionRequired", message="convert it"

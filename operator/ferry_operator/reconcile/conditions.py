@@ -138,6 +138,10 @@ def apply_failed(obs: Observation) -> Verdict | None:
     if not obs.apply_failures:
         return None
     message = "; ".join(f"{f.kind} {f.name}: {f.message}" for f in obs.apply_failures)
+    if not any(f.permanent for f in obs.apply_failures):
+        # Throttling, a timeout, a conflict: retried with back-off, and not a failure of the model (an
+        # overloaded API server must not turn every ModelDeployment Failed).
+        return Verdict("Unknown", "ApplyRetrying", f"retrying after a temporary API error: {message}")
     return Verdict("False", "ApplyFailed", f"the API server refused a child: {message}")
 
 
@@ -182,8 +186,10 @@ def rolled_back_deployment(obs: Observation) -> Verdict | None:
 def not_deployable(obs: Observation) -> Verdict | None:
     if not obs.artifact.ready:
         return Verdict("False", obs.artifact.reason, obs.artifact.message)
-    if obs.apply_failures:
+    if any(f.permanent for f in obs.apply_failures):
         return Verdict("False", "ApplyFailed", "the serving objects could not be applied (see Deployed)")
+    if obs.apply_failures:
+        return Verdict("False", "ApplyRetrying", "applying the serving objects is retried (see Deployed)")
     if obs.deployment is None:
         return Verdict("False", "Creating", f"creating the serving Deployment {obs.name}")
     return None

@@ -429,7 +429,10 @@ class Controller:
                 kind.kind, manifest["metadata"]["name"], _describe(kind, error), error.permanent
             )
         except (OSError, TimeoutError) as error:
-            return ApplyFailure(kind.kind, manifest["metadata"]["name"], str(error), permanent=False)
+            why = str(error) or (
+                "no answer in time" if isinstance(error, TimeoutError) else type(error).__name__
+            )
+            return ApplyFailure(kind.kind, manifest["metadata"]["name"], why, permanent=False)
         snapshot = child_snapshot(kind, body)
         observed[kind] = snapshot
         self._applied.setdefault(key, {})[kind] = plan.AppliedRecord(
