@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Final
 
 import numpy as np
@@ -29,24 +30,36 @@ log = logging.getLogger(__name__)
 
 Outputs = dict[str, Array]
 Outcome = Outputs | BaseException
+Deliver = Callable[[Outcome], None]
 
 
 class _Pending:
-    __slots__ = ("enqueued", "future", "inputs", "loop", "rows")
+    __slots__ = ("deliver", "enqueued", "inputs", "loop", "rows")
 
     def __init__(
         self,
         inputs: dict[str, Array],
         rows: int,
-        future: asyncio.Future[Outputs],
+        deliver: Deliver,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.inputs = inputs
         # Batch rows this request adds; 0 = not batchable (runs alone).
         self.rows = rows
-        self.future = future
+        # Called on `loop` with the outcome; a plain callback rather than a future, because a future's
+        # done-callbacks each cost one more scheduled handle per request.
+        self.deliver = deliver
         self.loop = loop
         self.enqueued = time.perf_counter()
+
+
+def _settle(future: asyncio.Future[Outputs], outcome: Outcome) -> None:
+    if future.done():
+        return  # cancelled by its caller meanwhile
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 _STOP: Final = object()
@@ -93,24 +106,31 @@ class Batcher:
     def submit(self, inputs: dict[str, Array], loop: asyncio.AbstractEventLoop) -> asyncio.Future[Outputs]:
         """Queue validated inputs; the future resolves on `loop`. Raises Unavailable when the queue is full.
 
-        Must be called on `loop`'s thread. Requests submitted during one loop iteration reach the
-        workers together, at the end of the iteration: one thread wake-up for all of them, and the
-        batch they form is what arrived concurrently.
+        Must be called on `loop`'s thread (see `enqueue`).
+        """
+        future: asyncio.Future[Outputs] = loop.create_future()
+        self.enqueue(inputs, loop, partial(_settle, future))
+        return future
+
+    def enqueue(self, inputs: dict[str, Array], loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
+        """Queue validated inputs; `deliver` is called on `loop` with the outputs or the error.
+
+        Raises Unavailable when the queue is full. Must be called on `loop`'s thread. Requests
+        submitted during one loop iteration reach the workers together, at the end of the iteration:
+        one thread wake-up for all of them, and the batch they form is what arrived concurrently.
         """
         if self._submitted - self._started >= self.max_queue_size:
             raise Unavailable(
                 f"model '{self._name}' is overloaded: {self.max_queue_size} requests already queued; "
                 f"retry later"
             )
-        future: asyncio.Future[Outputs] = loop.create_future()
-        pending = _Pending(inputs, _batch_rows(inputs) if self.max_batch_size > 1 else 0, future, loop)
+        pending = _Pending(inputs, _batch_rows(inputs) if self.max_batch_size > 1 else 0, deliver, loop)
         self._submitted += 1
         if self._collecting is None:
             self._collecting = [pending]
             loop.call_soon(self._flush)
         else:
             self._collecting.append(pending)
-        return future
 
     def _flush(self) -> None:
         collected, self._collecting = self._collecting, None
@@ -170,9 +190,9 @@ class Batcher:
         outcomes = [self._predict_one(batch[0].inputs)] if len(batch) == 1 else self._predict_grouped(batch)
         inference_seconds = time.perf_counter() - started
         queue_waits = [started - item.enqueued for item in batch]
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outputs], Outcome]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Deliver, Outcome]]] = {}
         for item, outcome in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(item.loop, []).append((item.future, outcome))
+            by_loop.setdefault(item.loop, []).append((item.deliver, outcome))
         for loop, results in by_loop.items():
             try:
                 # Metrics are recorded on the loop thread too: their single writer (see metrics.py).
@@ -183,19 +203,17 @@ class Batcher:
 
     def _deliver(
         self,
-        results: list[tuple[asyncio.Future[Outputs], Outcome]],
+        results: list[tuple[Deliver, Outcome]],
         queue_waits: list[float],
         inference_seconds: float,
     ) -> None:
         if queue_waits:
             self._recorder.record(queue_waits, inference_seconds)
-        for future, outcome in results:
-            if future.done():
-                continue
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+        for deliver, outcome in results:
+            try:
+                deliver(outcome)
+            except Exception:  # one failing transport callback must not strand the rest of the batch
+                log.exception("delivering an inference result failed")
 
     def _predict_one(self, inputs: dict[str, Array]) -> Outcome:
         try:

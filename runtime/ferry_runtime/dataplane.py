@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 from ferry_runtime import __version__
-from ferry_runtime.batching import Batcher, Outputs
+from ferry_runtime.batching import Batcher, Deliver, Outputs
 from ferry_runtime.drift import DriftMonitor
 from ferry_runtime.errors import InvalidInput, NotFound, Unavailable
 from ferry_runtime.feedback import FeedbackStore, parse_feedback
@@ -89,21 +89,44 @@ class DataPlane:
 
     def submit(self, request: InferenceRequest, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Outputs]:
         """Validate and queue a request; the future resolves with every output of the model."""
-        self.check_model(request.model_name, request.model_version)
-        model, batcher = self.model, self.batcher
-        if model is None or batcher is None:
-            raise Unavailable(f"model '{self.model_name}' is still loading")
-        feed = self._validate_inputs(model, request)
-        if request.outputs is not None:
-            self._validate_outputs(request.outputs)
-        future = batcher.submit(feed, loop)
-        if self.drift is not None:
-            self.drift.observe(feed)
+        feed = self._feed(request)
+        future = self._batcher().submit(feed, loop)
+        self._observe(feed)
         return future
 
-    def response(self, request: InferenceRequest, outputs: Outputs) -> InferenceResponse:
+    def enqueue(self, request: InferenceRequest, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
+        """Validate and queue a request; `deliver` gets every output of the model (or the error) on `loop`."""
+        feed = self._feed(request)
+        self._batcher().enqueue(feed, loop, deliver)
+        self._observe(feed)
+
+    def _batcher(self) -> Batcher:
+        if self.batcher is None:
+            raise Unavailable(f"model '{self.model_name}' is still loading")
+        return self.batcher
+
+    def _feed(self, request: InferenceRequest) -> dict[str, Array]:
+        """The validated model inputs of a request for the served model."""
+        self.check_model(request.model_name, request.model_version)
+        if self.model is None:
+            raise Unavailable(f"model '{self.model_name}' is still loading")
+        feed = self._validate_inputs(self.model, request)
+        if request.outputs is not None:
+            self._validate_outputs(request.outputs)
+        return feed
+
+    def _observe(self, feed: dict[str, Array]) -> None:
+        # Only accepted requests count towards drift (not those refused as overload).
+        if self.drift is not None:
+            self.drift.observe(feed)
+
+    def remember(self, request: InferenceRequest, outputs: Outputs) -> None:
+        """Retain an answered prediction that carries a request id, for feedback."""
         if request.id and self.feedback is not None:
             self.feedback.remember(request.id, outputs)
+
+    def response(self, request: InferenceRequest, outputs: Outputs) -> InferenceResponse:
+        self.remember(request, outputs)
         if request.outputs is None:
             tensors = [
                 OutputTensor(name, spec.datatype, outputs[name]) for name, spec in self._outputs.items()

@@ -230,17 +230,24 @@ def _histogram(
 class RequestRecorder:
     """Records one (model, protocol)'s requests; call from the event-loop thread only."""
 
-    __slots__ = ("_counts", "_duration", "_model", "_protocol")
+    __slots__ = ("_counts", "_duration", "_model", "_ok", "_protocol")
 
-    def __init__(self, metrics: Metrics, model: str, protocol: str) -> None:
+    def __init__(self, metrics: Metrics, model: str, protocol: str, success_code: str) -> None:
         self._counts = metrics.request_counts
         self._model = model
         self._protocol = protocol
         self._duration = metrics.request_seconds.setdefault((model, protocol), Distribution(LATENCY_BUCKETS))
+        # The success code's key, built once: most requests are recorded through `record_ok`.
+        self._ok = (model, protocol, success_code)
 
     def record(self, code: str, seconds: float) -> None:
         key = (self._model, self._protocol, code)
         self._counts[key] = self._counts.get(key, 0) + 1
+        self._duration.observe(seconds)
+
+    def record_ok(self, seconds: float) -> None:
+        counts, key = self._counts, self._ok
+        counts[key] = counts.get(key, 0) + 1
         self._duration.observe(seconds)
 
 

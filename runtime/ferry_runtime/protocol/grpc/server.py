@@ -57,7 +57,7 @@ class _Undecodable(FerryError):
 class InferenceService:
     def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
         self.dataplane = dataplane
-        self.recorder = RequestRecorder(metrics, dataplane.model_name, "grpc")
+        self.recorder = RequestRecorder(metrics, dataplane.model_name, "grpc", "OK")
         self._loop = asyncio.get_running_loop()
 
     def methods(self) -> dict[str, Handler]:
@@ -126,7 +126,7 @@ class InferenceService:
                 log.exception("cannot encode the response of model '%s'", request.model_name)
                 error = failure
             else:
-                self.recorder.record("OK", time.perf_counter() - call.received)
+                self.recorder.record_ok(time.perf_counter() - call.received)
                 call.reply(message)
                 return
         if not isinstance(error, FerryError):

@@ -8,11 +8,13 @@ input order. An output is returned binary when it asks for `parameters.binary_da
 
 from __future__ import annotations
 
+from collections.abc import Container, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
+from ferry_runtime.batching import Outputs
 from ferry_runtime.datatypes import (
     NUMPY_DTYPES,
     check_datatype,
@@ -24,12 +26,11 @@ from ferry_runtime.datatypes import (
 from ferry_runtime.errors import InvalidInput
 from ferry_runtime.inference import (
     InferenceRequest,
-    InferenceResponse,
     InputTensor,
     Parameters,
     RequestedOutput,
 )
-from ferry_runtime.model import Array
+from ferry_runtime.model import Array, TensorSpec
 
 _SERIALIZE_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -165,42 +166,69 @@ def _parameters(raw: Any, owner: str) -> Parameters:
     return raw
 
 
-def encode_response(response: InferenceResponse, request: InferenceRequest) -> tuple[bytes, int | None]:
-    """The response body and, when it carries binary tensors, the length of its JSON header."""
-    all_binary = bool(request.parameters.get("binary_data_output", False))
-    binary_names: set[str] = set()
-    if request.outputs is None:
-        if all_binary:
-            binary_names = {tensor.name for tensor in response.outputs}
-    else:
-        binary_names = {
-            wanted.name for wanted in request.outputs if wanted.parameters.get("binary_data", all_binary)
+class ResponseEncoder:
+    """Renders the REST response bodies of one model.
+
+    The JSON around each tensor (model name and version, each output's name and datatype) is the same in
+    every response, so it is rendered once; a response is then those bytes joined with each tensor's
+    shape and data, with no intermediate document of dicts and lists.
+    """
+
+    def __init__(self, model_name: str, model_version: str, outputs: Sequence[TensorSpec]) -> None:
+        self._prefix = b'{"model_name":%s,"model_version":%s,"outputs":[' % (
+            orjson.dumps(model_name),
+            orjson.dumps(model_version),
+        )
+        self._datatypes = {spec.name: spec.datatype for spec in outputs}
+        self._all = tuple(self._datatypes)
+        # Output name -> its entry up to the shape's value.
+        self._heads = {
+            spec.name: b'{"name":%s,"datatype":%s,"shape":'
+            % (orjson.dumps(spec.name), orjson.dumps(spec.datatype))
+            for spec in outputs
         }
-    outputs: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
-    for tensor in response.outputs:
-        array = tensor.array
-        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": array.shape}
-        if tensor.name in binary_names:
-            raw = encode_raw(array)
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        elif tensor.datatype == "BYTES":
-            entry["data"] = [_text(element) for element in array.ravel().tolist()]
+
+    def encode(self, request: InferenceRequest, outputs: Outputs) -> tuple[bytes, int | None]:
+        """The response body and, when it carries binary tensors, the length of its JSON header."""
+        all_binary = bool(request.parameters.get("binary_data_output", False))
+        wanted = request.outputs
+        names: Sequence[str]
+        if wanted is None:
+            names = self._all
+            binary_names: Container[str] = names if all_binary else ()
         else:
-            entry["data"] = np.ascontiguousarray(array).ravel()
-        outputs.append(entry)
-    document: dict[str, Any] = {
-        "model_name": response.model_name,
-        "model_version": response.model_version,
-        "outputs": outputs,
-    }
-    if response.id:
-        document["id"] = response.id
-    header = orjson.dumps(document, option=_SERIALIZE_NUMPY)
-    if not chunks:
-        return header, None
-    return b"".join([header, *chunks]), len(header)
+            names = [output.name for output in wanted]
+            binary_names = {
+                output.name for output in wanted if output.parameters.get("binary_data", all_binary)
+            }
+        heads = self._heads
+        parts = [self._prefix]
+        chunks: list[bytes] = []
+        for position, name in enumerate(names):
+            array = outputs[name]
+            if position:
+                parts.append(b",")
+            parts.append(heads[name])
+            parts.append(orjson.dumps(array.shape))
+            if name in binary_names:
+                raw = encode_raw(array)
+                parts.append(b',"parameters":{"binary_data_size":%d}}' % len(raw))
+                chunks.append(raw)
+                continue
+            parts.append(b',"data":')
+            if self._datatypes[name] == "BYTES":
+                parts.append(orjson.dumps([_text(element) for element in array.ravel().tolist()]))
+            else:
+                parts.append(orjson.dumps(np.ascontiguousarray(array).reshape(-1), option=_SERIALIZE_NUMPY))
+            parts.append(b"}")
+        if request.id:
+            parts.append(b'],"id":%s}' % orjson.dumps(request.id))
+        else:
+            parts.append(b"]}")
+        header = b"".join(parts)
+        if not chunks:
+            return header, None
+        return b"".join([header, *chunks]), len(header)
 
 
 def _text(element: Any) -> str:

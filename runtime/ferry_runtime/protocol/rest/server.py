@@ -27,7 +27,7 @@ import httptools
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ferry_runtime.batching import Outputs
+from ferry_runtime.batching import Outcome
 from ferry_runtime.dataplane import DataPlane
 from ferry_runtime.errors import (
     FerryError,
@@ -51,6 +51,8 @@ _STATUS_LINES = {
     status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus
 }
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# A JSON inference answer's head up to its content length, which `http_response` would render the same.
+_OK_JSON_HEAD = b"%scontent-type: %s\r\ncontent-length: " % (_STATUS_LINES[200], JSON)
 # Headers the server acts on; every other header is ignored without being stored.
 _WANTED_HEADERS = frozenset(
     {
@@ -156,9 +158,11 @@ class RestApp:
         self.dataplane = dataplane
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.recorder = RequestRecorder(metrics, dataplane.model_name, "rest")
+        self.recorder = RequestRecorder(metrics, dataplane.model_name, "rest", "200")
         self._routes: dict[bytes, _Route] = {}
         self._metadata_body: bytes | None = None
+        # Built on the first response: the model is attached after the listeners start.
+        self._encoder: codec.ResponseEncoder | None = None
 
     def route(self, path: bytes) -> _Route:
         route = self._routes.get(path)
@@ -250,45 +254,56 @@ class RestApp:
                     f"Inference-Header-Content-Length must be an integer, got {shown!r}"
                 ) from None
         request = codec.decode_request(body, json_length, route.model, route.version)
-        future = self.dataplane.submit(request, connection.loop)
-        self.dataplane.in_flight += 1
-        slot = connection.reserve(keep_alive, received)
-        future.add_done_callback(lambda done: self._complete(connection, slot, request, done))
+        slot = _Slot(keep_alive, received)
+        plane = self.dataplane
+        plane.enqueue(
+            request, connection.loop, lambda outcome: self._complete(connection, slot, request, outcome)
+        )
+        plane.in_flight += 1
+        connection.reserve(slot)
         return None
 
     def _complete(
-        self,
-        connection: HttpConnection,
-        slot: _Slot,
-        request: InferenceRequest,
-        future: asyncio.Future[Outputs],
+        self, connection: HttpConnection, slot: _Slot, request: InferenceRequest, outcome: Outcome
     ) -> None:
         self.dataplane.in_flight -= 1
         keep_alive = slot.keep_alive and not connection.draining
-        received = slot.received
-        error = future.exception()
-        if error is None:
+        if not isinstance(outcome, BaseException):
             try:
-                body, json_length = codec.encode_response(
-                    self.dataplane.response(request, future.result()), request
-                )
+                self.dataplane.remember(request, outcome)
+                body, json_length = (self._encoder or self._make_encoder()).encode(request, outcome)
             except Exception as failure:  # an output the protocol cannot carry is a server-side fault
                 log.exception("cannot encode the response of model '%s'", request.model_name)
-                error = failure
+                outcome = failure
             else:
                 if json_length is None:
-                    data = http_response(200, body, JSON, keep_alive)
+                    data = b"%s%d\r\n%s\r\n%s" % (
+                        _OK_JSON_HEAD,
+                        len(body),
+                        b"" if keep_alive else b"connection: close\r\n",
+                        body,
+                    )
                 else:
                     extra = b"inference-header-content-length: %d\r\n" % json_length
                     data = http_response(200, body, OCTET_STREAM, keep_alive, extra)
-                self.recorder.record("200", time.perf_counter() - received)
+                self.recorder.record_ok(time.perf_counter() - slot.received)
                 connection.respond(slot, data, keep_alive)
                 return
+        error = outcome
         if not isinstance(error, FerryError):
             log.error("inference failed: %r", error)
             error = FerryError(f"internal error: {error}")
-        self.recorder.record(str(error.http_status), time.perf_counter() - received)
+        self.recorder.record(str(error.http_status), time.perf_counter() - slot.received)
         connection.respond(slot, error_response(error, keep_alive), keep_alive)
+
+    def _make_encoder(self) -> codec.ResponseEncoder:
+        plane = self.dataplane
+        if plane.model is None:
+            raise RuntimeError("a response before the model was attached")
+        self._encoder = codec.ResponseEncoder(
+            plane.model_name, plane.model_version, plane.model.metadata.outputs
+        )
+        return self._encoder
 
 
 def route_is_infer(path: bytes) -> bool:
@@ -432,14 +447,14 @@ class HttpConnection(asyncio.Protocol):
             if not self._slots:
                 self._write(response, keep_alive)
                 return
-            self.respond(self.reserve(keep_alive, received), response, keep_alive)
+            self.respond(self.reserve(_Slot(keep_alive, received)), response, keep_alive)
         elif len(self._slots) >= _MAX_PIPELINED:
             self._pause_reading()
 
     # --- responses ---
 
-    def reserve(self, keep_alive: bool, received: float) -> _Slot:
-        slot = _Slot(keep_alive, received)
+    def reserve(self, slot: _Slot) -> _Slot:
+        """Queue a response position behind those of earlier requests on this connection."""
         self._slots.append(slot)
         return slot
 
@@ -477,7 +492,7 @@ class HttpConnection(asyncio.Protocol):
         self._rejected = True
         data = error_response(error, keep_alive=False)
         if self._slots:
-            self.respond(self.reserve(False, 0.0), data, keep_alive=False)
+            self.respond(self.reserve(_Slot(False, 0.0)), data, keep_alive=False)
             return
         transport = self.transport
         if transport is None or self._closed:
