@@ -36,6 +36,8 @@ class DataPlane:
         self._inputs: tuple[TensorSpec, ...] = ()
         self._input_names: frozenset[str] = frozenset()
         self._outputs: dict[str, TensorSpec] = {}
+        # Input name -> (axis, size) of each dimension the model fixes (the others are -1: any size).
+        self._fixed_dims: dict[str, tuple[tuple[int, int], ...]] = {}
         # Set by server.py once the model is loaded, when enabled.
         self.feedback: FeedbackStore | None = None
         self.drift: DriftMonitor | None = None
@@ -48,6 +50,10 @@ class DataPlane:
         self._inputs = model.metadata.inputs
         self._input_names = frozenset(spec.name for spec in self._inputs)
         self._outputs = {spec.name: spec for spec in model.metadata.outputs}
+        self._fixed_dims = {
+            spec.name: tuple((axis, size) for axis, size in enumerate(spec.shape) if size != -1)
+            for spec in self._inputs
+        }
 
     def set_ready(self, ready: bool) -> None:
         """What health probes report; a draining server reports not ready yet still answers requests."""
@@ -182,9 +188,8 @@ class DataPlane:
                     f"model '{self.model_name}' input '{spec.name}' expects {spec.describe()}; "
                     f"got {tensor.datatype} with shape {list(shape)}"
                 )
-            expected = spec.shape
-            if len(shape) != len(expected) or any(
-                want not in (-1, have) for want, have in zip(expected, shape, strict=True)
+            if len(shape) != len(spec.shape) or any(
+                shape[axis] != size for axis, size in self._fixed_dims[spec.name]
             ):
                 raise InvalidInput(
                     f"model '{self.model_name}' input '{spec.name}' expects {spec.describe()}; "

@@ -76,11 +76,13 @@ def element_count(shape: tuple[int, ...]) -> int:
 
 def parse_shape(value: object, input_name: str) -> tuple[int, ...]:
     """A client-declared shape: a list of non-negative integers."""
-    if not isinstance(value, list | tuple) or not all(type(dim) is int and dim >= 0 for dim in value):
-        raise InvalidInput(
-            f"input '{input_name}': shape must be a list of non-negative integers, got {value!r}"
-        )
-    return tuple(value)
+    if isinstance(value, list | tuple):
+        for dim in value:
+            if type(dim) is not int or dim < 0:
+                break
+        else:
+            return tuple(value)
+    raise InvalidInput(f"input '{input_name}': shape must be a list of non-negative integers, got {value!r}")
 
 
 def check_datatype(value: object, input_name: str) -> str:

@@ -163,6 +163,7 @@ class RestApp:
         self._metadata_body: bytes | None = None
         # Built on the first response: the model is attached after the listeners start.
         self._encoder: codec.ResponseEncoder | None = None
+        self.decoder = codec.RequestDecoder()
 
     def route(self, path: bytes) -> _Route:
         route = self._routes.get(path)
@@ -253,7 +254,7 @@ class RestApp:
                 raise InvalidInput(
                     f"Inference-Header-Content-Length must be an integer, got {shown!r}"
                 ) from None
-        request = codec.decode_request(body, json_length, route.model, route.version)
+        request = self.decoder.decode(body, json_length, route.model, route.version)
         slot = _Slot(keep_alive, received)
         plane = self.dataplane
         plane.enqueue(
