@@ -190,9 +190,14 @@ class Batcher:
         outcomes = [self._predict_one(batch[0].inputs)] if len(batch) == 1 else self._predict_grouped(batch)
         inference_seconds = time.perf_counter() - started
         queue_waits = [started - item.enqueued for item in batch]
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Deliver, Outcome]]] = {}
-        for item, outcome in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(item.loop, []).append((item.deliver, outcome))
+        loop = batch[0].loop
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Deliver, Outcome]]]
+        if all(item.loop is loop for item in batch):  # one server loop: the usual case
+            by_loop = {loop: [(item.deliver, outcome) for item, outcome in zip(batch, outcomes, strict=True)]}
+        else:
+            by_loop = {}
+            for item, outcome in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(item.loop, []).append((item.deliver, outcome))
         for loop, results in by_loop.items():
             try:
                 # Metrics are recorded on the loop thread too: their single writer (see metrics.py).
@@ -222,14 +227,22 @@ class Batcher:
             return self._classify_error(error)
 
     def _predict_grouped(self, batch: Sequence[_Pending]) -> list[Outcome]:
-        groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
+        # Requests join when their inputs agree in dtype and in every dimension after the batch one.
+        # The dtype's number stands for the dtype: hashing a numpy dtype object costs microseconds.
+        groups: dict[tuple[tuple[int, tuple[int, ...]], ...], list[int]] = {}
         for index, item in enumerate(batch):
-            signature = tuple((array.dtype.str, array.shape[1:]) for array in item.inputs.values())
-            groups.setdefault(signature, []).append(index)
+            signature = tuple([(array.dtype.num, array.shape[1:]) for array in item.inputs.values()])
+            members = groups.get(signature)
+            if members is None:
+                groups[signature] = [index]
+            else:
+                members.append(index)
+        if len(groups) == 1:
+            return self._predict_group(batch)
         outcomes: list[Outcome | None] = [None] * len(batch)
         for indices in groups.values():
-            members = [batch[index] for index in indices]
-            for index, outcome in zip(indices, self._predict_group(members), strict=True):
+            members_of_group = [batch[index] for index in indices]
+            for index, outcome in zip(indices, self._predict_group(members_of_group), strict=True):
                 outcomes[index] = outcome
         return [outcome for outcome in outcomes if outcome is not None]
 
@@ -238,13 +251,15 @@ class Batcher:
             return [self._predict_one(members[0].inputs)]
         names = members[0].inputs.keys()
         joined = {name: np.concatenate([member.inputs[name] for member in members]) for name in names}
-        total = sum(member.rows for member in members)
         try:
             outputs = self.model.predict(joined)
         except Exception:
             # One bad request must not fail its neighbours: run them alone to find out which.
             return [self._predict_one(member.inputs) for member in members]
-        if any(value.shape[:1] != (total,) for value in outputs.values()):
+        total = sum([member.rows for member in members])
+        output_names = list(outputs)
+        values = list(outputs.values())
+        if any(value.shape[:1] != (total,) for value in values):
             log.warning("model '%s' outputs do not follow the batch dimension; batching disabled", self._name)
             self.max_batch_size = 1
             return [self._predict_one(member.inputs) for member in members]
@@ -252,7 +267,7 @@ class Batcher:
         offset = 0
         for member in members:
             end = offset + member.rows
-            results.append({name: value[offset:end] for name, value in outputs.items()})
+            results.append(dict(zip(output_names, [value[offset:end] for value in values], strict=True)))
             offset = end
         return results
 

@@ -278,30 +278,27 @@ class ResponseEncoder:
                 output.name for output in wanted if output.parameters.get("binary_data", all_binary)
             }
         heads = self._heads
-        parts = [self._prefix]
+        entries: list[bytes] = []
         chunks: list[bytes] = []
-        for position, name in enumerate(names):
+        for name in names:
             array = outputs[name]
-            if position:
-                parts.append(b",")
-            parts.append(heads[name])
-            parts.append(orjson.dumps(array.shape))
             if name in binary_names:
                 raw = encode_raw(array)
-                parts.append(b',"parameters":{"binary_data_size":%d}}' % len(raw))
+                entry = b'%s%s,"parameters":{"binary_data_size":%d}}' % (
+                    heads[name],
+                    orjson.dumps(array.shape),
+                    len(raw),
+                )
                 chunks.append(raw)
-                continue
-            parts.append(b',"data":')
-            if self._datatypes[name] == "BYTES":
-                parts.append(orjson.dumps([_text(element) for element in array.ravel().tolist()]))
+            elif self._datatypes[name] == "BYTES":
+                data = orjson.dumps([_text(element) for element in array.ravel().tolist()])
+                entry = b'%s%s,"data":%s}' % (heads[name], orjson.dumps(array.shape), data)
             else:
-                parts.append(orjson.dumps(np.ascontiguousarray(array).reshape(-1), option=_SERIALIZE_NUMPY))
-            parts.append(b"}")
-        if request.id:
-            parts.append(b'],"id":%s}' % orjson.dumps(request.id))
-        else:
-            parts.append(b"]}")
-        header = b"".join(parts)
+                data = orjson.dumps(np.ascontiguousarray(array).reshape(-1), option=_SERIALIZE_NUMPY)
+                entry = b'%s%s,"data":%s}' % (heads[name], orjson.dumps(array.shape), data)
+            entries.append(entry)
+        tail = b'],"id":%s}' % orjson.dumps(request.id) if request.id else b"]}"
+        header = b"%s%s%s" % (self._prefix, b",".join(entries), tail)
         if not chunks:
             return header, None
         return b"".join([header, *chunks]), len(header)
