@@ -33,16 +33,26 @@ MODEL_DEPLOYMENTS = prometheus_client.Gauge(
     "ModelDeployments the operator watches, by phase.",
     ["phase"],
 )
+# Per-ModelDeployment series carry the object's own `namespace` label (the chart's ServiceMonitor sets
+# honorLabels so a scrape keeps it rather than the operator pod's namespace), as kube-state-metrics does.
+MODEL_DEPLOYMENT_REPLICAS = prometheus_client.Gauge(
+    "ferry_operator_modeldeployment_replicas",
+    "Serving replicas of a ModelDeployment as its status reports them: desired (the serving Deployment's "
+    "replica count, set by the autoscaler when there is one) and ready.",
+    ["namespace", "modeldeployment", "state"],
+)
 OPTIMIZATIONS = prometheus_client.Counter(
     "ferry_operator_optimizations_total",
-    "Optimization Jobs that finished, by outcome: passed, gate_rejected, candidates_failed (serves the "
-    "converted model), failed (the Job failed), no_result (succeeded without a summary). Once per Job.",
-    ["outcome"],
+    "Optimization Jobs that finished, by ModelDeployment and outcome: passed, gate_rejected, "
+    "candidates_failed (serves the converted model), failed (the Job failed), no_result (succeeded without "
+    "a summary). Once per Job.",
+    ["namespace", "modeldeployment", "outcome"],
 )
 OPTIMIZATION_SECONDS = prometheus_client.Histogram(
     "ferry_operator_optimization_duration_seconds",
-    "Run time of finished optimization Jobs (the Job's startTime to its completion or failure), by outcome.",
-    ["outcome"],
+    "Run time of finished optimization Jobs (the Job's startTime to its completion or failure), by "
+    "ModelDeployment and outcome.",
+    ["namespace", "modeldeployment", "outcome"],
     buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 21600),
 )
 ROLLBACKS = prometheus_client.Counter(

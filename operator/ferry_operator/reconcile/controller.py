@@ -510,6 +510,7 @@ class Controller:
             },
         )
         self._track_phase(md.key, new["phase"])
+        self._track_replicas(md.key, new["replicas"], new["readyReplicas"])
         patch = status.diff(current, new)
         if patch is None:
             return False
@@ -587,6 +588,11 @@ class Controller:
         metrics.MODEL_DEPLOYMENTS.labels(phase=phase).inc()
         self._phases[key] = phase
 
+    def _track_replicas(self, key: OwnerKey, desired: int, ready: int) -> None:
+        namespace, name = key
+        metrics.MODEL_DEPLOYMENT_REPLICAS.labels(namespace, name, "desired").set(desired)
+        metrics.MODEL_DEPLOYMENT_REPLICAS.labels(namespace, name, "ready").set(ready)
+
     def _forget(self, key: OwnerKey) -> None:
         self._desired.pop(key, None)
         self._written_status.pop(key, None)
@@ -594,6 +600,9 @@ class Controller:
         old = self._phases.pop(key, None)
         if old is not None:
             metrics.MODEL_DEPLOYMENTS.labels(phase=old).dec()
+        for state in ("desired", "ready"):
+            with contextlib.suppress(KeyError):
+                metrics.MODEL_DEPLOYMENT_REPLICAS.remove(*key, state)
 
 
 def _worth_an_event(old: str | None, new: str) -> bool:

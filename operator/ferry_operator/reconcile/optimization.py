@@ -581,7 +581,7 @@ class OptimizationResolver:
             artifact_store=self.defaults.artifact_store,
         )
         decision = decide(situation)
-        self._count_outcome(situation, decision)
+        self._count_outcome(md, situation, decision)
         if decision.action != "none":
             decision = await self._run_job(md, manifest, decision)
         if decision.result is not None:
@@ -633,18 +633,17 @@ class OptimizationResolver:
             if error.status not in (404, 409):
                 raise
 
-    def _count_outcome(self, situation: Situation, decision: Decision) -> None:
+    def _count_outcome(self, md: ModelDeploymentSnapshot, situation: Situation, decision: Decision) -> None:
         """ferry_operator_optimizations_total and the duration histogram, once per finished Job."""
         outcome = job_outcome(decision)
         job = next((j for j in situation.jobs if j.name == situation.job_name), None)
         if outcome is None or job is None or job.uid in self._counted_jobs:
             return
         self._counted_jobs.add(job.uid)
-        metrics.OPTIMIZATIONS.labels(outcome=outcome).inc()
+        labels = {"namespace": md.namespace, "modeldeployment": md.name, "outcome": outcome}
+        metrics.OPTIMIZATIONS.labels(**labels).inc()
         if job.started_at and job.finished_at:
-            metrics.OPTIMIZATION_SECONDS.labels(outcome=outcome).observe(
-                _duration(job.started_at, job.finished_at)
-            )
+            metrics.OPTIMIZATION_SECONDS.labels(**labels).observe(_duration(job.started_at, job.finished_at))
 
     def _recheck(self, key: OwnerKey, delay: float) -> None:
         if self._enqueue_after is not None:
