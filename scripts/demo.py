@@ -83,7 +83,14 @@ def model_deployment(model_path: str = f"{MODEL}/model.keras") -> dict[str, Any]
             "model": {"uri": f"pvc://{MODEL_CLAIM}/{model_path}", "format": "keras"},
             "optimize": OPTIMIZE,
             "serving": {
-                "autoscaling": {"minReplicas": 1, "maxReplicas": 4, "metric": "cpu", "target": 50},
+                # scale in 20 s after the load stops, not after Kubernetes' default 5 minutes
+                "autoscaling": {
+                    "minReplicas": 1,
+                    "maxReplicas": 4,
+                    "metric": "cpu",
+                    "target": 50,
+                    "scaleDown": {"stabilizationWindowSeconds": 20},
+                },
                 "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
                 "nodeSelector": ON_THE_REAL_NODE,
             },

@@ -140,6 +140,14 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
         "memory",
     ),
     InvalidSpec(
+        "scale-down-stabilization-too-long",
+        spec_with(
+            serving={"autoscaling": {"maxReplicas": 3, "scaleDown": {"stabilizationWindowSeconds": 7200}}}
+        ),
+        "spec.serving.autoscaling.scaleDown.stabilizationWindowSeconds",
+        "less than or equal to 3600",
+    ),
+    InvalidSpec(
         "progress-deadline-too-short",
         spec_with(rollout={"progressDeadlineSeconds": 5}),
         "spec.rollout.progressDeadlineSeconds",

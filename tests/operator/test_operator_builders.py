@@ -32,7 +32,14 @@ CASES: dict[str, dict[str, Any]] = {
             "sha256": "ab" * 32,
         },
         serving={
-            "autoscaling": {"minReplicas": 2, "maxReplicas": 8, "metric": "cpu", "target": 60},
+            "autoscaling": {
+                "minReplicas": 2,
+                "maxReplicas": 8,
+                "metric": "cpu",
+                "target": 60,
+                "scaleUp": {"stabilizationWindowSeconds": 15},
+                "scaleDown": {"stabilizationWindowSeconds": 120},
+            },
             "batching": {"maxBatchSize": 16, "maxDelayMs": 2.5, "maxQueueSize": 512},
             "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}},
             "gpu": 1,

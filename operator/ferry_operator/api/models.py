@@ -294,6 +294,16 @@ class Optimize(ApiModel):
 # --- spec.serving -----------------------------------------------------------------------------------------
 
 
+class ScalingDirection(ApiModel):
+    """How the autoscaler changes the replica count in one direction (a subset of the
+    HorizontalPodAutoscaler's spec.behavior.scaleUp/scaleDown)."""
+
+    stabilization_window_seconds: int | None = Field(default=None, ge=0, le=3600)
+    """The autoscaler acts on the most cautious recommendation of this many past seconds (the highest when
+    scaling down, the lowest when scaling up), so a brief dip or spike does not resize the serving pods;
+    unset: the Kubernetes default, 300 for scaleDown and 0 for scaleUp."""
+
+
 class Autoscaling(ApiModel):
     """Horizontal autoscaling. When set, the HorizontalPodAutoscaler owns the replica count: serving.replicas
     must not be set and `kubectl scale` is refused (change min/maxReplicas instead)."""
@@ -312,6 +322,14 @@ class Autoscaling(ApiModel):
     target: int | None = Field(default=None, ge=1, le=100_000)
     """Target value per pod for the metric; unset: 70 (% CPU), 8 (in-flight requests) or 50 (requests per
     second)."""
+
+    scale_up: ScalingDirection | None = None
+    """How fast replicas are added (the HorizontalPodAutoscaler's behavior.scaleUp); unset: the Kubernetes
+    default."""
+
+    scale_down: ScalingDirection | None = None
+    """How fast replicas are removed (the HorizontalPodAutoscaler's behavior.scaleDown); unset: the
+    Kubernetes default, which waits 5 minutes of lower load before removing any."""
 
     cel_rules = (
         CelRule(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ferry_operator import kinds
+from ferry_operator.api import models
 from ferry_operator.builders.common import Manifest, metadata, with_input_hash
 from ferry_operator.builders.inputs import BuildInputs
 
@@ -42,28 +43,42 @@ def autoscaling_metric(inputs: BuildInputs) -> dict[str, Any]:
     }
 
 
+def behavior(autoscaling: models.Autoscaling) -> dict[str, Any]:
+    """The HPA's spec.behavior for what autoscaling.scaleUp/scaleDown set (empty: Kubernetes' defaults)."""
+    directions = {"scaleUp": autoscaling.scale_up, "scaleDown": autoscaling.scale_down}
+    return {
+        name: {"stabilizationWindowSeconds": direction.stabilization_window_seconds}
+        for name, direction in directions.items()
+        if direction is not None and direction.stabilization_window_seconds is not None
+    }
+
+
 def horizontal_pod_autoscaler(inputs: BuildInputs) -> Manifest | None:
     """The autoscaler of the serving Deployment, or None without spec.serving.autoscaling."""
     autoscaling = inputs.spec.serving.autoscaling
     if autoscaling is None:
         return None
+    spec: dict[str, Any] = {
+        # The HPA scales the Deployment, not the ModelDeployment: with autoscaling on, the
+        # ModelDeployment has no replica count of its own (see docs/operator.md).
+        "scaleTargetRef": {
+            "apiVersion": kinds.DEPLOYMENT.api_version,
+            "kind": kinds.DEPLOYMENT.kind,
+            "name": inputs.owner.name,
+        },
+        "minReplicas": autoscaling.min_replicas,
+        "maxReplicas": autoscaling.max_replicas,
+        "metrics": [autoscaling_metric(inputs)],
+    }
+    scale_behavior = behavior(autoscaling)
+    if scale_behavior:
+        spec["behavior"] = scale_behavior
     return with_input_hash(
         {
             "apiVersion": kinds.HORIZONTAL_POD_AUTOSCALER.api_version,
             "kind": kinds.HORIZONTAL_POD_AUTOSCALER.kind,
             "metadata": metadata(inputs.owner),
-            "spec": {
-                # The HPA scales the Deployment, not the ModelDeployment: with autoscaling on, the
-                # ModelDeployment has no replica count of its own (see docs/operator.md).
-                "scaleTargetRef": {
-                    "apiVersion": kinds.DEPLOYMENT.api_version,
-                    "kind": kinds.DEPLOYMENT.kind,
-                    "name": inputs.owner.name,
-                },
-                "minReplicas": autoscaling.min_replicas,
-                "maxReplicas": autoscaling.max_replicas,
-                "metrics": [autoscaling_metric(inputs)],
-            },
+            "spec": spec,
         }
     )
 
