@@ -61,6 +61,8 @@ class Point:
     latencies: npt.NDArray[np.float64]
     cpu_seconds: float
     errors: int
+    # The machine's 1-minute load average when the point ended (the machine is shared; see docs).
+    load: float = 0.0
 
     @property
     def throughput(self) -> float:
@@ -126,7 +128,9 @@ def run_in_process(workload: Workload, threads: int, concurrency: int, seconds: 
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_before
     merged = np.array([value for own in latencies for value in own])
-    return Point(workload.name, "in-process", concurrency, len(merged), elapsed, merged, cpu, 0)
+    return Point(
+        workload.name, "in-process", concurrency, len(merged), elapsed, merged, cpu, 0, os.getloadavg()[0]
+    )
 
 
 # --- request encodings ----------------------------------------------------------------------------
@@ -426,7 +430,17 @@ def run_against_server(
     cpu_before = server_cpu_seconds(pid)
     latencies, errors, elapsed = uvloop.run(load())  # type: ignore[arg-type]
     cpu = server_cpu_seconds(pid) - cpu_before
-    return Point(workload.name, mode, concurrency, len(latencies), elapsed, np.array(latencies), cpu, errors)
+    return Point(
+        workload.name,
+        mode,
+        concurrency,
+        len(latencies),
+        elapsed,
+        np.array(latencies),
+        cpu,
+        errors,
+        os.getloadavg()[0],
+    )
 
 
 async def _warm(port: int, workload: Workload, mode: str) -> None:
@@ -501,7 +515,7 @@ def print_table(points: list[Point]) -> None:
     baselines = {(p.model, p.concurrency): p for p in points if p.mode == "in-process"}
     header = (
         f"{'model':<7} {'mode':<11} {'conc':>4} {'req/s':>8} {'x':>5} {'p50 ms':>7} {'x':>5} "
-        f"{'p99 ms':>7} {'x':>5} {'cpu-s/1k':>8} {'x':>5} {'err':>3}"
+        f"{'p99 ms':>7} {'x':>5} {'cpu-s/1k':>8} {'x':>5} {'err':>3} {'load':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -512,7 +526,7 @@ def print_table(points: list[Point]) -> None:
             f"{p.throughput:>8.0f} {p.throughput / base.throughput:>5.2f} "
             f"{p.percentile(50):>7.3f} {p.percentile(50) / base.percentile(50):>5.2f} "
             f"{p.percentile(99):>7.3f} {p.percentile(99) / base.percentile(99):>5.2f} "
-            f"{p.cpu_per_1000:>8.3f} {p.cpu_per_1000 / base.cpu_per_1000:>5.2f} {p.errors:>3}"
+            f"{p.cpu_per_1000:>8.3f} {p.cpu_per_1000 / base.cpu_per_1000:>5.2f} {p.errors:>3} {p.load:>5.1f}"
         )
     print()
     for model in dict.fromkeys(p.model for p in points):
