@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from operator_cases import spec_with
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Cluster, OperatorProcess, wait_for
 
@@ -234,6 +235,15 @@ def test_operator_metrics_count_reconciles_and_api_requests(
     # Server-side apply answers 201 when it creates the object.
     assert 'ferry_operator_api_requests_total{code="201",resource="deployments",verb="PATCH"} 1.0' in text
     assert 'ferry_operator_modeldeployments{phase="Ready"} 1.0' in text
+    # per ModelDeployment, with the object's namespace (the dashboard's Replicas panel)
+    replicas = {
+        sample.labels["state"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "ferry_operator_modeldeployment_replicas"
+        for sample in family.samples
+        if sample.labels["namespace"] == cluster.namespace and sample.labels["modeldeployment"] == "digits"
+    }
+    assert replicas == {"desired": 1.0, "ready": 1.0}
     assert "ferry_operator_reconcile_duration_seconds_bucket" in text
 
 
