@@ -148,4 +148,4 @@ def encode_raw(array: npt.NDArray[np.generic]) -> bytes:
         return b"".join(parts)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array).tobytes()
+    return array.tobytes()  # row-major whatever the array's memory layout

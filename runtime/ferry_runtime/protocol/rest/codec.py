@@ -47,6 +47,8 @@ class _BinaryInput:
     datatype: str
     shape: tuple[int, ...]
     size: int
+    # None for BYTES, whose elements are length-prefixed.
+    dtype: np.dtype[np.generic] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,10 @@ class RequestDecoder:
         inputs: list[InputTensor] = []
         for spec in layout.inputs:
             end = offset + spec.size
-            array = decode_raw(view[offset:end], spec.datatype, spec.shape, spec.name)
+            if spec.dtype is None:
+                array = decode_raw(view[offset:end], spec.datatype, spec.shape, spec.name)
+            else:  # the size was checked against shape and dtype when the layout was first decoded
+                array = np.frombuffer(view[offset:end], dtype=spec.dtype).reshape(spec.shape)
             inputs.append(InputTensor(spec.name, spec.datatype, array))
             offset = end
         return InferenceRequest(
@@ -137,7 +142,8 @@ def _decode(
         inputs.append(tensor)
         if size >= 0:
             offset += size
-            binary_inputs.append(_BinaryInput(tensor.name, tensor.datatype, tensor.array.shape, size))
+            dtype = None if tensor.datatype == "BYTES" else NUMPY_DTYPES[tensor.datatype]
+            binary_inputs.append(_BinaryInput(tensor.name, tensor.datatype, tensor.array.shape, size, dtype))
     if offset != len(binary):
         raise InvalidInput(
             f"the body carries {len(binary)} bytes of binary tensor data but the inputs' binary_data_size "

@@ -51,8 +51,9 @@ _STATUS_LINES = {
     status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus
 }
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-# A JSON inference answer's head up to its content length, which `http_response` would render the same.
+# Inference answers' heads up to their content length, rendered as `http_response` would render them.
 _OK_JSON_HEAD = b"%scontent-type: %s\r\ncontent-length: " % (_STATUS_LINES[200], JSON)
+_OK_BINARY_HEAD = b"%scontent-type: %s\r\ncontent-length: " % (_STATUS_LINES[200], OCTET_STREAM)
 # Headers the server acts on; every other header is ignored without being stored.
 _WANTED_HEADERS = frozenset(
     {
@@ -285,8 +286,13 @@ class RestApp:
                         body,
                     )
                 else:
-                    extra = b"inference-header-content-length: %d\r\n" % json_length
-                    data = http_response(200, body, OCTET_STREAM, keep_alive, extra)
+                    data = b"%s%d\r\ninference-header-content-length: %d\r\n%s\r\n%s" % (
+                        _OK_BINARY_HEAD,
+                        len(body),
+                        json_length,
+                        b"" if keep_alive else b"connection: close\r\n",
+                        body,
+                    )
                 self.recorder.record_ok(time.perf_counter() - slot.received)
                 connection.respond(slot, data, keep_alive)
                 return
