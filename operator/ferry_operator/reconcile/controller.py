@@ -242,11 +242,21 @@ class Controller:
         serving = self._serving(md, spec, desired, resolution, observed, pods)
         failures: list[ApplyFailure] = []
         outcome = "noop"
+        created_deployment = False
         if desired.inputs is not None:
             the_plan = plan.plan(serving.children, observed, self._applied.get(key, {}))
             if not the_plan.empty:
                 outcome = "applied"
+            created_deployment = kinds.DEPLOYMENT not in observed and any(
+                kind == kinds.DEPLOYMENT for kind, _ in the_plan.apply
+            )
             failures = await self._execute(key, desired.inputs, the_plan, observed)
+            if created_deployment and not failures and not self._current_status(md):
+                # A brand-new object whose children were just created: its first status would only say
+                # "Deploying" and be replaced within a second, when the new Deployment's watch event
+                # (which always follows its creation) reconciles it again. At scale, not writing it halves
+                # the first reconcile of every object and saves a write and a watch event per object.
+                return outcome
         decision = serving.decision
         obs = Observation(
             name=md.name,
