@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,3 +120,27 @@ def free_port_base() -> int:
             continue
         return base
     raise RuntimeError("no free port range between 20000 and 26300")
+
+
+def real_node_slot_or_skip(wait_seconds: float = 1200.0) -> None:
+    """Return once no other devcluster on this machine runs a real node (there can be one per machine).
+
+    Locally a busy slot skips the test (someone is using the node). Under CI (CI=true) a skip would let a
+    run go green without the real-node proof, so it waits for the slot and fails if it never frees.
+    """
+    # pytest only where a test calls this: the package itself stays standard-library only.
+    import pytest
+
+    from ferry_devcluster import real_node
+
+    others = real_node.node_processes_elsewhere()
+    if not others:
+        return
+    if not os.environ.get("CI"):
+        pytest.skip(f"another devcluster runs a real node on this machine (one per machine): {others}")
+    deadline = time.monotonic() + wait_seconds
+    while others and time.monotonic() < deadline:
+        time.sleep(10)
+        others = real_node.node_processes_elsewhere()
+    if others:
+        pytest.fail(f"CI needs the real node; another devcluster held it {wait_seconds:.0f} s: {others}")

@@ -17,7 +17,7 @@ import pytest
 
 from ferry_devcluster import build, cli, control_plane, pki, processes, real_node
 from ferry_devcluster.config import ClusterConfig
-from ferry_devcluster.testing import Kube, free_port_base
+from ferry_devcluster.testing import Kube, free_port_base, real_node_slot_or_skip
 
 DEVCLUSTER = build.REPO_ROOT / "devcluster" / "devcluster"
 RUNTIME_IMAGE = "ferry-runtime:0.1.0"
@@ -216,9 +216,7 @@ def leftovers(config: ClusterConfig) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClusterConfig, Kube]]:
-    others = real_node.node_processes_elsewhere()
-    if others:
-        pytest.skip(f"another devcluster runs a real node on this machine (one per machine): {others}")
+    real_node_slot_or_skip()
     state_dir = tmp_path_factory.mktemp("real-node") / "cluster"
     command = [str(DEVCLUSTER), "--state-dir", str(state_dir)]
     up = [
