@@ -22,8 +22,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 # "module:function" -> a callable returning {path relative to the repo root: content}.
 GENERATORS: list[str] = [
     "ferry_runtime.protocol.grpc.stubs:generate",
-    "chartgen:generate",
+    # The CRD YAML first: the chart's CRD template is made from the files crds/ holds.
     "ferry_operator.crdgen:generate",
+    "chartgen:generate",
 ]
 
 
