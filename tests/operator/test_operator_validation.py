@@ -54,7 +54,7 @@ def test_valid_spec_is_accepted_with_schema_defaults(cluster: Cluster) -> None:
     spec = created["spec"]
     assert spec["serving"]["batching"] == {"maxBatchSize": 32, "maxDelayMs": 0, "maxQueueSize": 256}
     assert spec["rollout"] == {"autoRollback": True, "progressDeadlineSeconds": 600}
-    assert spec["monitoring"] == {"serviceMonitor": "auto"}
+    assert spec["monitoring"] == {"serviceMonitor": "auto", "prometheusRule": "auto"}
     assert "replicas" not in spec["serving"]
 
 
