@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -144,3 +145,79 @@ def real_node_slot_or_skip(wait_seconds: float = 1200.0) -> None:
         others = real_node.node_processes_elsewhere()
     if others:
         pytest.fail(f"CI needs the real node; another devcluster held it {wait_seconds:.0f} s: {others}")
+
+
+def free_port() -> int:
+    """One free port below the kernel's ephemeral range (32768-60999): the Prometheus port of a free base."""
+    return free_port_base() + PORT_OFFSETS["prometheus"]
+
+
+@dataclass
+class HostPrometheus:
+    """Debian's `prometheus` binary on the host with a static configuration (no cluster discovery)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def query(self, expression: str) -> list[dict[str, Any]]:
+        """The instant vector of `expression` now (/api/v1/query): [{"metric": labels, "value": [t, "v"]}]."""
+        address = self.url("/api/v1/query?" + urllib.parse.urlencode({"query": expression}))
+        with urllib.request.urlopen(address, timeout=10) as reply:
+            document = json.loads(reply.read())
+        if document.get("status") != "success" or document["data"]["resultType"] != "vector":
+            raise AssertionError(f"query {expression!r} did not return a vector: {document}")
+        result: list[dict[str, Any]] = document["data"]["result"]
+        return result
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def start_prometheus(
+    configuration: dict[str, Any], directory: Path, timeout: float = 120.0
+) -> HostPrometheus:
+    """Start Prometheus with `configuration` (a prometheus.yml as a dict), its files under `directory`;
+    returns once /-/ready answers. The caller stops it."""
+    from ferry_devcluster import prometheus
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config_file = directory / "prometheus.yml"
+    # JSON is YAML
+    config_file.write_text(json.dumps(configuration))
+    port = free_port()
+    log_path = directory / "prometheus.log"
+    argv = [
+        str(prometheus.binary()),
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={directory / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    server = HostPrometheus(process, port, log_path)
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(server.url("/-/ready"), timeout=2) as reply:
+                if reply.status == 200:
+                    return server
+        except OSError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(
+        f"prometheus not ready at {server.url()} within {timeout:.0f} s:\n{server.log()[-3000:]}"
+    )

@@ -10,7 +10,6 @@ Deployment out once real requests pile up in the runtime.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +27,7 @@ import pytest
 
 from ferry_devcluster import prometheus_adapter
 from ferry_devcluster.config import ClusterConfig, default_state_dir
-from ferry_devcluster.testing import Kube
+from ferry_devcluster.testing import HostPrometheus, Kube, start_prometheus
 from ferry_operator.api import models
 from ferry_operator.builders import inputs as build_inputs
 from ferry_operator.builders import scaling
@@ -268,27 +267,12 @@ def _prometheus_config(runtime: HostProcess, namespace: str, pod: str) -> dict[s
 
 
 @pytest.fixture
-def host_prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], HostProcess]]:
-    started: list[HostProcess] = []
+def host_prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], HostPrometheus]]:
+    started: list[HostPrometheus] = []
 
-    def start(configuration: dict[str, Any]) -> HostProcess:
-        binary = shutil.which("prometheus")
-        if binary is None:
-            pytest.fail(
-                "no `prometheus` binary: run scripts/install-system-deps.sh (Debian package prometheus)"
-            )
-        config_file = tmp_path / "prometheus.yml"
-        config_file.write_text(json.dumps(configuration))
-        port = _free_port()
-        argv = [
-            binary,
-            f"--config.file={config_file}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ]
-        process = _start(argv, port, tmp_path / "prometheus.log", "/-/ready")
-        started.append(process)
-        return process
+    def start(configuration: dict[str, Any]) -> HostPrometheus:
+        started.append(start_prometheus(configuration, tmp_path / "prometheus"))
+        return started[-1]
 
     yield start
     for process in started:
@@ -356,7 +340,7 @@ def test_hpa_scales_out_on_in_flight_requests_served_by_the_adapter(
     namespace: str,
     devcluster_config: ClusterConfig,
     served: ServedDigits,
-    host_prometheus: Callable[[dict[str, Any]], HostProcess],
+    host_prometheus: Callable[[dict[str, Any]], HostPrometheus],
 ) -> None:
     kube.apply(_serving_deployment(namespace))
 

@@ -6,60 +6,30 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from runtime_quality import (
+    MODEL,
+    REFERENCE_ACCURACY,
+    infer,
+    model_with_reference,
+    post,
+    send_and_feed_back,
+    shifted,
+    training_images,
+    with_label_noise,
+)
 
 import runtime_models
 from conftest import Runtime, start_runtime
-from ferry_optimizer import reference
-from ferry_optimizer.onnxtools import TensorInfo
-
-MODEL = "digits"
-
-
-def post(runtime: Runtime, path: str, document: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        runtime.url(path), data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def infer(runtime: Runtime, images: np.ndarray, request_id: str) -> np.ndarray:
-    status, body = post(
-        runtime,
-        f"/v2/models/{MODEL}/infer",
-        {
-            "id": request_id,
-            "inputs": [
-                {
-                    "name": "input",
-                    "datatype": "FP32",
-                    "shape": list(images.shape),
-                    "data": images.ravel().tolist(),
-                }
-            ],
-            "outputs": [{"name": "label"}],
-        },
-    )
-    assert status == 200, body
-    assert body["id"] == request_id
-    return np.asarray(body["outputs"][0]["data"])
 
 
 def scrape(runtime: Runtime) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -76,41 +46,6 @@ def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
     key = (name, tuple(sorted({"model": MODEL, **labels}.items())))
     assert key in samples, f"{name}{labels} not exported; have {sorted({n for n, _ in samples})}"
     return samples[key]
-
-
-def with_label_noise(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
-    """`share` of the labels replaced by a different class (exactly round(share * n) of them)."""
-    rng = np.random.default_rng(seed)
-    noisy = labels.copy()
-    flipped = rng.choice(len(labels), size=round(share * len(labels)), replace=False)
-    noisy[flipped] = (labels[flipped] + rng.integers(1, 10, size=len(flipped))) % 10
-    return noisy
-
-
-def send_and_feed_back(
-    runtime: Runtime, images: np.ndarray, labels: np.ndarray, tag: str, rows_per_request: int = 4
-) -> tuple[int, int]:
-    """Predict every image (requests of several rows, each with an id), then send the labels back.
-    Returns (rows scored, rows correct) as computed from the predictions the client received."""
-    scored = correct = 0
-    predictions = {}
-    for start in range(0, len(images), rows_per_request):
-        request_id = f"{tag}-{start}"
-        predictions[request_id] = (
-            infer(runtime, images[start : start + rows_per_request], request_id),
-            start,
-        )
-    for request_id, (predicted, start) in predictions.items():
-        truth = labels[start : start + len(predicted)]
-        status, body = post(
-            runtime, f"/v2/models/{MODEL}/feedback", {"id": request_id, "label": truth.tolist()}
-        )
-        assert status == 200, body
-        hits = int(np.sum(predicted == truth))
-        assert (body["samples"], body["correct"]) == (len(truth), hits)
-        scored += len(truth)
-        correct += hits
-    return scored, correct
 
 
 @pytest.fixture(scope="module")
@@ -178,27 +113,10 @@ def test_feedback_misses_say_why(digits: runtime_models.DigitsModel, runtime_log
         assert runtime.stop() == 0, runtime.log()
 
 
-def _training_images() -> tuple[np.ndarray, np.ndarray]:
-    """The digits the served classifier was trained on (runtime_models' split)."""
-    images, labels = load_digits(return_X_y=True)
-    x_train, _, y_train, _ = train_test_split(
-        images.astype(np.float32), labels, test_size=0.25, random_state=0
-    )
-    return x_train, y_train
-
-
 def test_drift_score_low_in_distribution_and_high_on_shifted_inputs(
     digits: runtime_models.DigitsModel, runtime_logs: Path
 ) -> None:
-    model_dir = runtime_logs / "model"
-    model_dir.mkdir()
-    shutil.copyfile(digits.path, model_dir / "model.onnx")
-    x_train, _ = _training_images()
-    document = reference.build(
-        [TensorInfo("input", ("batch", 64), np.dtype(np.float32))], {"input": x_train}, 0.95
-    )
-    assert document is not None
-    reference.write(model_dir, document)
+    model_dir = model_with_reference(digits, runtime_logs / "model")
     runtime = start_runtime(
         model_dir, MODEL, runtime_logs, "--drift-window-rows", "400", "--drift-sample-every", "1"
     )
@@ -210,12 +128,11 @@ def test_drift_score_low_in_distribution_and_high_on_shifted_inputs(
         assert metric(steady, "ferry_input_drift_window_rows", input="input") == 400
         in_distribution = metric(steady, "ferry_input_drift_psi", input="input")
         assert in_distribution < 0.1
-        assert metric(steady, "ferry_model_reference_accuracy_ratio") == pytest.approx(0.95)
+        assert metric(steady, "ferry_model_reference_accuracy_ratio") == pytest.approx(REFERENCE_ACCURACY)
 
-        # The same digits, fainter and on a brighter background: a sensor or preprocessing change.
-        shifted = np.clip(held_out * 0.6 + 3.0, 0, 16).astype(np.float32)
+        shifted_images = shifted(held_out)
         for start in range(0, 400, 8):
-            infer(runtime, shifted[start : start + 8], f"shifted-{start}")
+            infer(runtime, shifted_images[start : start + 8], f"shifted-{start}")
         drifted = metric(scrape(runtime), "ferry_input_drift_psi", input="input")
         assert drifted > 0.25
         assert drifted > 5 * in_distribution
@@ -229,7 +146,7 @@ def test_reference_from_the_real_optimizer_is_served(
 ) -> None:
     """ferry-optimize with data writes reference.json beside model.onnx; serving that directory exports the
     optimizer's accuracy and scores drift against its data."""
-    x_train, y_train = _training_images()
+    x_train, y_train = training_images()
     data = runtime_logs / "digits.npz"
     np.savez(data, x=x_train, y=y_train)
     spec = runtime_logs / "spec.json"
