@@ -9,7 +9,9 @@ containerd; `helm install` Ferry (the operator runs as a pod on the node); train
 put it on a PersistentVolumeClaim; apply a ModelDeployment that asks for INT8 quantization behind an
 accuracy gate; the operator runs the optimization Job (the optimizer image), then serving pods start from
 the chosen artifact; wait for Ready; start a Prometheus on the host that scrapes what the ServiceMonitor
-describes; make a real prediction through the Service and print where to send requests.
+describes, and prometheus-adapter over it (the custom metrics API, for HPAs on in-flight requests or
+requests per second: spec.serving.autoscaling.metric); make a real prediction through the Service and print
+where to send requests.
 
 Environment: FERRY_DEVCLUSTER_DIR / FERRY_DEVCLUSTER_PORT_BASE select the cluster (docs/devcluster.md),
 FERRY_DEMO_OUT the scratch directory (default out/demo). tests/e2e/test_demo_e2e.py runs this script.
@@ -32,7 +34,7 @@ BIN = Path(sys.executable).parent
 DEVCLUSTER = ROOT / "devcluster" / "devcluster"
 sys.path.insert(0, str(ROOT / "devcluster"))
 
-from ferry_devcluster import build, real_node  # noqa: E402  (the stdlib-only package beside this script)
+from ferry_devcluster import build, prometheus_adapter, real_node  # noqa: E402  (the stdlib-only package beside this script)
 from ferry_devcluster.config import ClusterConfig, default_state_dir  # noqa: E402
 
 RELEASE = "ferry"
@@ -91,6 +93,9 @@ def model_deployment(model_path: str = f"{MODEL}/model.keras") -> dict[str, Any]
                     "target": 50,
                     "scaleDown": {"stabilizationWindowSeconds": 20},
                 },
+                # Small requests wait up to 25 ms for others to join their batch (a request that fills a
+                # batch runs at once): it shows dynamic batching, and requests in flight track the load.
+                "batching": {"maxDelayMs": 25},
                 "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
                 "nodeSelector": ON_THE_REAL_NODE,
             },
@@ -335,6 +340,8 @@ def up() -> None:
 
     step("Prometheus on the host, scraping what the ServiceMonitor describes")
     prometheus_url = run(DEVCLUSTER, "prometheus", "up", capture=True).strip()
+    step("The custom metrics API over that Prometheus (prometheus-adapter), for HPAs on serving metrics")
+    run(DEVCLUSTER, "adapter", "up", "--prometheus", prometheus_url)
 
     step("A real prediction through the Service over the Open Inference Protocol v2 (tritonclient)")
     address = service_address()
@@ -372,6 +379,7 @@ def up() -> None:
     (OUT / "timings.json").write_text(json.dumps(timings, indent=2))
 
     status = kubectl_json("get", "modeldeployment", MODEL, "-n", NAMESPACE)["status"]
+    in_flight = prometheus_adapter.CONCURRENCY_METRIC
     report = (status.get("optimization") or {}).get("report") or {}
     laps = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items() if name != "total")
     print(
@@ -385,6 +393,8 @@ through the Service's ClusterIP (kube-proxy), or from pods at {status.get("url",
   curl -s -H 'Content-Type: application/json' -d @{OUT / "request.json"} http://{address}:8080/v2/models/{MODEL}/infer
   gRPC (inference.GRPCInferenceService): {address}:8081
   Prometheus: {prometheus_url}/graph?g0.expr=sum(rate(ferry_requests_total[1m]))%20by%20(pod)
+  Custom metrics (spec.serving.autoscaling.metric concurrency or rps scales on them), e.g.:
+    kubectl get --raw /apis/custom.metrics.k8s.io/v1beta1/namespaces/{NAMESPACE}/pods/*/{in_flight}
 
 Watch the cluster:
   export KUBECONFIG={config.admin_kubeconfig}

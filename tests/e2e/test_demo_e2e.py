@@ -7,7 +7,9 @@ then everything the demo promises, checked with real clients against real pods.
      artifact, and the accuracy on the held-out digits is what the optimizer's gate measured.
 4.   The host Prometheus (devcluster prometheus, from the ServiceMonitor) has the runtime's request and
      latency series for every serving pod, and the dashboard's queries return data.
-5.   Load drives the HPA out on real CPU (metrics-server reading the kubelet) and back in after.
+5.   Load drives the HPA out on real CPU (metrics-server reading the kubelet) and back in after; then, with
+     autoscaling.metric concurrency, out on requests in flight per pod (prometheus-adapter's custom metrics
+     API over the demo's Prometheus) and back in after.
 6.   A model update rolls out under steady load with no failed request.
 7.   `helm test` passes.
 
@@ -39,6 +41,7 @@ import pytest
 
 from ferry_devcluster import build, prometheus, real_node
 from ferry_devcluster.config import ClusterConfig
+from ferry_devcluster.prometheus_adapter import CONCURRENCY_METRIC
 from ferry_devcluster.testing import Kube, free_port_base
 
 pytestmark = pytest.mark.e2e
@@ -471,6 +474,109 @@ def test_load_scales_out_on_real_cpu_and_back_in_after(cluster: Demo) -> None:
     )
     assert peak > 1
     assert max(u for _, u in utilization if u is not None) > 50
+    assert not load.failures, load.summary()
+
+
+def hpa_pods_metric(cluster: Demo) -> float | None:
+    """The HPA's current per-pod average of its Pods metric (a quantity: "3", "2500m")."""
+    hpa = cluster.kube.kubectl_json("get", "hpa", demo.MODEL, "-n", demo.NAMESPACE)
+    for metric in hpa.get("status", {}).get("currentMetrics") or []:
+        value = metric.get("pods", {}).get("current", {}).get("averageValue")
+        if value is not None:
+            return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+    return None
+
+
+def test_load_scales_out_on_requests_in_flight_through_the_custom_metrics_api(cluster: Demo) -> None:
+    # The demo started prometheus-adapter against its Prometheus: every serving pod has the metric.
+    in_flight = f"namespaces/{demo.NAMESPACE}/pods/*/{CONCURRENCY_METRIC}"
+    served = wait_for(
+        "the custom metrics API to serve every serving pod's requests in flight",
+        lambda: (
+            {
+                item["describedObject"]["name"]
+                for item in json.loads(
+                    cluster.kube.kubectl(
+                        "get", "--raw", f"/apis/custom.metrics.k8s.io/v1beta1/{in_flight}"
+                    ).stdout
+                )["items"]
+            }
+            >= serving_pods(cluster)
+        ),
+        timeout=120,
+        interval=5,
+    )
+    assert served
+    wait_for(
+        "one serving replica before the load",
+        lambda: (
+            cluster.kube.kubectl_json("get", "deployment", demo.MODEL, "-n", demo.NAMESPACE)["spec"][
+                "replicas"
+            ]
+            == 1
+        ),
+        timeout=300,
+        interval=5,
+    )
+    # One-row requests wait for others to join their batch (the demo's batching.maxDelayMs), so each
+    # client keeps about one request in flight; the target of 2 per pod makes 8 clients want 4 pods.
+    target = 2
+    manifest = demo.model_deployment()
+    manifest["spec"]["serving"]["autoscaling"].update(metric="concurrency", target=target)
+    cluster.kube.apply(manifest)
+    try:
+        wait_for(
+            "the HPA to scale on the Pods metric",
+            lambda: (
+                cluster.kube.kubectl_json("get", "hpa", demo.MODEL, "-n", demo.NAMESPACE)["spec"]["metrics"][
+                    0
+                ]
+                == {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": CONCURRENCY_METRIC},
+                        "target": {"type": "AverageValue", "averageValue": str(target)},
+                    },
+                }
+            ),
+            timeout=60,
+        )
+        body = request_body(cluster, input_name(cluster), 1)
+        per_pod: list[tuple[int, float | None]] = []
+        started = time.monotonic()
+        with ReplicaRecorder(cluster.kube) as replicas:
+            with Load(cluster.service_ip(), body, clients=8) as load:
+
+                def scaled_out() -> bool:
+                    per_pod.append((round(time.monotonic() - started), hpa_pods_metric(cluster)))
+                    return len(serving_pods(cluster)) > 1 and replicas.samples[-1][2] > 1
+
+                wait_for("the HPA to scale out on requests in flight", scaled_out, timeout=300, interval=5)
+                time.sleep(10)  # the new pods take traffic under load
+            peak = max(sample[1] for sample in replicas.samples)
+
+            def scaled_in() -> bool:
+                per_pod.append((round(time.monotonic() - started), hpa_pods_metric(cluster)))
+                return replicas.samples[-1][1] == 1
+
+            wait_for("the HPA to scale back in to 1", scaled_in, timeout=300, interval=5)
+    finally:
+        # back to the demo's CPU autoscaling for the next steps
+        cluster.kube.apply(demo.model_deployment())
+    cluster.record(
+        "hpa_concurrency",
+        {
+            "target_per_pod": target,
+            "replicas_over_time": [
+                {"t": t, "replicas": r, "ready": ready} for t, r, ready in replicas.samples
+            ],
+            "in_flight_per_pod_over_time": [{"t": t, "average": v} for t, v in per_pod],
+            "peak_replicas": peak,
+            "load": load.summary(),
+        },
+    )
+    assert peak > 1
+    assert max(v for _, v in per_pod if v is not None) > target
     assert not load.failures, load.summary()
 
 
