@@ -42,7 +42,7 @@ import pytest
 from ferry_devcluster import build, prometheus, real_node
 from ferry_devcluster.config import ClusterConfig
 from ferry_devcluster.prometheus_adapter import CONCURRENCY_METRIC
-from ferry_devcluster.testing import Kube, free_port_base
+from ferry_devcluster.testing import Kube, free_port_base, real_node_slot_or_skip
 
 pytestmark = pytest.mark.e2e
 
@@ -139,9 +139,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     if reuse:
         state_dir = Path(reuse).resolve()
     else:
-        others = real_node.node_processes_elsewhere()
-        if others:
-            pytest.skip(f"another devcluster runs a real node on this machine (one per machine): {others}")
+        real_node_slot_or_skip()
         state_dir = tmp_path_factory.mktemp("demo") / "cluster"
     out = state_dir.parent / f"{state_dir.name}-demo-out"
     env = {
