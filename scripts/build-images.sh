@@ -94,8 +94,8 @@ for component in operator runtime optimizer; do
     in_use=$(podman image inspect --format '{{.Id}}' "$image" "$deps_image" | grep -c "^$old$" || true)
     ((in_use)) || podman rmi "$old" >/dev/null 2>&1 || true
   done
-  # Untagged intermediate stages of earlier builds (the wheel stage) that no tag depends on any more.
-  podman image prune -f >/dev/null 2>&1 || true
+  # No `podman image prune` here: the untagged wheel stage is the layer cache that lets an unchanged
+  # checkout rebuild to the same image id (so nothing is re-imported into a node); stale ones are small.
   size=$(podman image inspect "$image" --format '{{.Size}}')
   echo "$image: $((size / 1024 / 1024)) MiB, built in $(($(date +%s) - start)) s"
   if $load; then
