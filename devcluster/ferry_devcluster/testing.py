@@ -153,8 +153,8 @@ def free_port() -> int:
 
 
 @dataclass
-class HostPrometheus:
-    """Debian's `prometheus` binary on the host with a static configuration (no cluster discovery)."""
+class HostProcess:
+    """A server process a test started on this host, answering on 127.0.0.1:port, logging to log_path."""
 
     process: subprocess.Popen[bytes]
     port: int
@@ -162,16 +162,6 @@ class HostPrometheus:
 
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
-
-    def query(self, expression: str) -> list[dict[str, Any]]:
-        """The instant vector of `expression` now (/api/v1/query): [{"metric": labels, "value": [t, "v"]}]."""
-        address = self.url("/api/v1/query?" + urllib.parse.urlencode({"query": expression}))
-        with urllib.request.urlopen(address, timeout=10) as reply:
-            document = json.loads(reply.read())
-        if document.get("status") != "success" or document["data"]["resultType"] != "vector":
-            raise AssertionError(f"query {expression!r} did not return a vector: {document}")
-        result: list[dict[str, Any]] = document["data"]["result"]
-        return result
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -184,6 +174,20 @@ class HostPrometheus:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+
+class HostPrometheus(HostProcess):
+    """Debian's `prometheus` binary on the host with a static configuration (no cluster discovery)."""
+
+    def query(self, expression: str) -> list[dict[str, Any]]:
+        """The instant vector of `expression` now (/api/v1/query): [{"metric": labels, "value": [t, "v"]}]."""
+        address = self.url("/api/v1/query?" + urllib.parse.urlencode({"query": expression}))
+        with urllib.request.urlopen(address, timeout=10) as reply:
+            document = json.loads(reply.read())
+        if document.get("status") != "success" or document["data"]["resultType"] != "vector":
+            raise AssertionError(f"query {expression!r} did not return a vector: {document}")
+        result: list[dict[str, Any]] = document["data"]["result"]
+        return result
 
 
 def start_prometheus(

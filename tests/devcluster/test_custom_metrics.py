@@ -10,7 +10,6 @@ Deployment out once real requests pile up in the runtime.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import pytest
 
 from ferry_devcluster import prometheus_adapter
 from ferry_devcluster.config import ClusterConfig, default_state_dir
-from ferry_devcluster.testing import HostPrometheus, Kube, start_prometheus
+from ferry_devcluster.testing import HostProcess, HostPrometheus, Kube, start_prometheus
 from ferry_operator.api import models
 from ferry_operator.builders import inputs as build_inputs
 from ferry_operator.builders import scaling
@@ -106,25 +105,6 @@ def _http_ok(url: str) -> bool:
             return bool(reply.status == 200)
     except (urllib.error.URLError, OSError):
         return False
-
-
-@dataclass
-class HostProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
 
 
 def _start(argv: list[str], port: int, log_path: Path, ready_path: str) -> HostProcess:
