@@ -88,6 +88,31 @@ class Observation:
 Policy = Callable[[Observation], Verdict | None]
 
 
+def rolled_back_verdict(
+    obs: Observation, status: ConditionStatus, explain: Callable[[RolledBack], str]
+) -> Verdict | None:
+    """The verdict of a condition while a rollback is in effect (reason RolledBack); None when none is."""
+    back = obs.rolled_back
+    if back is None:
+        return None
+    return Verdict(status, ROLLED_BACK, explain(back))
+
+
+def present_deployment(obs: Observation) -> DeploymentState:
+    """The Deployment, for a policy its chain reaches only after an earlier one answered its absence."""
+    deployment = obs.deployment
+    assert deployment is not None
+    return deployment
+
+
+def runs_desired_revision(obs: Observation, deployment: DeploymentState) -> bool:
+    """Whether the Deployment's controller has picked up the revision the spec asks for."""
+    return (
+        deployment.revision == obs.desired_revision
+        and deployment.observed_generation >= deployment.generation
+    )
+
+
 # --- ModelResolved ----------------------------------------------------------------------------------------
 
 
@@ -153,9 +178,7 @@ def deployment_missing(obs: Observation) -> Verdict | None:
 
 def deployment_current(obs: Observation) -> Verdict | None:
     deployment = obs.deployment
-    if deployment is None or deployment.revision != obs.desired_revision:
-        return None
-    if deployment.observed_generation < deployment.generation:
+    if deployment is None or not runs_desired_revision(obs, deployment):
         return None
     return Verdict("True", "Applied", f"Deployment {obs.name} runs revision {obs.desired_revision}")
 
@@ -169,14 +192,13 @@ def deployment_catching_up(obs: Observation) -> Verdict:
 
 
 def rolled_back_deployment(obs: Observation) -> Verdict | None:
-    back = obs.rolled_back
-    if back is None:
-        return None
-    return Verdict(
+    return rolled_back_verdict(
+        obs,
         "False",
-        ROLLED_BACK,
-        f"revision {back.failed_revision} failed to roll out (see Degraded); Deployment {obs.name} runs the "
-        f"last Ready revision {back.revision} again",
+        lambda back: (
+            f"revision {back.failed_revision} failed to roll out (see Degraded); Deployment "
+            f"{obs.name} runs the last Ready revision {back.revision} again"
+        ),
     )
 
 
@@ -196,15 +218,14 @@ def not_deployable(obs: Observation) -> Verdict | None:
 
 
 def rolled_back_ready(obs: Observation) -> Verdict | None:
-    back = obs.rolled_back
-    if back is None:
-        return None
     available = obs.deployment.available_replicas if obs.deployment is not None else 0
-    return Verdict(
+    return rolled_back_verdict(
+        obs,
         "False",
-        ROLLED_BACK,
-        f"this spec's revision {back.failed_revision} failed to roll out and was rolled back (see Degraded); "
-        f"the last Ready revision {back.revision} serves with {available} replicas available",
+        lambda back: (
+            f"this spec's revision {back.failed_revision} failed to roll out and was rolled back (see "
+            f"Degraded); the last Ready revision {back.revision} serves with {available} replicas available"
+        ),
     )
 
 
@@ -220,9 +241,8 @@ def scaled_to_zero(obs: Observation) -> Verdict | None:
 
 
 def rollout_in_progress(obs: Observation) -> Verdict | None:
-    deployment = obs.deployment
-    assert deployment is not None
-    if deployment.revision != obs.desired_revision or deployment.observed_generation < deployment.generation:
+    deployment = present_deployment(obs)
+    if not runs_desired_revision(obs, deployment):
         return Verdict("False", "RollingOut", f"revision {obs.desired_revision} is being rolled out")
     old = deployment.replicas - deployment.updated_replicas
     if old > 0:
@@ -236,8 +256,7 @@ def rollout_in_progress(obs: Observation) -> Verdict | None:
 
 
 def waiting_for_replicas(obs: Observation) -> Verdict | None:
-    deployment = obs.deployment
-    assert deployment is not None
+    deployment = present_deployment(obs)
     if deployment.available_replicas >= obs.required_ready:
         return None
     return Verdict(
@@ -249,8 +268,7 @@ def waiting_for_replicas(obs: Observation) -> Verdict | None:
 
 
 def serving(obs: Observation) -> Verdict:
-    deployment = obs.deployment
-    assert deployment is not None
+    deployment = present_deployment(obs)
     return Verdict(
         "True",
         "Serving",
@@ -270,19 +288,15 @@ def nothing_to_roll_out(obs: Observation) -> Verdict | None:
 
 
 def rolled_back_progress(obs: Observation) -> Verdict | None:
-    back = obs.rolled_back
-    if back is None:
-        return None
-    return Verdict(
+    return rolled_back_verdict(
+        obs,
         "False",
-        ROLLED_BACK,
-        f"rolled back to revision {back.revision}; the spec is tried again when it changes",
+        lambda back: f"rolled back to revision {back.revision}; the spec is tried again when it changes",
     )
 
 
 def deadline_exceeded(obs: Observation) -> Verdict | None:
-    deployment = obs.deployment
-    assert deployment is not None
+    deployment = present_deployment(obs)
     status, reason, message = deployment.conditions.get("Progressing", ("", "", ""))
     if status == "False" and reason == "ProgressDeadlineExceeded":
         return Verdict(
@@ -295,14 +309,9 @@ def deadline_exceeded(obs: Observation) -> Verdict | None:
 
 
 def rolling_out(obs: Observation) -> Verdict | None:
-    deployment = obs.deployment
-    assert deployment is not None
+    deployment = present_deployment(obs)
     target = deployment.spec_replicas if deployment.spec_replicas is not None else 1
-    current = (
-        deployment.revision == obs.desired_revision
-        and deployment.observed_generation >= deployment.generation
-    )
-    if not current:
+    if not runs_desired_revision(obs, deployment):
         return Verdict("True", "RollingOut", f"rolling out revision {obs.desired_revision}")
     old = deployment.replicas - deployment.updated_replicas
     if old > 0 or deployment.updated_replicas < target or deployment.available_replicas < target:
@@ -316,8 +325,7 @@ def rolling_out(obs: Observation) -> Verdict | None:
 
 
 def rollout_complete(obs: Observation) -> Verdict:
-    deployment = obs.deployment
-    assert deployment is not None
+    deployment = present_deployment(obs)
     return Verdict(
         "False",
         "Complete",
@@ -329,15 +337,14 @@ def rollout_complete(obs: Observation) -> Verdict:
 
 
 def rollout_rolled_back(obs: Observation) -> Verdict | None:
-    back = obs.rolled_back
-    if back is None:
-        return None
-    return Verdict(
+    return rolled_back_verdict(
+        obs,
         "True",
-        ROLLED_BACK,
-        f"the rollout of revision {back.failed_revision} (generation {back.generation}) failed: "
-        f"{back.reason}: {back.message}. Rolled back to revision {back.revision}, the last that was "
-        "Ready, which keeps serving. Fix the spec and apply it: any change of the spec is a new attempt",
+        lambda back: (
+            f"the rollout of revision {back.failed_revision} (generation {back.generation}) failed: "
+            f"{back.reason}: {back.message}. Rolled back to revision {back.revision}, the last that was "
+            "Ready, which keeps serving. Fix the spec and apply it: any change of the spec is a new attempt"
+        ),
     )
 
 
