@@ -578,21 +578,8 @@ class Pipeline:
                     details = self._onnx_step(kind, detail, current, target)
                     after = self.measure(target)
                 except StepError as failure:
-                    if kind == "fuse":
-                        # An automatic step, not a requested one: the lineage goes on unfused.
-                        report.steps.append(
-                            Step(
-                                lineage.name,
-                                kind,
-                                detail,
-                                before,
-                                None,
-                                time.perf_counter() - started,
-                                notes=["continued without the transformer fusions"],
-                                error=failure.message,
-                            )
-                        )
-                        continue
+                    # The fusion is an automatic step, not a requested one: the lineage goes on unfused.
+                    automatic = kind == "fuse"
                     report.steps.append(
                         Step(
                             lineage.name,
@@ -601,9 +588,12 @@ class Pipeline:
                             before,
                             None,
                             time.perf_counter() - started,
+                            notes=["continued without the transformer fusions"] if automatic else [],
                             error=failure.message,
                         )
                     )
+                    if automatic:
+                        continue
                     return Candidate(
                         name,
                         lineage.name,
