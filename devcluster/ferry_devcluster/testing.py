@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -21,6 +22,8 @@ from ferry_devcluster import build, cluster
 from ferry_devcluster.config import PORT_OFFSETS, ClusterConfig
 
 COMMAND_TIMEOUT_SECONDS = 300
+# The ferry-runtime console script of the environment the tests run in.
+FERRY_RUNTIME = str(Path(sys.executable).parent / "ferry-runtime")
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,47 @@ def real_node_slot_or_skip(wait_seconds: float = 1200.0) -> None:
 def free_port() -> int:
     """One free port below the kernel's ephemeral range (32768-60999): the Prometheus port of a free base."""
     return free_port_base() + PORT_OFFSETS["prometheus"]
+
+
+def ferry_runtime_command(
+    model_dir: Path, model_name: str, http_port: int, *extra: str, grpc_port: int = 0
+) -> list[str]:
+    """The command line of a ferry-runtime a test starts on this host: on 127.0.0.1 with one intra-op
+    thread (the cores are shared with the rest of the suite), then the `extra` flags."""
+    return [
+        FERRY_RUNTIME,
+        "--model-dir",
+        str(model_dir),
+        "--model-name",
+        model_name,
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        "--intra-op-threads",
+        "1",
+        *extra,
+    ]
+
+
+def custom_metric_per_pod(kube: Kube, namespace: str, metric: str) -> dict[str, float]:
+    """Every pod's value of `metric` from the custom metrics API (prometheus-adapter), asked as the HPA
+    controller asks it; empty while the API does not answer."""
+    path = f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/*/{metric}"
+    result = kube.kubectl("get", "--raw", path, check=False)
+    if result.returncode != 0:
+        return {}
+    return {
+        item["describedObject"]["name"]: quantity(item["value"])
+        for item in json.loads(result.stdout)["items"]
+    }
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes quantity as the metrics APIs write one: plain, or in milli-units ("15500m" is 15.5)."""
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
 @dataclass

@@ -26,7 +26,14 @@ import pytest
 
 from ferry_devcluster import prometheus_adapter
 from ferry_devcluster.config import ClusterConfig, default_state_dir
-from ferry_devcluster.testing import HostProcess, HostPrometheus, Kube, start_prometheus
+from ferry_devcluster.testing import (
+    HostProcess,
+    HostPrometheus,
+    Kube,
+    custom_metric_per_pod,
+    ferry_runtime_command,
+    start_prometheus,
+)
 from ferry_operator.api import models
 from ferry_operator.builders import inputs as build_inputs
 from ferry_operator.builders import scaling
@@ -37,7 +44,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import runtime_models  # noqa: E402
 
-FERRY_RUNTIME = str(Path(sys.executable).parent / "ferry-runtime")
 MODEL = "digits"
 # Requests wait this long for others to join their batch, so concurrent clients stay in flight together
 # whatever the machine's load: the gauge the HPA reads is the number of clients.
@@ -144,25 +150,9 @@ def served(tmp_path: Path) -> Iterator[ServedDigits]:
     """ferry-runtime on the host serving the digits model."""
     digits = runtime_models.build_digits_model(tmp_path / "model")
     port = _free_port()
-    argv = [
-        FERRY_RUNTIME,
-        "--model-dir",
-        str(digits.path.parent),
-        "--model-name",
-        MODEL,
-        "--host",
-        "127.0.0.1",
-        "--http-port",
-        str(port),
-        "--grpc-port",
-        "0",
-        "--intra-op-threads",
-        "1",
-        "--max-batch-size",
-        "64",
-        "--max-batch-delay-ms",
-        str(BATCH_DELAY_MS),
-    ]
+    argv = ferry_runtime_command(
+        digits.path.parent, MODEL, port, "--max-batch-size", "64", "--max-batch-delay-ms", str(BATCH_DELAY_MS)
+    )
     process = _start(argv, port, tmp_path / "ferry-runtime.log", "/v2/health/ready")
     yield ServedDigits(process, [float(value) for value in digits.test_images[0]])
     process.stop()
@@ -259,23 +249,8 @@ def host_prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], HostP
         process.stop()
 
 
-def _pod_metric(
-    kube: Kube, namespace: str, metric: str = prometheus_adapter.CONCURRENCY_METRIC
-) -> dict[str, float]:
-    """The custom metrics API's answer for every pod of the namespace, as the HPA controller asks it."""
-    path = f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/*/{metric}"
-    result = kube.kubectl("get", "--raw", path, check=False)
-    if result.returncode != 0:
-        return {}
-    return {
-        item["describedObject"]["name"]: _quantity(item["value"])
-        for item in json.loads(result.stdout)["items"]
-    }
-
-
-def _quantity(text: str) -> float:
-    # the API writes fractions in milli-units, e.g. "15500m"
-    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+def _in_flight_per_pod(kube: Kube, namespace: str) -> dict[str, float]:
+    return custom_metric_per_pod(kube, namespace, prometheus_adapter.CONCURRENCY_METRIC)
 
 
 class Load:
@@ -334,7 +309,7 @@ def test_hpa_scales_out_on_in_flight_requests_served_by_the_adapter(
     try:
         prometheus_adapter.up(devcluster_config, prometheus.url())
         # idle: the adapter serves the pod's gauge, and it reads 0
-        idle = _wait_for("the adapter to serve the pod's metric", lambda: _pod_metric(kube, namespace))
+        idle = _wait_for("the adapter to serve the pod's metric", lambda: _in_flight_per_pod(kube, namespace))
         assert idle == {pod: 0.0}
 
         kube.apply(_operator_hpa(namespace))
@@ -348,7 +323,7 @@ def test_hpa_scales_out_on_in_flight_requests_served_by_the_adapter(
         assert hpa_status().get("desiredReplicas", 1) == 1
 
         def loaded_metric() -> dict[str, float] | None:
-            metric = _pod_metric(kube, namespace)
+            metric = _in_flight_per_pod(kube, namespace)
             return metric if metric.get(pod, 0.0) >= TARGET_IN_FLIGHT * 2 else None
 
         def scaled_out() -> int | None:
@@ -363,7 +338,7 @@ def test_hpa_scales_out_on_in_flight_requests_served_by_the_adapter(
             # the other rule: requests per second, a rate of the runtime's request counter
             rps = _wait_for(
                 "the adapter to serve requests per second",
-                lambda: _pod_metric(kube, namespace, prometheus_adapter.RPS_METRIC).get(pod),
+                lambda: custom_metric_per_pod(kube, namespace, prometheus_adapter.RPS_METRIC).get(pod),
             )
         assert load.answered > 0, load.failures[:5]
         # one pod reporting CLIENTS in flight against a target of TARGET_IN_FLIGHT per pod: as many pods as

@@ -42,7 +42,13 @@ import pytest
 from ferry_devcluster import build, prometheus, real_node
 from ferry_devcluster.config import ClusterConfig
 from ferry_devcluster.prometheus_adapter import CONCURRENCY_METRIC
-from ferry_devcluster.testing import Kube, free_port_base, real_node_slot_or_skip
+from ferry_devcluster.testing import (
+    Kube,
+    custom_metric_per_pod,
+    free_port_base,
+    quantity,
+    real_node_slot_or_skip,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -292,6 +298,72 @@ class ReplicaRecorder:
         return self.samples[-1][1] if self.samples else 0
 
 
+def wait_for_one_replica(cluster: Demo) -> None:
+    """Wait for the serving Deployment to be back at one replica (earlier steps' traffic may have scaled it
+    out), so that a load starts from one pod."""
+    wait_for(
+        "one serving replica before the load",
+        lambda: (
+            cluster.kube.kubectl_json("get", "deployment", demo.MODEL, "-n", demo.NAMESPACE)["spec"][
+                "replicas"
+            ]
+            == 1
+        ),
+        timeout=300,
+        interval=5,
+    )
+
+
+@dataclass
+class ScaleCycle:
+    """What one scale-out under load and the scale-in after it recorded."""
+
+    # ReplicaRecorder's samples: (seconds since it started, spec replicas, ready replicas)
+    replicas: list[tuple[float, int, int]]
+    # (seconds since the load started, the HPA's reading of its metric) at every check
+    readings: list[tuple[int, float | None]]
+    # the most replicas the Deployment was asked for
+    peak: int
+    load: Load
+
+    def replicas_over_time(self) -> list[dict[str, float]]:
+        return [{"t": t, "replicas": r, "ready": ready} for t, r, ready in self.replicas]
+
+
+def scale_out_and_back_in(
+    cluster: Demo,
+    body: bytes,
+    *,
+    clients: int,
+    read_metric: Callable[[Demo], float | None],
+    scaled_out_means: str,
+    timeout: float,
+    settle_seconds: float,
+) -> ScaleCycle:
+    """Send `body` from `clients` clients until the HPA scales out and a second pod is Ready, keep the load
+    `settle_seconds` longer, stop it, and wait for the HPA to scale back in to one replica; each wait
+    times out after `timeout` seconds."""
+    readings: list[tuple[int, float | None]] = []
+    started = time.monotonic()
+    with ReplicaRecorder(cluster.kube) as replicas:
+        with Load(cluster.service_ip(), body, clients=clients) as load:
+
+            def scaled_out() -> bool:
+                readings.append((round(time.monotonic() - started), read_metric(cluster)))
+                return len(serving_pods(cluster)) > 1 and replicas.samples[-1][2] > 1
+
+            wait_for(scaled_out_means, scaled_out, timeout=timeout, interval=5)
+            time.sleep(settle_seconds)  # the new pods take traffic under load
+        peak = max(sample[1] for sample in replicas.samples)
+
+        def scaled_in() -> bool:
+            readings.append((round(time.monotonic() - started), read_metric(cluster)))
+            return replicas.samples[-1][1] == 1
+
+        wait_for("the HPA to scale back in to 1", scaled_in, timeout=timeout, interval=5)
+    return ScaleCycle(replicas.samples, readings, peak, load)
+
+
 # ----------------------------------------------------------------------------------------- the steps
 
 
@@ -428,51 +500,29 @@ def test_load_scales_out_on_real_cpu_and_back_in_after(cluster: Demo) -> None:
     # default is 5 minutes); the operator writes it to the HPA.
     hpa = cluster.kube.kubectl_json("get", "hpa", demo.MODEL, "-n", demo.NAMESPACE)
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 20, hpa["spec"]
-    # from one replica (earlier steps' traffic may have scaled it out already)
-    wait_for(
-        "one serving replica before the load",
-        lambda: (
-            cluster.kube.kubectl_json("get", "deployment", demo.MODEL, "-n", demo.NAMESPACE)["spec"][
-                "replicas"
-            ]
-            == 1
-        ),
-        timeout=300,
-        interval=5,
-    )
+    wait_for_one_replica(cluster)
     body = request_body(cluster, input_name(cluster), 256)
-    utilization: list[tuple[int, int | None]] = []
-    started = time.monotonic()
-    with ReplicaRecorder(cluster.kube) as replicas:
-        with Load(cluster.service_ip(), body, clients=4) as load:
-
-            def scaled_out() -> bool:
-                utilization.append((round(time.monotonic() - started), hpa_utilization(cluster)))
-                return len(serving_pods(cluster)) > 1 and replicas.samples[-1][2] > 1
-
-            wait_for("the HPA to scale out and a second pod to be Ready", scaled_out, timeout=420, interval=5)
-            time.sleep(15)  # the new pods take traffic under load
-        peak = max(sample[1] for sample in replicas.samples)
-
-        def scaled_in() -> bool:
-            utilization.append((round(time.monotonic() - started), hpa_utilization(cluster)))
-            return replicas.samples[-1][1] == 1
-
-        wait_for("the HPA to scale back in to 1", scaled_in, timeout=420, interval=5)
+    cycle = scale_out_and_back_in(
+        cluster,
+        body,
+        clients=4,
+        read_metric=hpa_utilization,
+        scaled_out_means="the HPA to scale out and a second pod to be Ready",
+        timeout=420,
+        settle_seconds=15,
+    )
     cluster.record(
         "hpa",
         {
-            "replicas_over_time": [
-                {"t": t, "replicas": r, "ready": ready} for t, r, ready in replicas.samples
-            ],
-            "cpu_utilization_over_time": [{"t": t, "percent": u} for t, u in utilization],
-            "peak_replicas": peak,
-            "load": load.summary(),
+            "replicas_over_time": cycle.replicas_over_time(),
+            "cpu_utilization_over_time": [{"t": t, "percent": u} for t, u in cycle.readings],
+            "peak_replicas": cycle.peak,
+            "load": cycle.load.summary(),
         },
     )
-    assert peak > 1
-    assert max(u for _, u in utilization if u is not None) > 50
-    assert not load.failures, load.summary()
+    assert cycle.peak > 1
+    assert max(u for _, u in cycle.readings if u is not None) > 50
+    assert not cycle.load.failures, cycle.load.summary()
 
 
 def hpa_pods_metric(cluster: Demo) -> float | None:
@@ -481,41 +531,23 @@ def hpa_pods_metric(cluster: Demo) -> float | None:
     for metric in hpa.get("status", {}).get("currentMetrics") or []:
         value = metric.get("pods", {}).get("current", {}).get("averageValue")
         if value is not None:
-            return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+            return quantity(value)
     return None
 
 
 def test_load_scales_out_on_requests_in_flight_through_the_custom_metrics_api(cluster: Demo) -> None:
     # The demo started prometheus-adapter against its Prometheus: every serving pod has the metric.
-    in_flight = f"namespaces/{demo.NAMESPACE}/pods/*/{CONCURRENCY_METRIC}"
     served = wait_for(
         "the custom metrics API to serve every serving pod's requests in flight",
         lambda: (
-            {
-                item["describedObject"]["name"]
-                for item in json.loads(
-                    cluster.kube.kubectl(
-                        "get", "--raw", f"/apis/custom.metrics.k8s.io/v1beta1/{in_flight}"
-                    ).stdout
-                )["items"]
-            }
+            set(custom_metric_per_pod(cluster.kube, demo.NAMESPACE, CONCURRENCY_METRIC))
             >= serving_pods(cluster)
         ),
         timeout=120,
         interval=5,
     )
     assert served
-    wait_for(
-        "one serving replica before the load",
-        lambda: (
-            cluster.kube.kubectl_json("get", "deployment", demo.MODEL, "-n", demo.NAMESPACE)["spec"][
-                "replicas"
-            ]
-            == 1
-        ),
-        timeout=300,
-        interval=5,
-    )
+    wait_for_one_replica(cluster)
     # One-row requests wait for others to join their batch (the demo's batching.maxDelayMs), so each
     # client keeps about one request in flight; the target of 2 per pod makes 8 clients want 4 pods.
     target = 2
@@ -540,24 +572,15 @@ def test_load_scales_out_on_requests_in_flight_through_the_custom_metrics_api(cl
             timeout=60,
         )
         body = request_body(cluster, input_name(cluster), 1)
-        per_pod: list[tuple[int, float | None]] = []
-        started = time.monotonic()
-        with ReplicaRecorder(cluster.kube) as replicas:
-            with Load(cluster.service_ip(), body, clients=8) as load:
-
-                def scaled_out() -> bool:
-                    per_pod.append((round(time.monotonic() - started), hpa_pods_metric(cluster)))
-                    return len(serving_pods(cluster)) > 1 and replicas.samples[-1][2] > 1
-
-                wait_for("the HPA to scale out on requests in flight", scaled_out, timeout=300, interval=5)
-                time.sleep(10)  # the new pods take traffic under load
-            peak = max(sample[1] for sample in replicas.samples)
-
-            def scaled_in() -> bool:
-                per_pod.append((round(time.monotonic() - started), hpa_pods_metric(cluster)))
-                return replicas.samples[-1][1] == 1
-
-            wait_for("the HPA to scale back in to 1", scaled_in, timeout=300, interval=5)
+        cycle = scale_out_and_back_in(
+            cluster,
+            body,
+            clients=8,
+            read_metric=hpa_pods_metric,
+            scaled_out_means="the HPA to scale out on requests in flight",
+            timeout=300,
+            settle_seconds=10,
+        )
     finally:
         # back to the demo's CPU autoscaling for the next steps
         cluster.kube.apply(demo.model_deployment())
@@ -565,17 +588,15 @@ def test_load_scales_out_on_requests_in_flight_through_the_custom_metrics_api(cl
         "hpa_concurrency",
         {
             "target_per_pod": target,
-            "replicas_over_time": [
-                {"t": t, "replicas": r, "ready": ready} for t, r, ready in replicas.samples
-            ],
-            "in_flight_per_pod_over_time": [{"t": t, "average": v} for t, v in per_pod],
-            "peak_replicas": peak,
-            "load": load.summary(),
+            "replicas_over_time": cycle.replicas_over_time(),
+            "in_flight_per_pod_over_time": [{"t": t, "average": v} for t, v in cycle.readings],
+            "peak_replicas": cycle.peak,
+            "load": cycle.load.summary(),
         },
     )
-    assert peak > 1
-    assert max(v for _, v in per_pod if v is not None) > target
-    assert not load.failures, load.summary()
+    assert cycle.peak > 1
+    assert max(v for _, v in cycle.readings if v is not None) > target
+    assert not cycle.load.failures, cycle.load.summary()
 
 
 def test_model_update_rolls_out_under_steady_load_without_failed_requests(cluster: Demo) -> None:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from ferry_devcluster.testing import ferry_runtime_command
+
 ROOT = Path(__file__).resolve().parents[2]
 # The digits model builder is shared with the runtime tests and bench/runtime_bench.py.
 sys.path.insert(0, str(ROOT / "bench"))
 
 import runtime_models  # noqa: E402
-
-FERRY_RUNTIME = str(Path(sys.executable).parent / "ferry-runtime")
 
 
 @pytest.fixture(scope="session")
@@ -63,22 +63,7 @@ def _free_port() -> int:
 
 def start_runtime(model_dir: Path, name: str, log_dir: Path, *extra: str) -> Runtime:
     port = _free_port()
-    args = [
-        FERRY_RUNTIME,
-        "--model-dir",
-        str(model_dir),
-        "--model-name",
-        name,
-        "--host",
-        "127.0.0.1",
-        "--http-port",
-        str(port),
-        "--grpc-port",
-        "0",
-        "--intra-op-threads",
-        "1",
-        *extra,
-    ]
+    args = ferry_runtime_command(model_dir, name, port, *extra)
     log_path = log_dir / f"ferry-runtime-{name}-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from ferry_devcluster.testing import ferry_runtime_command
+
 ROOT = Path(__file__).resolve().parents[2]
 # The model builders are shared with bench/runtime_bench.py, which lives outside any package.
 sys.path.insert(0, str(ROOT / "bench"))
 
 import runtime_models  # noqa: E402
-
-FERRY_RUNTIME = str(Path(sys.executable).parent / "ferry-runtime")
 
 
 def free_port() -> int:
@@ -68,22 +68,7 @@ def start_runtime(
     model_dir: Path, name: str, log_dir: Path, *extra: str, wait_ready: bool = True
 ) -> RuntimeProcess:
     http_port, grpc_port = free_port(), free_port()
-    args = [
-        FERRY_RUNTIME,
-        "--model-dir",
-        str(model_dir),
-        "--model-name",
-        name,
-        "--host",
-        "127.0.0.1",
-        "--http-port",
-        str(http_port),
-        "--grpc-port",
-        str(grpc_port),
-        "--intra-op-threads",
-        "1",
-        *extra,
-    ]
+    args = ferry_runtime_command(model_dir, name, http_port, *extra, grpc_port=grpc_port)
     log_path = log_dir / f"ferry-runtime-{name}-{http_port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())

@@ -14,7 +14,8 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from onnx import TensorProto, helper
 
-from conftest import FERRY_RUNTIME, RuntimeProcess, free_port, start_runtime
+from conftest import RuntimeProcess, free_port, start_runtime
+from ferry_devcluster.testing import FERRY_RUNTIME
 from runtime_models import DigitsModel, build_digits_model
 
 # Protocol datatype -> (ONNX element type, numpy dtype).
