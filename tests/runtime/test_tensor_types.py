@@ -15,7 +15,7 @@ import tritonclient.http as triton_http
 from onnx import TensorProto, helper
 
 from conftest import RuntimeProcess, free_port, start_runtime
-from ferry_devcluster.testing import FERRY_RUNTIME
+from ferry_devcluster.testing import ferry_runtime_command
 from runtime_models import DigitsModel, build_digits_model
 
 # Protocol datatype -> (ONNX element type, numpy dtype).
@@ -155,19 +155,7 @@ def test_sequence_output_is_refused_at_load_time(tmp_path: Path) -> None:
     model.ir_version = 8
     onnx.save(model, tmp_path / "model.onnx")
     completed = subprocess.run(  # noqa: PLW1510 (the exit code is asserted)
-        [
-            FERRY_RUNTIME,
-            "--model-dir",
-            str(tmp_path),
-            "--model-name",
-            "seq",
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            str(free_port()),
-            "--grpc-port",
-            "0",
-        ],
+        ferry_runtime_command(tmp_path, "seq", free_port()),
         capture_output=True,
         text=True,
         timeout=120,
@@ -181,19 +169,7 @@ def test_missing_model_file_is_refused_with_what_the_directory_holds(tmp_path: P
     (tmp_path / "a.onnx").write_bytes(b"")
     (tmp_path / "b.onnx").write_bytes(b"")
     completed = subprocess.run(  # noqa: PLW1510 (the exit code is asserted)
-        [
-            FERRY_RUNTIME,
-            "--model-dir",
-            str(tmp_path),
-            "--model-name",
-            "m",
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            str(free_port()),
-            "--grpc-port",
-            "0",
-        ],
+        ferry_runtime_command(tmp_path, "m", free_port()),
         capture_output=True,
         text=True,
         timeout=120,
