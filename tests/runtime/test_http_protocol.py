@@ -116,6 +116,23 @@ def test_http_1_0_closes_unless_asked_to_keep_alive(digits_server: RuntimeProces
         assert all(b"connection: keep-alive" in head.lower() for head, _ in responses)
 
 
+def test_http_1_0_keep_alive_inference(digits_server: RuntimeProcess) -> None:
+    """Inference answers after the request has been handed to the model (on another thread), unlike the
+    health endpoints; an HTTP/1.0 client that asked for keep-alive must still be told the connection stays."""
+    request = infer_request(extra=b"Connection: keep-alive\r\n").replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    with connect(digits_server) as client:
+        for _ in range(3):
+            client.sendall(request)
+            ((head, body),) = read_responses(client, 1)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert head.lower().count(b"connection: keep-alive") == 1, head
+            assert json.loads(body)["outputs"][0]["name"] == "label"
+        # pipelined: responses queue behind one another and each carries the header once
+        client.sendall(request * 2)
+        responses = read_responses(client, 2)
+        assert [head.lower().count(b"connection: keep-alive") for head, _ in responses] == [1, 1]
+
+
 def test_connection_close_is_honoured(digits_server: RuntimeProcess) -> None:
     with connect(digits_server) as client:
         client.sendall(infer_request(extra=b"Connection: close\r\n"))

@@ -336,16 +336,23 @@ def inflate(body: bytes, encoding: bytes, limit: int) -> bytes:
     return data
 
 
+def _announce_keep_alive(response: bytes) -> bytes:
+    """HTTP/1.0 closes after each response unless the response says otherwise (after its status line)."""
+    return response.replace(b"\r\n", b"\r\nconnection: keep-alive\r\n", 1)
+
+
 class _Slot:
     """A response position on a connection, so pipelined requests are answered in order."""
 
-    __slots__ = ("data", "keep_alive", "received")
+    __slots__ = ("announce_keep_alive", "data", "keep_alive", "received")
 
     def __init__(self, keep_alive: bool, received: float) -> None:
         self.data: bytes | None = None
         self.keep_alive = keep_alive
         # When the request was complete (for the request-duration metric).
         self.received = received
+        # An HTTP/1.0 request that asked for keep-alive: the response must say so, or the client closes.
+        self.announce_keep_alive = False
 
 
 class HttpConnection(asyncio.Protocol):
@@ -448,10 +455,10 @@ class HttpConnection(asyncio.Protocol):
         except Exception as error:
             log.exception("unexpected failure handling %s %s", method, self.url)
             response = error_response(FerryError(f"internal error: {error}"), keep_alive)
-        if self.parser.get_http_version() == "1.0" and keep_alive and response is not None:
-            response = response.replace(b"\r\n", b"\r\nconnection: keep-alive\r\n", 1)
         if response is not None:
             if not self._slots:
+                if keep_alive and self.parser.get_http_version() == "1.0":
+                    response = _announce_keep_alive(response)
                 self._write(response, keep_alive)
                 return
             self.respond(self.reserve(_Slot(keep_alive, received)), response, keep_alive)
@@ -461,7 +468,9 @@ class HttpConnection(asyncio.Protocol):
     # --- responses ---
 
     def reserve(self, slot: _Slot) -> _Slot:
-        """Queue a response position behind those of earlier requests on this connection."""
+        """Queue a response position behind those of earlier requests on this connection (called while
+        the request's own message is the parser's current one, so its HTTP version is known)."""
+        slot.announce_keep_alive = self.parser.get_http_version() == "1.0"
         self._slots.append(slot)
         return slot
 
@@ -472,6 +481,8 @@ class HttpConnection(asyncio.Protocol):
         while slots and slots[0].data is not None:
             ready = slots.popleft()
             assert ready.data is not None
+            if ready.keep_alive and ready.announce_keep_alive:
+                ready.data = _announce_keep_alive(ready.data)
             self._write(ready.data, ready.keep_alive)
         if self._reading_paused and len(slots) < _MAX_PIPELINED // 2:
             self._resume_reading()
