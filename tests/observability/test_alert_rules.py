@@ -24,6 +24,8 @@ SPEC = models.ModelDeploymentSpec.model_validate(
 )
 SELECTOR = f'namespace="{NAMESPACE}",model="{NAME}"'
 DEPLOYMENT = f'namespace="{NAMESPACE}",deployment="{NAME}"'
+# The operator's per-ModelDeployment series as a scrape with honorLabels stores them (its own pod label).
+OPERATOR = f'namespace="{NAMESPACE}",modeldeployment="{NAME}",pod="ferry-operator-0"'
 
 
 def rules(policy: alerts.AlertPolicy | None = None) -> dict[str, Any]:
@@ -83,10 +85,10 @@ def _expected_alerts(case: Case) -> list[dict[str, Any]]:
     return expected
 
 
-def _ready_series(available: str, desired: str, model_ready: str | None) -> tuple[tuple[str, str], ...]:
+def _ready_series(ready: str, desired: str, model_ready: str | None) -> tuple[tuple[str, str], ...]:
     series = [
-        (f"kube_deployment_status_replicas_available{{{DEPLOYMENT}}}", available),
-        (f"kube_deployment_spec_replicas{{{DEPLOYMENT}}}", desired),
+        (f'ferry_operator_modeldeployment_replicas{{{OPERATOR},state="ready"}}', ready),
+        (f'ferry_operator_modeldeployment_replicas{{{OPERATOR},state="desired"}}', desired),
     ]
     if model_ready is not None:
         series.append((f'ferry_model_ready{{{SELECTOR},pod="digits-0"}}', model_ready))
@@ -128,19 +130,11 @@ def _drift(psi: str, rows: str) -> tuple[tuple[str, str], ...]:
     )
 
 
-JOB = "digits-optimize-51a01c8e"
-
-
-def _job(failed: str, owner: str) -> tuple[tuple[str, str], ...]:
-    job = f'namespace="{NAMESPACE}",job_name="{JOB}"'
-    return (
-        (f'kube_job_failed{{{job},condition="true"}}', failed),
-        (f'kube_job_failed{{{job},condition="false"}}', "0x10"),
-        (
-            f'kube_job_owner{{{job},owner_kind="ModelDeployment",owner_name="{owner}",owner_is_controller="true"}}',
-            "1x10",
-        ),
-    )
+def _optimizations(outcome: str, values: str, owner: str = NAME) -> tuple[tuple[str, str], ...]:
+    """ferry_operator_optimizations_total of one ModelDeployment and outcome; "_" in `values` is a
+    minute without the series (the operator creates it with the first Job of that outcome)."""
+    labels = f'namespace="{NAMESPACE}",modeldeployment="{owner}",outcome="{outcome}",pod="ferry-operator-0"'
+    return ((f"ferry_operator_optimizations_total{{{labels}}}", values),)
 
 
 def _progressing(false_value: str) -> tuple[tuple[str, str], ...]:
@@ -149,12 +143,13 @@ def _progressing(false_value: str) -> tuple[tuple[str, str], ...]:
     return ((base + '"false"}', false_value), (base + '"true"}', true_value))
 
 
-READY = {"deployment": NAME}
+OWNER = {"modeldeployment": NAME}
 MODEL = {"model": NAME}
 CASES = [
-    # No ready replica: kube-state-metrics says 0 of 2 available; or no KSM and the only pod is not ready.
-    Case("FerryModelNoReadyReplicas", _ready_series("0x20", "2x20", None), "10m", ((READY, {}),)),
-    Case("FerryModelNoReadyReplicas", (_ready_series("0x20", "2x20", "0x20")[2],), "10m", ((READY, {}),)),
+    # No ready replica: the operator reports 0 of 2 ready; or no operator series and the only pod is not
+    # ready.
+    Case("FerryModelNoReadyReplicas", _ready_series("0x20", "2x20", None), "10m", ((OWNER, {}),)),
+    Case("FerryModelNoReadyReplicas", (_ready_series("0x20", "2x20", "0x20")[2],), "10m", ((OWNER, {}),)),
     Case("FerryModelNoReadyReplicas", _ready_series("2x20", "2x20", "1x20"), "10m"),
     # Scaled to zero on purpose: nothing is wanted, nothing is missing.
     Case("FerryModelNoReadyReplicas", _ready_series("0x20", "0x20", None), "10m"),
@@ -181,18 +176,23 @@ CASES = [
         "FerryModelRolloutStuck",
         _progressing("1x10"),
         "5m",
-        (({**READY, "condition": "Progressing", "status": "false"}, {}),),
+        (({"deployment": NAME, "condition": "Progressing", "status": "false"}, {}),),
     ),
     Case("FerryModelRolloutStuck", _progressing("0x10"), "5m"),
+    # The first failure creates the series at 1: a single sample, which increase() alone cannot see.
+    Case("FerryModelOptimizationFailed", _optimizations("failed", "_x4 1x10"), "6m", ((OWNER, {}),)),
+    # A second failure long after the first: the series is old, its increase counts.
+    Case("FerryModelOptimizationFailed", _optimizations("failed", "1x90 2x10"), "95m", ((OWNER, {}),)),
+    # An hour after the last failure the alert resolves (a counter has no "still failed" state).
+    Case("FerryModelOptimizationFailed", _optimizations("failed", "_x4 1x100"), "80m"),
+    # Jobs that passed or were rejected by the gate are no failure.
     Case(
         "FerryModelOptimizationFailed",
-        _job("1x10", NAME),
-        "2m",
-        (({"job_name": JOB, "condition": "true"}, {"$labels.job_name": JOB}),),
+        _optimizations("passed", "_x4 1x10") + _optimizations("gate_rejected", "0+1x10"),
+        "6m",
     ),
-    Case("FerryModelOptimizationFailed", _job("0x10", NAME), "2m"),
     # Another ModelDeployment's failed Job is not this one's alert.
-    Case("FerryModelOptimizationFailed", _job("1x10", "other"), "2m"),
+    Case("FerryModelOptimizationFailed", _optimizations("failed", "_x4 1x10", owner="other"), "6m"),
     # 80% correct against 96% at optimization time, 600 samples an hour.
     Case(
         "FerryModelAccuracyDrop",

@@ -4,8 +4,10 @@ A pure builder (name, namespace, spec, policy -> manifest). Its expressions read
 documented in docs/metrics.md:
 - the serving pods' own metrics (`ferry_*`, scraped through the ServiceMonitor; the runtime labels every
   series with `model` = the ModelDeployment's name, and the scrape adds `namespace`);
-- kube-state-metrics for what only the API server knows (available and desired replicas, the
-  Deployment's Progressing condition, failed Jobs and their owners);
+- the operator's per-ModelDeployment series (`ferry_operator_*`, labelled `namespace` and
+  `modeldeployment`): desired and ready replicas as the status reports them, finished optimization Jobs;
+- kube-state-metrics for the one fact Ferry exports no series of: the serving Deployment's Progressing
+  condition (the rollout-stuck alert);
 - the recording rules of this group (`ferry:...`), for the latency SLO's burn rates.
 
 Every alert carries `severity`, `summary`, `description` and a `runbook_url` into docs/runbooks.md, and
@@ -56,6 +58,8 @@ BURN_RATE_WINDOWS = (
     ("3d", "6h", 1.0, "warning", "3h"),
 )
 RUNBOOK_BASE_URL = "https://ferry.dev/docs/runbooks.md"
+# How long FerryModelOptimizationFailed fires after a failed Job (it reads a counter, not the Job's state).
+OPTIMIZATION_FAILED_RANGE = "1h"
 
 ALERTS = (
     "FerryModelNoReadyReplicas",
@@ -222,17 +226,18 @@ def _alerts(
     name: str, namespace: str, spec: models.ModelDeploymentSpec, policy: AlertPolicy
 ) -> list[dict[str, Any]]:
     model = _selector(namespace, model=name)
-    deployment = _selector(namespace, deployment=name)
     where = f"ModelDeployment {namespace}/{name}"
     alerts = _Alerts(name, namespace, policy)
 
-    available = f"sum by (namespace, deployment) (kube_deployment_status_replicas_available{deployment})"
-    desired = f"sum by (namespace, deployment) (kube_deployment_spec_replicas{deployment})"
-    ready = f'label_replace(ferry_model_ready{model}, "deployment", "$1", "model", "(.*)")'
+    # max, not sum: during an operator rollout two processes may export the same ModelDeployment.
+    replicas = "max by (namespace, modeldeployment) (ferry_operator_modeldeployment_replicas{})"
+    ready = replicas.format(_selector(namespace, modeldeployment=name, state="ready"))
+    desired = replicas.format(_selector(namespace, modeldeployment=name, state="desired"))
+    pods_ready = f'label_replace(ferry_model_ready{model}, "modeldeployment", "$1", "model", "(.*)")'
     alerts.add(
         "FerryModelNoReadyReplicas",
-        f"({available} == 0 and on (namespace, deployment) {desired} > 0)"
-        f" or sum by (namespace, deployment) ({ready}) == 0",
+        f"({ready} == 0 and on (namespace, modeldeployment) {desired} > 0)"
+        f" or sum by (namespace, modeldeployment) ({pods_ready}) == 0",
         duration=policy.no_ready_for,
         severity="critical",
         summary=f"{where} has no ready replica",
@@ -283,15 +288,20 @@ def _alerts(
         f"{spec.rollout.progress_deadline_seconds} s (spec.rollout.progressDeadlineSeconds){rollback}.",
     )
 
-    job_failed = _selector(namespace, condition="true")
-    owned = _selector(namespace, owner_kind=models.KIND, owner_name=name)
+    failed = "ferry_operator_optimizations_total" + _selector(
+        namespace, modeldeployment=name, outcome="failed"
+    )
+    span = OPTIMIZATION_FAILED_RANGE
+    # The operator creates the series at 1 with the first failure, which increase() cannot see (it needs
+    # two samples): a series younger than the span counts with its value, an older one with its increase.
     alerts.add(
         "FerryModelOptimizationFailed",
-        f"kube_job_failed{job_failed} == 1 and on (namespace, job_name) kube_job_owner{owned}",
+        f"sum by (namespace, modeldeployment) (({failed} unless {failed} offset {span})"
+        f" or increase({failed}[{span}])) > 0",
         duration="0m",
         severity="warning",
         summary=f"An optimization Job of {where} failed",
-        description=f"Optimization Job {{{{ $labels.job_name }}}} of {where} failed: the new model is not "
+        description=f"An optimization Job of {where} failed within the last {span}: the new model is not "
         f"served (the running revision, if any, keeps serving).",
     )
 
