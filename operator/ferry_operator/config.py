@@ -75,8 +75,9 @@ class OperatorConfig(BaseModel):
     metrics_port: int = Field(default=8000, ge=0, le=65535)
     """Port of /metrics and /healthz; 0 disables the endpoint."""
 
-    workers: int = Field(default=16, ge=1, le=1000)
-    """ModelDeployments reconciled concurrently (each reconcile waits on the API most of its time)."""
+    workers: int = Field(default=64, ge=1, le=1000)
+    """ModelDeployments reconciled concurrently (each reconcile waits on the API most of its time; at scale
+    a new object waits on the API server's serialised ClusterIP allocation of its Service)."""
 
     resync_seconds: float = Field(default=600.0, ge=10.0)
     """Every ModelDeployment is reconciled at least this often even when nothing is seen to change."""

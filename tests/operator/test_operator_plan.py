@@ -103,7 +103,7 @@ def test_config_defaults_and_parsing() -> None:
     assert parsed.runtime_image == "registry/ferry-runtime:1"
     assert parsed.image_pull_secrets == ("a", "b")
     assert parsed.optimizer_resources == {"limits": {"memory": "4Gi"}}
-    assert (parsed.log_level, parsed.metrics_port, parsed.workers) == ("DEBUG", 0, 16)
+    assert (parsed.log_level, parsed.metrics_port, parsed.workers) == ("DEBUG", 0, 64)
     assert config.from_env({}).runtime_image.startswith("ferry-runtime:")
 
 
