@@ -41,6 +41,12 @@ MODEL_DEPLOYMENT_REPLICAS = prometheus_client.Gauge(
     "replica count, set by the autoscaler when there is one) and ready.",
     ["namespace", "modeldeployment", "state"],
 )
+MODEL_DEPLOYMENT_ROLLOUT_STUCK = prometheus_client.Gauge(
+    "ferry_operator_modeldeployment_rollout_stuck",
+    "1 while the ModelDeployment's serving Deployment is past its progress deadline (its Progressing "
+    "condition False with reason ProgressDeadlineExceeded), else 0.",
+    ["namespace", "modeldeployment"],
+)
 OPTIMIZATIONS = prometheus_client.Counter(
     "ferry_operator_optimizations_total",
     "Optimization Jobs that finished, by ModelDeployment and outcome: passed, gate_rejected, "

@@ -137,10 +137,9 @@ def _optimizations(outcome: str, values: str, owner: str = NAME) -> tuple[tuple[
     return ((f"ferry_operator_optimizations_total{{{labels}}}", values),)
 
 
-def _progressing(false_value: str) -> tuple[tuple[str, str], ...]:
-    base = f'kube_deployment_status_condition{{{DEPLOYMENT},condition="Progressing",status='
-    true_value = "0x10" if false_value.startswith("1") else "1x10"
-    return ((base + '"false"}', false_value), (base + '"true"}', true_value))
+def _progressing(stuck_value: str) -> tuple[tuple[str, str], ...]:
+    """The operator's rollout-stuck gauge of the ModelDeployment (1: past its progress deadline)."""
+    return ((f"ferry_operator_modeldeployment_rollout_stuck{{{OPERATOR}}}", stuck_value),)
 
 
 OWNER = {"modeldeployment": NAME}
@@ -176,7 +175,7 @@ CASES = [
         "FerryModelRolloutStuck",
         _progressing("1x10"),
         "5m",
-        (({"deployment": NAME, "condition": "Progressing", "status": "false"}, {}),),
+        ((OWNER, {}),),
     ),
     Case("FerryModelRolloutStuck", _progressing("0x10"), "5m"),
     # The first failure creates the series at 1: a single sample, which increase() alone cannot see.

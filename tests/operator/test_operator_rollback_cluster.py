@@ -8,6 +8,7 @@ failure they can show). The crash-loop path is the same decision, tested in test
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -106,9 +107,22 @@ def test_a_broken_update_is_rolled_back_once_and_the_previous_revision_keeps_ser
     assert "rollback" not in md["status"]
     assert md["status"]["lastReadyRevision"]["model"]["uri"] == fixed
     assert md["status"]["revision"]["current"] != good_revision
+    assert rollout_stuck(operator) == "0.0"
 
 
-def test_without_auto_rollback_the_failed_rollout_is_left_and_the_status_says_why(cluster: Cluster) -> None:
+def rollout_stuck(operator: OperatorProcess) -> str | None:
+    """The operator's rollout-stuck gauge of digits (what FerryModelRolloutStuck fires on)."""
+    found = re.search(
+        r'^ferry_operator_modeldeployment_rollout_stuck\{[^}]*modeldeployment="digits"[^}]*\} (\S+)$',
+        operator.metrics(),
+        re.MULTILINE,
+    )
+    return found.group(1) if found else None
+
+
+def test_without_auto_rollback_the_failed_rollout_is_left_and_the_status_says_why(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
     cluster.apply_md("digits", spec(GOOD, autoRollback=False))
     ready = wait_for("digits Ready", lambda: cluster.ready("digits"))
     good_revision = ready["status"]["revision"]["current"]
@@ -128,3 +142,4 @@ def test_without_auto_rollback_the_failed_rollout_is_left_and_the_status_says_wh
     deployment = cluster.get("deployment", "digits")
     assert deployment is not None
     assert deployment["status"].get("availableReplicas") == 2
+    assert rollout_stuck(operator) == "1.0"

@@ -276,11 +276,11 @@ def _alerts(
             f"error budget is spent in {pace}.",
         )
 
-    progressing_false = _selector(namespace, deployment=name, condition="Progressing", status="false")
+    stuck = "ferry_operator_modeldeployment_rollout_stuck" + _selector(namespace, modeldeployment=name)
     rollback = "; autoRollback returns it to the last good revision" if spec.rollout.auto_rollback else ""
     alerts.add(
         "FerryModelRolloutStuck",
-        f"kube_deployment_status_condition{progressing_false} == 1",
+        f"max by (namespace, modeldeployment) ({stuck}) == 1",
         duration="1m",
         severity="warning",
         summary=f"{where}'s rollout is stuck past its deadline",

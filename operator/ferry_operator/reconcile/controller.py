@@ -521,6 +521,7 @@ class Controller:
         )
         self._track_phase(md.key, new["phase"])
         self._track_replicas(md.key, new["replicas"], new["readyReplicas"])
+        self._track_rollout(md.key, verdicts["Progressing"])
         patch = status.diff(current, new)
         if patch is None:
             return False
@@ -603,6 +604,11 @@ class Controller:
         metrics.MODEL_DEPLOYMENT_REPLICAS.labels(namespace, name, "desired").set(desired)
         metrics.MODEL_DEPLOYMENT_REPLICAS.labels(namespace, name, "ready").set(ready)
 
+    def _track_rollout(self, key: OwnerKey, progressing: conditions.Verdict) -> None:
+        # The alert on a stuck rollout reads this rather than kube-state-metrics' Deployment conditions.
+        stuck = progressing.status == "False" and progressing.reason == "ProgressDeadlineExceeded"
+        metrics.MODEL_DEPLOYMENT_ROLLOUT_STUCK.labels(*key).set(1 if stuck else 0)
+
     def _forget(self, key: OwnerKey) -> None:
         self._desired.pop(key, None)
         self._written_status.pop(key, None)
@@ -613,6 +619,8 @@ class Controller:
         for state in ("desired", "ready"):
             with contextlib.suppress(KeyError):
                 metrics.MODEL_DEPLOYMENT_REPLICAS.remove(*key, state)
+        with contextlib.suppress(KeyError):
+            metrics.MODEL_DEPLOYMENT_ROLLOUT_STUCK.remove(*key)
 
 
 def _worth_an_event(old: str | None, new: str) -> bool:
