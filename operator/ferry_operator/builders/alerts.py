@@ -5,9 +5,8 @@ documented in docs/metrics.md:
 - the serving pods' own metrics (`ferry_*`, scraped through the ServiceMonitor; the runtime labels every
   series with `model` = the ModelDeployment's name, and the scrape adds `namespace`);
 - the operator's per-ModelDeployment series (`ferry_operator_*`, labelled `namespace` and
-  `modeldeployment`): desired and ready replicas as the status reports them, finished optimization Jobs;
-- kube-state-metrics for the one fact Ferry exports no series of: the serving Deployment's Progressing
-  condition (the rollout-stuck alert);
+  `modeldeployment`): desired and ready replicas as the status reports them, whether the rollout is past
+  its progress deadline, finished optimization Jobs (so no alert needs kube-state-metrics);
 - the recording rules of this group (`ferry:...`), for the latency SLO's burn rates.
 
 Every alert carries `severity`, `summary`, `description` and a `runbook_url` into docs/runbooks.md, and
