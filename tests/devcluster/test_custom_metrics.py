@@ -10,7 +10,6 @@ Deployment out once real requests pile up in the runtime.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from ferry_devcluster.testing import (
     Kube,
     custom_metric_per_pod,
     ferry_runtime_command,
+    free_port,
     start_prometheus,
 )
 from ferry_operator.api import models
@@ -81,18 +81,6 @@ def test_adapter_rules_read_the_runtime_series_per_pod() -> None:
 
 
 # ------------------------------------------------------------------------------------ the cluster test
-
-
-def _free_port() -> int:
-    """A free port below the kernel's ephemeral range (32768-60999), where the cluster ports live too."""
-    for port in range(21000 + (time.monotonic_ns() // 1000) % 5000, 26300):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port between 21000 and 26300")
 
 
 def _wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_SECONDS) -> Any:
@@ -149,7 +137,7 @@ class ServedDigits:
 def served(tmp_path: Path) -> Iterator[ServedDigits]:
     """ferry-runtime on the host serving the digits model."""
     digits = runtime_models.build_digits_model(tmp_path / "model")
-    port = _free_port()
+    port = free_port()
     argv = ferry_runtime_command(
         digits.path.parent, MODEL, port, "--max-batch-size", "64", "--max-batch-delay-ms", str(BATCH_DELAY_MS)
     )
