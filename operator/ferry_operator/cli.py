@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     namespaces: list[str] = list(args.namespace) or ([] if args.all_namespaces else list(settings.namespaces))
     wiring.configure_logging(settings)
-    ferry = wiring.create(settings)
+    ferry = wiring.create(settings, namespaces)
     # Registering the handlers is importing the module (kopf's decorators add them to its registry).
     from ferry_operator import handlers  # noqa: F401
 

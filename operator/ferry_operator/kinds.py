@@ -50,9 +50,16 @@ class Kind:
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
+    @property
+    def _prefix(self) -> str:
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
+    def cluster_path(self) -> str:
+        """The kind's objects in every namespace (for cluster-wide lists and watches)."""
+        return f"{self._prefix}/{self.plural}"
+
     def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
-        prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        path = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        path = f"{self._prefix}/namespaces/{namespace}/{self.plural}"
         if name is not None:
             path += f"/{name}"
         if subresource is not None:
@@ -84,6 +91,9 @@ CHILD_KINDS: tuple[Kind, ...] = (
 FIRST_WAVE: frozenset[Kind] = frozenset({SERVICE, DEPLOYMENT, POD_DISRUPTION_BUDGET})
 # Kinds of the optional Prometheus Operator API (monitoring.coreos.com): created only where it is installed.
 MONITORING_KINDS: tuple[Kind, ...] = (SERVICE_MONITOR, PROMETHEUS_RULE)
+# Children of kinds every cluster serves: watched by Ferry's own informers (informer.py). The monitoring
+# kinds come and go with their CRDs, which kopf's watches follow.
+CORE_CHILD_KINDS: tuple[Kind, ...] = tuple(kind for kind in CHILD_KINDS if kind not in MONITORING_KINDS)
 
 
 def selector_labels(name: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
@@ -43,25 +43,35 @@ class KubeClient:
     def __init__(self, max_connections: int = 32) -> None:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        # Watches hold their connection for minutes: a pool of their own, so they never take the slots
+        # the reconcile's writes need.
+        self._watch_session: aiohttp.ClientSession | None = None
         self._server = ""
         self._ready = asyncio.Event()
 
     def login(self, info: kopf.ConnectionInfo) -> None:
         """Adopt the credentials kopf logged in with (called from the login handler)."""
-        old = self._session
+        old = (self._session, self._watch_session)
         self._server = info.server.rstrip("/")
+        ssl = info.as_ssl_context()
+        headers = {**info.as_http_headers(), "User-Agent": "ferry-operator"}
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=info.as_ssl_context()),
-            headers={**info.as_http_headers(), "User-Agent": "ferry-operator"},
+            connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=ssl),
+            headers=headers,
             timeout=aiohttp.ClientTimeout(total=30),
         )
+        self._watch_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=ssl), headers=headers
+        )
         self._ready.set()
-        if old is not None:
-            asyncio.get_running_loop().create_task(old.close())
+        for session in old:
+            if session is not None:
+                asyncio.get_running_loop().create_task(session.close())
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
 
     async def request(
         self,
@@ -95,6 +105,43 @@ class KubeClient:
                 return payload if isinstance(payload, dict) else {}
         finally:
             metrics.API_REQUESTS.labels(verb=method, resource=resource, code=code).inc()
+
+    async def watch(
+        self, path: str, *, resource: str, params: Mapping[str, str], read_timeout: float
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """The events of a watch request, decoded, until the server ends the stream. `read_timeout`: give
+        up on a connection silent for that long (a half-open TCP connection would otherwise hang forever;
+        bookmarks and the server's own timeout keep a healthy one talking)."""
+        await self._ready.wait()
+        assert self._watch_session is not None
+        code = "error"
+        try:
+            async with self._watch_session.get(
+                self._server + path,
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_read=read_timeout),
+            ) as response:
+                code = str(response.status)
+                if response.status >= 400:
+                    text = await response.text()
+                    try:
+                        message = str(json.loads(text).get("message", ""))
+                    except (ValueError, AttributeError):
+                        message = text.strip()
+                    raise ApiError(response.status, response.reason or "", message, "WATCH", path)
+                # Lines can be longer than aiohttp's line reader allows (objects with large annotations),
+                # so the stream is split here.
+                pending = b""
+                async for chunk in response.content.iter_any():
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        if line:
+                            event = json.loads(line)
+                            if not isinstance(event, dict):
+                                raise ValueError(f"watch event is not an object: {line[:80]!r}")
+                            yield event
+        finally:
+            metrics.API_REQUESTS.labels(verb="WATCH", resource=resource, code=code).inc()
 
     async def apply(
         self, kind: kinds.Kind, manifest: Mapping[str, Any], field_manager: str

@@ -6,6 +6,7 @@ handlers.py registers kopf handlers that call the functions here; cli.py builds 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -13,33 +14,78 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from ferry_operator import kinds, metrics
+from ferry_operator import informer, kinds, metrics
 from ferry_operator.api import models
 from ferry_operator.config import OperatorConfig
+from ferry_operator.informer import Informer, View
 from ferry_operator.kube import KubeClient
+from ferry_operator.reconcile import observe, optimization
 from ferry_operator.reconcile.controller import Controller, Indices
-from ferry_operator.reconcile.observe import OwnerKey, PodSnapshot
-from ferry_operator.reconcile.optimization import OptimizationResolver, optimizer_defaults
+from ferry_operator.reconcile.observe import ChildSnapshot, ModelDeploymentSnapshot, OwnerKey, PodSnapshot
+from ferry_operator.reconcile.optimization import (
+    JobPodSnapshot,
+    JobSnapshot,
+    OptimizationResolver,
+    optimizer_defaults,
+)
 
 logger = logging.getLogger("ferry_operator")
 
-# Names of the kopf index handlers (handlers.py), by what they index. kopf hands each index to handlers as
-# a keyword argument named after its function.
-MODEL_DEPLOYMENT_INDEX = "modeldeployment_index"
-CHILD_INDEXES: Mapping[kinds.Kind, str] = {
-    kinds.DEPLOYMENT: "deployment_index",
-    kinds.SERVICE: "service_index",
-    kinds.HORIZONTAL_POD_AUTOSCALER: "hpa_index",
-    kinds.POD_DISRUPTION_BUDGET: "pdb_index",
+# Names of the kopf index handlers (handlers.py) of the monitoring children. kopf hands each index to
+# handlers as a keyword argument named after its function.
+MONITORING_INDEXES: Mapping[kinds.Kind, str] = {
     kinds.SERVICE_MONITOR: "servicemonitor_index",
     kinds.PROMETHEUS_RULE: "prometheusrule_index",
 }
 # The CRDs whose arrival or removal changes which monitoring children `auto` creates.
 MONITORING_CRDS = frozenset(f"{kind.plural}.{kind.group}" for kind in kinds.MONITORING_KINDS)
-POD_INDEX = "pod_index"
-JOB_INDEX = "job_index"
-OPTIMIZATION_POD_INDEX = "optimization_pod_index"
 MANAGED_SELECTOR = f"{kinds.MANAGED_BY_LABEL}={kinds.MANAGED_BY}"
+
+
+@dataclasses.dataclass
+class WatchCaches:
+    """Ferry's own informers and the views the reconcile reads (see informer.py for why not kopf's)."""
+
+    model_deployments: View[ModelDeploymentSnapshot]
+    children: dict[kinds.Kind, View[ChildSnapshot]]
+    pods: View[PodSnapshot]
+    jobs: View[JobSnapshot]
+    optimization_pods: View[JobPodSnapshot]
+    informers: list[Informer]
+
+
+def watch_caches(config: OperatorConfig, client: KubeClient, namespaces: list[str]) -> WatchCaches:
+    """One informer per kind and scope; pods feed two views (serving pods, optimization Job pods)."""
+    model_deployments = View("modeldeployments", observe.model_deployment_entry)
+    children: dict[kinds.Kind, View[ChildSnapshot]] = {
+        kind: View(kind.plural, functools.partial(observe.child_entry, kind))
+        for kind in kinds.CORE_CHILD_KINDS
+    }
+    pods = View("pods", observe.pod_entry)
+    jobs = View("jobs", optimization.job_entry)
+    optimization_pods = View("optimization pods", optimization.job_pod_entry)
+    watched: list[tuple[kinds.Kind, list[View[Any]], str]] = [
+        (kinds.MODEL_DEPLOYMENT, [model_deployments], ""),
+        *((kind, [view], MANAGED_SELECTOR) for kind, view in children.items()),
+        (kinds.POD, [pods, optimization_pods], MANAGED_SELECTOR),
+        (kinds.JOB, [jobs], MANAGED_SELECTOR),
+    ]
+    places, namespace_filter = informer.scopes(namespaces)
+    informers = [
+        Informer(
+            client,
+            kind,
+            views,
+            namespace=namespace,
+            label_selector=selector,
+            namespace_filter=namespace_filter,
+            server_timeout_seconds=config.watch_server_timeout_seconds,
+            client_timeout_seconds=config.watch_client_timeout_seconds,
+        )
+        for kind, views, selector in watched
+        for namespace in places
+    ]
+    return WatchCaches(model_deployments, children, pods, jobs, optimization_pods, informers)
 
 
 @dataclasses.dataclass
@@ -50,19 +96,20 @@ class Ferry:
     client: KubeClient
     controller: Controller
     optimization: OptimizationResolver
+    caches: WatchCaches
     metrics_server: web.AppRunner | None = None
-    # Last seen state of each serving pod (by uid): a pod event only matters when this changes.
-    pod_states: dict[str, tuple[OwnerKey, PodSnapshot]] = dataclasses.field(default_factory=dict)
 
 
-def create(config: OperatorConfig) -> Ferry:
+def create(config: OperatorConfig, namespaces: list[str]) -> Ferry:
+    """The operator's parts; `namespaces` as given to kopf (empty: the whole cluster)."""
     client = KubeClient(max_connections=max(8, config.workers * 2))
-    optimization = OptimizationResolver(optimizer_defaults(config), client)
+    resolver = OptimizationResolver(optimizer_defaults(config), client)
     return Ferry(
         config=config,
         client=client,
-        controller=Controller(config, client, optimization),
-        optimization=optimization,
+        controller=Controller(config, client, resolver),
+        optimization=resolver,
+        caches=watch_caches(config, client, namespaces),
     )
 
 
@@ -103,9 +150,8 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     # Short API calls (lists at start-up) fail fast rather than hang the start.
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
-    # Server-side filtering: the child watches stream only Ferry's objects, not every Deployment and Pod
-    # in the cluster.
-    for kind in (*kinds.CHILD_KINDS, kinds.POD, kinds.JOB):
+    # Server-side filtering: the monitoring watches stream only Ferry's objects.
+    for kind in kinds.MONITORING_KINDS:
         settings.watching.label_selectors[kind.group or "v1", kind.plural] = MANAGED_SELECTOR
     # kopf posts events for its own handler errors; only warnings and worse (the reconcile posts one event
     # per phase transition itself, so kopf must not add one per handler run).
@@ -139,19 +185,26 @@ def login(ferry: Ferry, **kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 async def startup(ferry: Ferry, indices: Mapping[str, Any]) -> None:
+    caches = ferry.caches
+    views: list[View[Any]] = [caches.model_deployments, *caches.children.values()]
+    for view in (*views, caches.pods, caches.jobs, caches.optimization_pods):
+        view.on_change = ferry.controller.enqueue
     ferry.controller.bind(
         Indices(
-            model_deployments=indices[MODEL_DEPLOYMENT_INDEX],
-            children={kind: indices[name] for kind, name in CHILD_INDEXES.items()},
-            pods=indices[POD_INDEX],
+            model_deployments=caches.model_deployments,
+            children={
+                **caches.children,
+                **{kind: indices[name] for kind, name in MONITORING_INDEXES.items()},
+            },
+            pods=caches.pods,
         )
     )
     ferry.optimization.bind(
-        jobs=indices[JOB_INDEX],
-        pods=indices[OPTIMIZATION_POD_INDEX],
+        jobs=caches.jobs,
+        pods=caches.optimization_pods,
         enqueue_after=ferry.controller.queue.add_after,
     )
-    ferry.controller.start()
+    ferry.controller.start(caches.informers)
     if ferry.config.metrics_port:
         ferry.metrics_server = await metrics.serve(ferry.config.metrics_port, ferry.controller.healthy)
     logger.info(
@@ -173,15 +226,6 @@ def is_monitoring_crd(name: str, **_: Any) -> bool:
     return name in MONITORING_CRDS
 
 
-def pod_changed(ferry: Ferry, uid: str, key: OwnerKey | None, snapshot: PodSnapshot | None) -> None:
-    """Reconcile the owner when a serving pod's fetch state or trouble changes (not on every pod event)."""
-    if snapshot is None:
-        previous = ferry.pod_states.pop(uid, None)
-        if previous is not None:
-            ferry.controller.enqueue(previous[0])
-        return
-    if key is None:
-        return
-    if ferry.pod_states.get(uid) != (key, snapshot):
-        ferry.pod_states[uid] = (key, snapshot)
-        ferry.controller.enqueue(key)
+def kopf_index_entry(entry: tuple[OwnerKey, Any] | None) -> dict[OwnerKey, Any]:
+    """A watch cache entry in the shape a kopf index handler returns."""
+    return {} if entry is None else {entry[0]: entry[1]}

@@ -306,8 +306,10 @@ def job_body(conditions: list[dict[str, Any]], **status: Any) -> dict[str, Any]:
 
 
 def test_job_snapshots_follow_the_job_controllers_conditions() -> None:
-    running = optimization.index_job(job_body([{"type": "SuccessCriteriaMet", "status": "True"}]))
-    assert running[("ml", "digits")].state == "running"
+    running = optimization.job_entry(job_body([{"type": "SuccessCriteriaMet", "status": "True"}]))
+    assert running is not None
+    assert running[0] == ("ml", "digits")
+    assert running[1].state == "running"
     complete = optimization.job_snapshot(
         job_body([{"type": "Complete", "status": "True"}], completionTime="2026-05-01T11:59:50Z")
     )
@@ -361,7 +363,9 @@ def test_job_pod_snapshots_carry_the_termination_message_and_problems() -> None:
             ],
         }
     )
-    ((key, snapshot),) = optimization.index_job_pod(done).items()
+    entry = optimization.job_pod_entry(done)
+    assert entry is not None
+    key, snapshot = entry
     assert key == ("ml", "digits")
     assert (snapshot.job_uid, snapshot.exit_code, snapshot.message) == ("job-uid", 0, summary())
     pulling = optimization.job_pod_snapshot(
@@ -395,8 +399,8 @@ def test_job_pod_snapshots_carry_the_termination_message_and_problems() -> None:
     )
     assert unschedulable.problem == "Unschedulable: 0/3 nodes"
     # Serving pods and other pods are not optimization pods.
-    assert optimization.index_job_pod(pod_body({}, labels={kinds.MODEL_DEPLOYMENT_LABEL: "digits"})) == {}
-    assert optimization.index_job_pod(pod_body({}, labels={kinds.OPTIMIZATION_OF_LABEL: "digits"})) == {}
+    assert optimization.job_pod_entry(pod_body({}, labels={kinds.MODEL_DEPLOYMENT_LABEL: "digits"})) is None
+    assert optimization.job_pod_entry(pod_body({}, labels={kinds.OPTIMIZATION_OF_LABEL: "digits"})) is None
 
 
 def test_recorded_result_and_served_artifact_come_from_the_status() -> None:

@@ -1,8 +1,9 @@
 """The level-based reconcile loop: observe, apply the difference, prune, report.
 
-Watch events (from kopf handlers) only enqueue the owning ModelDeployment's key; workers take keys from
-the queue and reconcile from what the indices hold at that moment, so the result never depends on which
-event arrived or in what order, and an operator restarted at any point converges to the same children.
+Watch events (from the informers and kopf handlers) only enqueue the owning ModelDeployment's key; workers
+take keys from the queue and reconcile from what the watch caches hold at that moment, so the result never
+depends on which event arrived or in what order, and an operator restarted at any point converges to the
+same children.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import datetime
 import logging
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from ferry_operator import builders, kinds, metrics
+from ferry_operator import builders, informer, kinds, metrics
 from ferry_operator.api import models
 from ferry_operator.builders import monitoring
 from ferry_operator.builders.artifact_store import ArtifactStore
@@ -28,6 +29,7 @@ from ferry_operator.builders.inputs import BuildInputs, Owner, ServedArtifact, S
 from ferry_operator.builders.network import url as service_url
 from ferry_operator.builders.serving import deployment as deployment_manifest
 from ferry_operator.config import OperatorConfig
+from ferry_operator.informer import Informer
 from ferry_operator.kube import ApiError, KubeClient
 from ferry_operator.reconcile import conditions, plan, rollout, status
 from ferry_operator.reconcile.artifacts import ArtifactResolver, Resolution, ServeAsIs
@@ -49,7 +51,8 @@ WARNING_PHASES = frozenset({"Degraded", "Failed"})
 
 @dataclasses.dataclass
 class Indices:
-    """The watch caches (kopf indices), keyed by owning ModelDeployment."""
+    """The watch caches (informer views; kopf indices for the monitoring kinds), keyed by owning
+    ModelDeployment."""
 
     model_deployments: Mapping[OwnerKey, Iterable[ModelDeploymentSnapshot]]
     children: Mapping[kinds.Kind, Mapping[OwnerKey, Iterable[ChildSnapshot]]]
@@ -126,9 +129,16 @@ class Controller:
     def bind(self, indices: Indices) -> None:
         self.indices = indices
 
-    def start(self) -> None:
+    def start(self, caches: Sequence[Informer] = ()) -> None:
+        """Run the informers and the workers; the workers wait for every informer's first list (a reconcile
+        on a partial cache would take existing children for missing ones)."""
+        if caches:
+            self._tasks.append(asyncio.create_task(informer.run_all(caches), name="ferry-watch-caches"))
+        synced = asyncio.ensure_future(informer.wait_synced(caches))
         for number in range(self.config.workers):
-            self._tasks.append(asyncio.create_task(self._worker(), name=f"ferry-reconcile-worker-{number}"))
+            self._tasks.append(
+                asyncio.create_task(self._worker(synced), name=f"ferry-reconcile-worker-{number}")
+            )
         self._tasks.append(asyncio.create_task(self._resync(), name="ferry-resync"))
         self._tasks.append(
             asyncio.create_task(self._discover_monitoring(), name="ferry-monitoring-discovery")
@@ -155,7 +165,8 @@ class Controller:
             self.queue.add(key)
             metrics.QUEUE_DEPTH.set(len(self.queue))
 
-    async def _worker(self) -> None:
+    async def _worker(self, synced: asyncio.Future[None]) -> None:
+        await asyncio.shield(synced)
         while True:
             key = await self.queue.get()
             started = time.perf_counter()

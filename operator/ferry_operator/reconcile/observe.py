@@ -1,8 +1,9 @@
 """What the operator keeps of the objects it watches: small immutable snapshots, not whole bodies.
 
-kopf's indices hold one snapshot per watched child (keyed by its owner), so a reconcile reads the observed
-state from memory instead of GETting it; at 500 ModelDeployments that is the difference between a few and
-a few thousand requests per resync, and memory stays flat because only these fields are kept.
+The watch caches (informer.py) hold one snapshot per watched object (keyed by its owner), so a reconcile
+reads the observed state from memory instead of GETting it; at 500 ModelDeployments that is the difference
+between a few and a few thousand requests per resync, and memory stays flat because only these fields are
+kept.
 """
 
 from __future__ import annotations
@@ -259,17 +260,17 @@ def model_deployment_key(body: Mapping[str, Any]) -> OwnerKey:
     return (str(meta.get("namespace", "")), str(meta.get("name", "")))
 
 
-def index_child(kind: kinds.Kind, body: Mapping[str, Any]) -> dict[OwnerKey, ChildSnapshot]:
-    """A kopf index entry: the child's snapshot under its owner's key (nothing for orphans)."""
+def child_entry(kind: kinds.Kind, body: Mapping[str, Any]) -> tuple[OwnerKey, ChildSnapshot] | None:
+    """A watch cache entry: the child's snapshot under its owner's key (None for orphans)."""
     key = owner_key(body)
-    return {} if key is None else {key: child_snapshot(kind, body)}
+    return None if key is None else (key, child_snapshot(kind, body))
 
 
-def index_pod(body: Mapping[str, Any]) -> dict[OwnerKey, PodSnapshot]:
+def pod_entry(body: Mapping[str, Any]) -> tuple[OwnerKey, PodSnapshot] | None:
     key = pod_owner_key(body)
-    return {} if key is None else {key: pod_snapshot(body)}
+    return None if key is None else (key, pod_snapshot(body))
 
 
-def pod_change(body: Mapping[str, Any], deleted: bool) -> tuple[OwnerKey | None, PodSnapshot | None]:
-    """The owner and new state of a pod from a watch event (state None when the pod is gone)."""
-    return pod_owner_key(body), None if deleted else pod_snapshot(body)
+def model_deployment_entry(body: Mapping[str, Any]) -> tuple[OwnerKey, ModelDeploymentSnapshot]:
+    snapshot = model_deployment_snapshot(body)
+    return snapshot.key, snapshot

@@ -2,8 +2,8 @@
 
 Three parts, so that every decision can be tested without a cluster:
 
-* **observe**: small snapshots of the optimization Jobs and their pods, kept in kopf indices keyed by the
-  owning ModelDeployment (`index_job`, `index_job_pod`), plus the parsed termination message (`Summary`);
+* **observe**: small snapshots of the optimization Jobs and their pods, kept in the watch caches keyed by the
+  owning ModelDeployment (`job_entry`, `job_pod_entry`), plus the parsed termination message (`Summary`);
 * **decide** (`decide`): a pure function of what was observed -> what to serve, the Optimized condition,
   status.optimization, and whether a Job must be created;
 * **apply** (`OptimizationResolver.resolve`): creates the Job (409 AlreadyExists means it already exists:
@@ -182,15 +182,15 @@ def job_pod_snapshot(body: Mapping[str, Any]) -> JobPodSnapshot:
     )
 
 
-def index_job(body: Mapping[str, Any]) -> dict[OwnerKey, JobSnapshot]:
-    """A kopf index entry: the Job under its ModelDeployment's key (nothing for other Jobs)."""
+def job_entry(body: Mapping[str, Any]) -> tuple[OwnerKey, JobSnapshot] | None:
+    """A watch cache entry: the Job under its ModelDeployment's key (None for other Jobs)."""
     key = owner_key(body)
-    return {} if key is None else {key: job_snapshot(body)}
+    return None if key is None else (key, job_snapshot(body))
 
 
-def index_job_pod(body: Mapping[str, Any]) -> dict[OwnerKey, JobPodSnapshot]:
+def job_pod_entry(body: Mapping[str, Any]) -> tuple[OwnerKey, JobPodSnapshot] | None:
     key = job_pod_owner_key(body)
-    return {} if key is None else {key: job_pod_snapshot(body)}
+    return None if key is None else (key, job_pod_snapshot(body))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -548,7 +548,7 @@ class OptimizationResolver:
         pods: Mapping[OwnerKey, Iterable[JobPodSnapshot]],
         enqueue_after: Callable[[OwnerKey, float], None],
     ) -> None:
-        """Attach the watch caches (kopf indices) and the work queue, once they exist."""
+        """Attach the watch caches and the work queue, once they exist."""
         self._jobs = jobs
         self._pods = pods
         self._enqueue_after = enqueue_after

@@ -1,0 +1,203 @@
+"""Ferry's own watch caches (ferry_operator.informer): the views' bookkeeping, namespace scoping, and the
+list/watch/relist cycle against the real API server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import pytest
+
+from ferry_devcluster.testing import Kube
+from ferry_operator import informer, kinds
+from ferry_operator.informer import Informer, View
+from ferry_operator.kube import KubeClient
+
+OwnerKey = tuple[str, str]
+CONFIG_MAP = kinds.Kind("", "v1", "ConfigMap", "configmaps")
+OWNER_LABEL = "test.ferry.dev/owner"
+
+
+def by_owner_label(body: Mapping[str, Any]) -> tuple[OwnerKey, str] | None:
+    """Test extract: the owner is a label, the snapshot the `value` data field."""
+    meta = body.get("metadata", {})
+    owner = (meta.get("labels") or {}).get(OWNER_LABEL)
+    if owner is None:
+        return None
+    return (str(meta.get("namespace", "")), str(owner)), str((body.get("data") or {}).get("value", ""))
+
+
+def config_map(name: str, owner: str | None, value: str, namespace: str = "ns") -> dict[str, Any]:
+    labels = {} if owner is None else {OWNER_LABEL: owner}
+    return {
+        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "labels": labels},
+        "data": {"value": value},
+    }
+
+
+def recording_view() -> tuple[View[str], list[OwnerKey]]:
+    view: View[str] = View("test", by_owner_label)
+    changes: list[OwnerKey] = []
+    view.on_change = changes.append
+    return view, changes
+
+
+def test_a_view_keeps_snapshots_by_owner_and_reports_only_real_changes() -> None:
+    view, changes = recording_view()
+    view.put("uid-a", config_map("a", "md1", "1"))
+    view.put("uid-b", config_map("b", "md1", "2"))
+    assert sorted(view[("ns", "md1")]) == ["1", "2"]
+    assert changes == [("ns", "md1"), ("ns", "md1")]
+    # The same snapshot again (a status-only event the snapshot does not keep): nothing to reconcile.
+    view.put("uid-a", config_map("a", "md1", "1"))
+    assert len(changes) == 2
+    view.put("uid-a", config_map("a", "md1", "3"))
+    assert sorted(view[("ns", "md1")]) == ["2", "3"]
+    assert len(changes) == 3
+
+
+def test_an_object_that_changes_owner_leaves_its_old_owner() -> None:
+    view, changes = recording_view()
+    view.put("uid-a", config_map("a", "md1", "1"))
+    view.put("uid-a", config_map("a", "md2", "1"))
+    assert ("ns", "md1") not in view
+    assert list(view[("ns", "md2")]) == ["1"]
+    assert changes == [("ns", "md1"), ("ns", "md1"), ("ns", "md2")]
+    # Losing the owner label entirely (no ModelDeployment's any more) drops it too.
+    view.put("uid-a", config_map("a", None, "1"))
+    assert len(view) == 0
+    assert changes[-1] == ("ns", "md2")
+
+
+def test_drop_reports_the_owner_and_forgets_unknown_objects_quietly() -> None:
+    view, changes = recording_view()
+    view.put("uid-a", config_map("a", "md1", "1"))
+    view.drop("uid-a")
+    view.drop("uid-never-seen")
+    assert len(view) == 0
+    assert changes == [("ns", "md1"), ("ns", "md1")]
+    assert view.get(("ns", "md1"), ()) == ()
+
+
+def test_a_relist_drops_what_was_deleted_meanwhile_but_only_in_its_own_scope() -> None:
+    view, changes = recording_view()
+    view.put("uid-a", config_map("a", "md1", "1", namespace="one"))
+    view.put("uid-b", config_map("b", "md2", "1", namespace="one"))
+    view.put("uid-c", config_map("c", "md3", "1", namespace="two"))
+    changes.clear()
+    # Namespace "one" listed again: b is gone, a unchanged; namespace two is another informer's business.
+    view.replace({"uid-a": config_map("a", "md1", "1", namespace="one")}, lambda ns: ns == "one")
+    assert sorted(view) == [("one", "md1"), ("two", "md3")]
+    assert changes == [("one", "md2")]
+
+
+@pytest.mark.parametrize(
+    ("patterns", "expected"),
+    [
+        (["ml-*"], {"ml-a": True, "ml-b": True, "web": False}),
+        (["!kube-*"], {"ml-a": True, "kube-system": False, "web": True}),
+        (
+            ["ml-*, !*-pr-*, *pr-123"],
+            {"ml-test": True, "ml-pr-123": True, "ml-pr-456": False, "x-pr-123": False},
+        ),
+        (["ml-*", "web"], {"ml-a": True, "web": True, "webx": False}),
+    ],
+)
+def test_namespace_patterns_match_like_kopfs(patterns: list[str], expected: dict[str, bool]) -> None:
+    matches = informer.namespace_matcher(patterns)
+    assert {name: matches(name) for name in expected} == expected
+
+
+def test_scopes_watch_named_namespaces_each_and_patterns_cluster_wide() -> None:
+    assert informer.scopes([]) == ([None], None)
+    assert informer.scopes(["a", "b", "a"]) == (["a", "b"], None)
+    places, namespace_filter = informer.scopes(["a", "ml-*"])
+    assert places == [None]
+    assert namespace_filter is not None
+    assert namespace_filter("a")
+    assert namespace_filter("ml-x")
+    assert not namespace_filter("b")
+
+
+# --- against the real API server ------------------------------------------------------------------------
+
+
+async def _eventually(condition: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def _client(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> KubeClient:
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+    assert info is not None
+    client = KubeClient()
+    client.login(info)
+    return client
+
+
+@pytest.mark.cluster
+def test_an_informer_lists_then_follows_creates_updates_and_deletes(
+    kube: Kube, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def apply(name: str, owner: str, value: str) -> None:
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": {OWNER_LABEL: owner, "test.ferry.dev/watched": "yes"}},
+            "data": {"value": value},
+        }
+        kube.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(manifest))
+
+    apply("before", "md1", "listed")
+    # Not selected by the label selector: must never show up.
+    kube.kubectl("create", "configmap", "unlabelled", "-n", namespace, "--from-literal=value=x")
+
+    async def scenario() -> None:
+        client = _client(kube, monkeypatch)
+        view, changes = recording_view()
+        watcher = Informer(
+            client, CONFIG_MAP, [view], namespace=namespace, label_selector="test.ferry.dev/watched=yes"
+        )
+        task = asyncio.create_task(watcher.run())
+        try:
+            await asyncio.wait_for(watcher.synced.wait(), 30)
+            assert list(view[(namespace, "md1")]) == ["listed"]
+            await asyncio.to_thread(apply, "after", "md2", "watched")
+            await _eventually(lambda: (namespace, "md2") in view, "the created object")
+            await asyncio.to_thread(apply, "after", "md2", "changed")
+            await _eventually(lambda: list(view[(namespace, "md2")]) == ["changed"], "the update")
+            await asyncio.to_thread(kube.kubectl, "delete", "configmap", "before", "-n", namespace)
+            await _eventually(lambda: (namespace, "md1") not in view, "the delete")
+            assert sorted(view) == [(namespace, "md2")]
+            assert changes.count((namespace, "md1")) == 2  # listed, deleted
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.cluster
+def test_a_watch_from_a_version_the_server_no_longer_keeps_means_list_again(
+    kube: Kube, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real 410: resourceVersion 1 is older than anything the API server's watch cache holds.
+    async def scenario() -> None:
+        client = _client(kube, monkeypatch)
+        view, _ = recording_view()
+        watcher = Informer(client, CONFIG_MAP, [view], namespace=namespace, label_selector="x=y")
+        try:
+            with pytest.raises(informer.Expired):
+                await watcher.watch_from("1")
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
