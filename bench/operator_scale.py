@@ -204,11 +204,25 @@ def cpu_seconds(pid: int) -> float:
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "metrics-server")
 
 
+# The machine's own counters, next to the processes': the CPU time everything on the machine used, and
+# the time the hypervisor gave our virtual CPUs to someone else (steal). A run on a contended host reads
+# slower on both phases; these say how contended it was.
+MACHINE = ("machine busy", "machine steal")
+
+
+def machine_cpu() -> dict[str, float]:
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    hertz = os.sysconf("SC_CLK_TCK")
+    return {"machine busy": (user + nice + system + irq + softirq) / hertz, "machine steal": steal / hertz}
+
+
 def cluster_cpu(kubeconfig: str) -> dict[str, float]:
     """CPU seconds used so far by each process of the devcluster that owns `kubeconfig` (matched by its
-    state directory on the command line), so a run shows which component the extra time goes to."""
+    state directory on the command line), so a run shows which component the extra time goes to; plus
+    the machine's counters (MACHINE)."""
     state_dir = str(Path(kubeconfig).resolve().parent.parent)
-    totals: dict[str, float] = collections.defaultdict(float)
+    totals: dict[str, float] = collections.defaultdict(float, machine_cpu())
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -229,6 +243,12 @@ def print_cpu(phase: str, before: dict[str, float], after: dict[str, float], ext
     spent = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in COMPONENTS} | extra
     parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(spent.items(), key=lambda i: -i[1]))
     print(f"  CPU seconds during {phase}: total {sum(spent.values()):.1f} = {parts}")
+    machine = {name: after[name] - before[name] for name in MACHINE}
+    print(
+        f"  the whole machine meanwhile: {machine['machine busy']:.1f} CPU-seconds busy (other processes "
+        f"{machine['machine busy'] - sum(spent.values()):.1f}), {machine['machine steal']:.1f} stolen by "
+        "the hypervisor"
+    )
 
 
 class ReadyWatcher:
@@ -303,6 +323,31 @@ def wait_namespaces_gone(
         time.sleep(1)
 
 
+# A phase starts once the machine has used less than this many cores for QUIET_WINDOW seconds.
+QUIET_CORES = 0.3
+QUIET_WINDOW = 5.0
+
+
+def wait_until_quiet(timeout: float) -> float:
+    """Wait until the machine is idle and return how long that took. A namespace is gone once its objects
+    are, but the controllers, scheduler and kwok may still be working through the deletion events (and
+    other work may share the machine); a phase started meanwhile would be charged for it. In the runs so
+    far the machine was idle within the first window, so this is a guard, not a correction."""
+    started = time.monotonic()
+    samples = [(started, machine_cpu()["machine busy"])]
+    while True:
+        time.sleep(1)
+        now = time.monotonic()
+        samples.append((now, machine_cpu()["machine busy"]))
+        while samples[0][0] < now - QUIET_WINDOW - 0.5:
+            samples.pop(0)
+        (first_at, first), (last_at, last) = samples[0], samples[-1]
+        if last_at - first_at >= QUIET_WINDOW and (last - first) / (last_at - first_at) < QUIET_CORES:
+            return now - started
+        if now - started > timeout:
+            raise SystemExit(f"the machine did not quiet down (< {QUIET_CORES} cores) in {timeout:.0f} s")
+
+
 def md_ready(obj: dict[str, Any]) -> bool:
     status = obj.get("status") or {}
     if (
@@ -369,6 +414,7 @@ def main() -> int:
     kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "crd/modeldeployments.ferry.dev")
     wait_namespaces_gone(core, "bench-operator-", args.timeout, terminating_only=True)
+    print(f"(waited {wait_until_quiet(args.timeout):.0f} s for an idle machine)")
     namespace = f"bench-operator-{secrets.token_hex(3)}"
     # The bulk baseline runs in its own namespace, deleted before the ModelDeployments are created: the
     # endpoints and disruption controllers match every pod event against every Service and PDB of its
@@ -440,6 +486,7 @@ def main() -> int:
             bulk_deployments.stop()
             core.delete_namespace(baseline_namespace)
             wait_namespaces_gone(core, baseline_namespace, args.timeout)
+            print(f"  (waited {wait_until_quiet(args.timeout):.0f} s for the cluster to finish deleting it)")
 
         # --- bulk --------------------------------------------------------------------------------------
         mds = ReadyWatcher(
