@@ -13,8 +13,10 @@ import pytest
 
 from ferry_devcluster.testing import Kube
 from ferry_operator import informer, kinds
+from ferry_operator.config import OperatorConfig
 from ferry_operator.informer import Informer, View
 from ferry_operator.kube import KubeClient
+from ferry_operator.reconcile.controller import Controller
 
 OwnerKey = tuple[str, str]
 CONFIG_MAP = kinds.Kind("", "v1", "ConfigMap", "configmaps")
@@ -201,3 +203,40 @@ def test_a_watch_from_a_version_the_server_no_longer_keeps_means_list_again(
             await client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_crashed_watch_cache_fails_the_health_check_and_no_worker_runs_unsynced() -> None:
+    # A bug in an informer (not an API error: those are retried) must not leave the operator serving a
+    # frozen cache while /healthz says ok.
+    class CrashingInformer:
+        kind = CONFIG_MAP
+
+        def __init__(self) -> None:
+            self.synced = asyncio.Event()
+
+        async def run(self) -> None:
+            await asyncio.sleep(0)
+            raise RuntimeError("a bug in the informer")
+
+    async def scenario() -> tuple[bool, str, int]:
+        controller = Controller(OperatorConfig(workers=2), KubeClient())
+        reconciled: list[OwnerKey] = []
+
+        async def reconcile(key: OwnerKey) -> str:
+            reconciled.append(key)
+            return "noop"
+
+        controller.reconcile = reconcile  # type: ignore[method-assign]
+        controller.enqueue(("ns", "md"))
+        controller.start([CrashingInformer()])  # type: ignore[list-item]
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        healthy, reason = controller.healthy()
+        await controller.stop()
+        return healthy, reason, len(reconciled)
+
+    healthy, reason, reconciles = asyncio.run(scenario())
+    assert not healthy
+    assert "ferry-watch-caches" in reason
+    assert "a bug in the informer" in reason
+    assert reconciles == 0
