@@ -41,6 +41,8 @@ _LITERAL_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LIST_PAGE = 500
 # Delay before watching again after a failed watch or list (doubling up to the maximum, with jitter).
 _BACKOFF_SECONDS = (0.5, 30.0)
+# Failures the API or the network recovers from: retried with backoff. Anything else is a bug.
+_RETRIED = (ApiError, aiohttp.ClientError, TimeoutError, OSError, ValueError)
 
 
 class View(Mapping[OwnerKey, Collection[V]]):
@@ -51,13 +53,12 @@ class View(Mapping[OwnerKey, Collection[V]]):
     compare equal count as no change.
     """
 
-    def __init__(self, name: str, extract: Extract[V]) -> None:
-        self.name = name
+    def __init__(self, extract: Extract[V], on_change: Callable[[OwnerKey], None]) -> None:
         self._extract = extract
+        self._on_change = on_change
         self._by_key: dict[OwnerKey, dict[str, V]] = {}
         # uid -> owner key, so an object whose owner label changes leaves its old owner's entry.
         self._owner_of: dict[str, OwnerKey] = {}
-        self.on_change: Callable[[OwnerKey], None] = _ignore
 
     # --- Mapping: the read side -------------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ class View(Mapping[OwnerKey, Collection[V]]):
             return
         objects[uid] = snapshot
         self._owner_of[uid] = key
-        self.on_change(key)
+        self._on_change(key)
 
     def drop(self, uid: str) -> None:
         key = self._owner_of.pop(uid, None)
@@ -96,7 +97,7 @@ class View(Mapping[OwnerKey, Collection[V]]):
         objects.pop(uid, None)
         if not objects:
             self._by_key.pop(key, None)
-        self.on_change(key)
+        self._on_change(key)
 
     def replace(self, bodies: Mapping[str, Mapping[str, Any]], in_scope: Callable[[str], bool]) -> None:
         """A fresh list of one scope (uid -> object): objects missing from it were deleted meanwhile."""
@@ -105,10 +106,6 @@ class View(Mapping[OwnerKey, Collection[V]]):
                 self.drop(uid)
         for uid, body in bodies.items():
             self.put(uid, body)
-
-
-def _ignore(_: OwnerKey) -> None:
-    pass
 
 
 class Expired(Exception):
@@ -161,7 +158,7 @@ class Informer:
                     try:
                         version = await self.watch_from(version)
                         failures = 0
-                    except (ApiError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
+                    except _RETRIED as error:
                         if isinstance(error, ApiError) and error.status == 410:
                             raise Expired from error
                         failures += 1
@@ -170,7 +167,7 @@ class Informer:
                         await asyncio.sleep(delay)
             except Expired:
                 logger.info("watch of %r expired; listing again", self)
-            except (ApiError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
+            except _RETRIED as error:
                 failures += 1
                 delay = _backoff(failures)
                 logger.warning("list of %r failed (again in %.1f s): %s", self, delay, error)

@@ -93,15 +93,9 @@ class KubeClient:
                 method, self._server + path, data=data, params=params, headers=headers
             ) as response:
                 code = str(response.status)
-                text = await response.text()
-                try:
-                    payload: Any = json.loads(text) if text else {}
-                except ValueError:
-                    # Some errors (e.g. 404 for an API group that is not installed) come as plain text.
-                    payload = {"message": text.strip()}
+                payload = _decode(await response.text())
                 if response.status >= 400:
-                    message = payload.get("message", "") if isinstance(payload, dict) else str(payload)
-                    raise ApiError(response.status, response.reason or "", message, method, path)
+                    raise _api_error(response, payload, method, path)
                 return payload if isinstance(payload, dict) else {}
         finally:
             metrics.API_REQUESTS.labels(verb=method, resource=resource, code=code).inc()
@@ -123,12 +117,7 @@ class KubeClient:
             ) as response:
                 code = str(response.status)
                 if response.status >= 400:
-                    text = await response.text()
-                    try:
-                        message = str(json.loads(text).get("message", ""))
-                    except (ValueError, AttributeError):
-                        message = text.strip()
-                    raise ApiError(response.status, response.reason or "", message, "WATCH", path)
+                    raise _api_error(response, _decode(await response.text()), "WATCH", path)
                 # Lines can be longer than aiohttp's line reader allows (objects with large annotations),
                 # so the stream is split here.
                 pending = b""
@@ -195,3 +184,16 @@ class KubeClient:
                 return frozenset()
             raise
         return frozenset(str(item.get("name", "")) for item in listing.get("resources", []))
+
+
+def _decode(text: str) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        # Some errors (e.g. 404 for an API group that is not installed) come as plain text.
+        return {"message": text.strip()}
+
+
+def _api_error(response: aiohttp.ClientResponse, payload: Any, method: str, path: str) -> ApiError:
+    message = payload.get("message", "") if isinstance(payload, dict) else str(payload)
+    return ApiError(response.status, response.reason or "", str(message), method, path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -54,16 +54,21 @@ class WatchCaches:
     informers: list[Informer]
 
 
-def watch_caches(config: OperatorConfig, client: KubeClient, namespaces: list[str]) -> WatchCaches:
-    """One informer per kind and scope; pods feed two views (serving pods, optimization Job pods)."""
-    model_deployments = View("modeldeployments", observe.model_deployment_entry)
+def watch_caches(
+    config: OperatorConfig,
+    client: KubeClient,
+    namespaces: list[str],
+    on_change: Callable[[OwnerKey], None],
+) -> WatchCaches:
+    """One informer per kind and scope; pods feed two views (serving pods, optimization Job pods). Every
+    view calls `on_change` with the owning ModelDeployment when what it holds for it changes."""
+    model_deployments = View(observe.model_deployment_entry, on_change)
     children: dict[kinds.Kind, View[ChildSnapshot]] = {
-        kind: View(kind.plural, functools.partial(observe.child_entry, kind))
-        for kind in kinds.CORE_CHILD_KINDS
+        kind: View(functools.partial(observe.child_entry, kind), on_change) for kind in kinds.CORE_CHILD_KINDS
     }
-    pods = View("pods", observe.pod_entry)
-    jobs = View("jobs", optimization.job_entry)
-    optimization_pods = View("optimization pods", optimization.job_pod_entry)
+    pods = View(observe.pod_entry, on_change)
+    jobs = View(optimization.job_entry, on_change)
+    optimization_pods = View(optimization.job_pod_entry, on_change)
     watched: list[tuple[kinds.Kind, list[View[Any]], str]] = [
         (kinds.MODEL_DEPLOYMENT, [model_deployments], ""),
         *((kind, [view], MANAGED_SELECTOR) for kind, view in children.items()),
@@ -104,12 +109,13 @@ def create(config: OperatorConfig, namespaces: list[str]) -> Ferry:
     """The operator's parts; `namespaces` as given to kopf (empty: the whole cluster)."""
     client = KubeClient(max_connections=max(8, config.workers * 2))
     resolver = OptimizationResolver(optimizer_defaults(config), client)
+    controller = Controller(config, client, resolver)
     return Ferry(
         config=config,
         client=client,
-        controller=Controller(config, client, resolver),
+        controller=controller,
         optimization=resolver,
-        caches=watch_caches(config, client, namespaces),
+        caches=watch_caches(config, client, namespaces, controller.enqueue),
     )
 
 
@@ -186,9 +192,6 @@ def login(ferry: Ferry, **kwargs: Any) -> kopf.ConnectionInfo | None:
 
 async def startup(ferry: Ferry, indices: Mapping[str, Any]) -> None:
     caches = ferry.caches
-    views: list[View[Any]] = [caches.model_deployments, *caches.children.values()]
-    for view in (*views, caches.pods, caches.jobs, caches.optimization_pods):
-        view.on_change = ferry.controller.enqueue
     ferry.controller.bind(
         Indices(
             model_deployments=caches.model_deployments,

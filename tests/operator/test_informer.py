@@ -44,9 +44,8 @@ def config_map(name: str, owner: str | None, value: str, namespace: str = "ns") 
 
 
 def recording_view() -> tuple[View[str], list[OwnerKey]]:
-    view: View[str] = View("test", by_owner_label)
     changes: list[OwnerKey] = []
-    view.on_change = changes.append
+    view: View[str] = View(by_owner_label, changes.append)
     return view, changes
 
 

@@ -32,7 +32,7 @@ def test_the_crd_filter_passes_only_the_monitoring_crds() -> None:
 def test_every_always_served_kind_has_exactly_one_watch_ferrys_own() -> None:
     # kopf's per-event machinery was half the operator's CPU at 500 ModelDeployments; a kind watched by
     # both an informer and a kopf handler would pay for it again (and stream every event twice).
-    caches = wiring.watch_caches(OperatorConfig(), KubeClient(), ["team-a", "team-b"])
+    caches = wiring.watch_caches(OperatorConfig(), KubeClient(), ["team-a", "team-b"], lambda _key: None)
     watched = sorted((i.kind.plural, i.namespace) for i in caches.informers)
     own_kinds = {kinds.MODEL_DEPLOYMENT, *kinds.CORE_CHILD_KINDS, kinds.POD, kinds.JOB}
     assert watched == sorted((kind.plural, ns) for kind in own_kinds for ns in ("team-a", "team-b"))
