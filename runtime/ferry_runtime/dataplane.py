@@ -29,6 +29,8 @@ class DataPlane:
         self.model_name = model_name
         self.model_version = model_version
         self.model: Model | None = None
+        # Set for a generative model instead of `model`: its metadata (text in, text out).
+        self.generative_metadata: ModelMetadata | None = None
         self.batcher: Batcher | None = None
         self._ready = False
         # Requests accepted and not yet answered, across transports (read by the in-flight gauge).
@@ -55,9 +57,12 @@ class DataPlane:
             for spec in self._inputs
         }
 
+    def attach_generative(self, metadata: ModelMetadata) -> None:
+        self.generative_metadata = metadata
+
     def set_ready(self, ready: bool) -> None:
         """What health probes report; a draining server reports not ready yet still answers requests."""
-        self._ready = ready and self.model is not None
+        self._ready = ready and (self.model is not None or self.generative_metadata is not None)
 
     # --- health and metadata ---
 
@@ -87,6 +92,8 @@ class DataPlane:
 
     def model_metadata(self, name: str, version: str) -> ModelMetadata:
         self.check_model(name, version)
+        if self.generative_metadata is not None:
+            return self.generative_metadata
         if self.model is None:
             raise Unavailable(f"model '{name}' is still loading; its metadata is not known yet")
         return self.model.metadata
@@ -114,6 +121,11 @@ class DataPlane:
     def _feed(self, request: InferenceRequest) -> dict[str, Array]:
         """The validated model inputs of a request for the served model."""
         self.check_model(request.model_name, request.model_version)
+        if self.generative_metadata is not None:
+            raise InvalidInput(
+                f"model '{self.model_name}' generates text: use POST /v2/models/{self.model_name}/generate "
+                "or the OpenAI-compatible /v1/completions and /v1/chat/completions"
+            )
         if self.model is None:
             raise Unavailable(f"model '{self.model_name}' is still loading")
         feed = self._validate_inputs(self.model, request)

@@ -18,9 +18,11 @@ class FerryError(Exception):
     http_status: ClassVar[int] = 500
     grpc_status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # The request parameter at fault, when one is (OpenAI's error JSON names it as `param`).
+        self.param = param
 
 
 class InvalidInput(FerryError):

@@ -41,6 +41,10 @@ LATENCY_BUCKETS = (
     10.0,
 )
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Generation: the first token waits for a prefill (and the queue); later tokens come one decode step apart.
+FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+GENERATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class Distribution:
@@ -80,6 +84,14 @@ class Metrics(Collector):
         self.queue_seconds: dict[str, Distribution] = {}
         self.inference_seconds: dict[str, Distribution] = {}
         self.batch_sizes: dict[str, Distribution] = {}
+        # model -> generation latencies and token counts (generative models only).
+        self.first_token_seconds: dict[str, Distribution] = {}
+        self.inter_token_seconds: dict[str, Distribution] = {}
+        self.generation_seconds: dict[str, Distribution] = {}
+        self.prompt_tokens: dict[str, int] = {}
+        self.generated_tokens: dict[str, int] = {}
+        # model -> callables reading the scheduler: running, waiting, KV-cache tokens used and capacity.
+        self.generation_gauges: dict[str, tuple[Callable[[], int], ...]] = {}
         # model -> its feedback store / drift monitor, when enabled.
         self.feedback: dict[str, FeedbackStore] = {}
         self.drift: dict[str, DriftMonitor] = {}
@@ -120,6 +132,53 @@ class Metrics(Collector):
     def describe(self) -> Iterator[Metric]:
         return self.collect()
 
+    def _collect_generation(self) -> Iterator[Metric]:
+        if not self.generation_gauges and not self.prompt_tokens:
+            return
+        yield _histogram(
+            "ferry_generation_time_to_first_token_seconds",
+            "From a generation request's admission to its first generated token.",
+            ["model"],
+            {(m,): d for m, d in self.first_token_seconds.items()},
+        )
+        yield _histogram(
+            "ferry_generation_inter_token_seconds",
+            "Time between consecutive generated tokens of one request.",
+            ["model"],
+            {(m,): d for m, d in self.inter_token_seconds.items()},
+        )
+        yield _histogram(
+            "ferry_generation_duration_seconds",
+            "From a generation request's admission to its last token.",
+            ["model"],
+            {(m,): d for m, d in self.generation_seconds.items()},
+        )
+        for name, help_text, series in (
+            ("ferry_generation_prompt_tokens", "Prompt tokens of admitted requests.", self.prompt_tokens),
+            ("ferry_generation_tokens", "Tokens generated.", self.generated_tokens),
+        ):
+            counter = CounterMetricFamily(name, help_text, labels=["model"])
+            for model, count in series.items():
+                counter.add_metric([model], count)
+            yield counter
+        running = GaugeMetricFamily(
+            "ferry_generation_running_sequences", "Sequences in the running batch.", labels=["model"]
+        )
+        waiting = GaugeMetricFamily(
+            "ferry_generation_waiting_sequences", "Requests waiting for a sequence slot.", labels=["model"]
+        )
+        usage = GaugeMetricFamily(
+            "ferry_generation_kv_cache_usage_ratio",
+            "Share of the KV-cache pool's token positions held by running sequences.",
+            labels=["model"],
+        )
+        for model, (read_running, read_waiting, read_used, read_capacity) in self.generation_gauges.items():
+            running.add_metric([model], read_running())
+            waiting.add_metric([model], read_waiting())
+            capacity = read_capacity()
+            usage.add_metric([model], read_used() / capacity if capacity else 0.0)
+        yield from (running, waiting, usage)
+
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "ferry_requests",
@@ -150,6 +209,7 @@ class Metrics(Collector):
         ):
             yield _histogram(name, help_text, ["model"], {(model,): dist for model, dist in store.items()})
         yield from self._collect_quality()
+        yield from self._collect_generation()
 
     def _collect_quality(self) -> Iterator[Metric]:
         scored = CounterMetricFamily(
@@ -249,6 +309,38 @@ class RequestRecorder:
         counts, key = self._counts, self._ok
         counts[key] = counts.get(key, 0) + 1
         self._duration.observe(seconds)
+
+
+class GenerationRecorder:
+    """Records one generative model's latencies and token counts; call from the event-loop thread."""
+
+    __slots__ = ("_duration", "_first", "_generated", "_inter", "_model", "_prompt")
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._model = model
+        self._first = metrics.first_token_seconds.setdefault(model, Distribution(FIRST_TOKEN_BUCKETS))
+        self._inter = metrics.inter_token_seconds.setdefault(model, Distribution(INTER_TOKEN_BUCKETS))
+        self._duration = metrics.generation_seconds.setdefault(model, Distribution(GENERATION_BUCKETS))
+        self._prompt = metrics.prompt_tokens
+        self._generated = metrics.generated_tokens
+        self._prompt.setdefault(model, 0)
+        self._generated.setdefault(model, 0)
+
+    def admitted(self, prompt_tokens: int) -> None:
+        self._prompt[self._model] += prompt_tokens
+
+    def first_token(self, seconds: float) -> None:
+        self._first.observe(seconds)
+
+    def inter_token(self, seconds: float, tokens: int) -> None:
+        # Tokens delivered together (one callback) share the interval between them.
+        share = seconds / tokens
+        for _ in range(tokens):
+            self._inter.observe(share)
+
+    def finished(self, seconds: float, completion_tokens: int) -> None:
+        self._duration.observe(seconds)
+        self._generated[self._model] += completion_tokens
 
 
 class BatchRecorder:

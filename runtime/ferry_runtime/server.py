@@ -17,9 +17,13 @@ from ferry_runtime.dataplane import DataPlane
 from ferry_runtime.drift import REFERENCE_FILE, DriftMonitor, InvalidReference, Reference, load_reference
 from ferry_runtime.errors import ModelLoadError
 from ferry_runtime.feedback import FeedbackStore
+from ferry_runtime.generative.config import is_generative_model_dir
+from ferry_runtime.generative.model import GenerationLimits, GenerativeModel
 from ferry_runtime.metrics import BatchRecorder, Metrics
+from ferry_runtime.model import ModelMetadata, TensorSpec
 from ferry_runtime.onnx_model import OnnxModel, OnnxModelConfig, find_model_file
 from ferry_runtime.protocol.grpc.server import GrpcServer, InferenceService
+from ferry_runtime.protocol.rest.generate import GenerativeApi
 from ferry_runtime.protocol.rest.server import RestApp, RestServer
 from ferry_runtime.settings import RuntimeSettings
 from ferry_runtime.termination import write_termination_message
@@ -37,7 +41,9 @@ class Runtime:
         self._stop = asyncio.Event()
         self._batcher: Batcher | None = None
         self._model: OnnxModel | None = None
+        self._generative: GenerativeModel | None = None
         self._reference: Reference | None = None
+        self._rest_app: RestApp | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -54,9 +60,8 @@ class Runtime:
             queue_depth=lambda: self._batcher.depth() if self._batcher else 0,
         )
         self.metrics.model_ready.labels(name).set(0)
-        rest = RestServer(
-            RestApp(self.dataplane, self.metrics, settings.max_body_bytes), settings.keepalive_timeout_seconds
-        )
+        self._rest_app = RestApp(self.dataplane, self.metrics, settings.max_body_bytes)
+        rest = RestServer(self._rest_app, settings.keepalive_timeout_seconds)
         self.http_port = await rest.start(settings.host, settings.http_port)
         grpc_server: GrpcServer | None = None
         if settings.grpc_port:
@@ -68,12 +73,15 @@ class Runtime:
             self.http_port,
             f"{settings.host}:{self.grpc_port}" if grpc_server else "(disabled)",
         )
-        loading = asyncio.ensure_future(asyncio.to_thread(self._load))
+        assert settings.model_dir is not None
+        load = self._load_generative if is_generative_model_dir(settings.model_dir) else self._load
+        loading = asyncio.ensure_future(asyncio.to_thread(load, loop))
         stopping = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
         exit_code = 0
         if loading.done() and loading.exception() is None:
-            self._attach_quality()
+            if self._model is not None:
+                self._attach_quality()
             self.dataplane.set_ready(True)
             self.metrics.model_ready.labels(name).set(1)
             log.info("model '%s' is ready", name)
@@ -86,7 +94,49 @@ class Runtime:
         await self._drain(rest, grpc_server, loading)
         return exit_code
 
-    def _load(self) -> None:
+    def _load_generative(self, loop: asyncio.AbstractEventLoop) -> None:
+        settings = self.settings
+        assert settings.model_dir is not None
+        assert self._rest_app is not None
+        started = time.perf_counter()
+        model = GenerativeModel(
+            settings.model_dir,
+            settings.model_name,
+            GenerationLimits(
+                max_sequences=settings.max_sequences,
+                max_sequence_length=settings.max_sequence_length,
+                kv_cache_bytes=settings.kv_cache_bytes,
+                max_waiting=settings.max_waiting_sequences,
+                max_prefill_tokens=settings.max_prefill_tokens,
+                intra_op_threads=settings.intra_op_threads,
+            ),
+        )
+        model.load(loop)
+        scheduler = model.scheduler
+        assert scheduler is not None
+        self.metrics.generation_gauges[settings.model_name] = (
+            lambda: scheduler.running,
+            lambda: scheduler.waiting,
+            lambda: scheduler.cached_tokens,
+            lambda: scheduler.token_capacity,
+        )
+        self._generative = model
+        self._rest_app.generative = GenerativeApi(model, self.metrics, settings.model_version)
+        self.dataplane.attach_generative(
+            ModelMetadata(
+                name=settings.model_name,
+                version=settings.model_version,
+                platform="onnxruntime_genai",
+                inputs=(TensorSpec("text_input", "BYTES", (1,)),),
+                outputs=(TensorSpec("text_output", "BYTES", (1,)),),
+            )
+        )
+        seconds = time.perf_counter() - started
+        self.metrics.model_load_seconds.labels(settings.model_name).set(seconds)
+        log.info("generative model '%s' loaded in %.2f s", settings.model_name, seconds)
+
+    def _load(self, loop: asyncio.AbstractEventLoop) -> None:
+        del loop  # the tensor path's batcher runs its own threads
         settings = self.settings
         assert settings.model_dir is not None
         started = time.perf_counter()
@@ -188,4 +238,6 @@ class Runtime:
             await asyncio.to_thread(self._batcher.stop, grace)
         if self._model is not None:
             self._model.unload()
+        if self._generative is not None:
+            await asyncio.to_thread(self._generative.unload, grace)
         log.info("drained; exiting")

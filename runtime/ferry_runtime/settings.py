@@ -25,7 +25,11 @@ def _setting(default: Any, help_text: str) -> Any:
 @dataclass(frozen=True, slots=True)
 class RuntimeSettings:
     model_dir: Path | None = field(
-        default=None, metadata={"help": "Directory holding model.onnx (or exactly one .onnx file). Required."}
+        default=None,
+        metadata={
+            "help": "Directory holding model.onnx (or exactly one .onnx file), or an onnxruntime-genai "
+            "model folder (genai_config.json: served as a generative model). Required."
+        },
     )
     model_name: str = _setting("", "Name clients address the model by. Required.")
     model_version: str = _setting("1", "Version the model is served as.")
@@ -83,6 +87,27 @@ class RuntimeSettings:
         1000, "Recent input rows the drift score of each input is computed over; 0 disables drift statistics."
     )
     drift_sample_every: int = _setting(4, "Sample one inference request in this many for the drift window.")
+    max_sequences: int = _setting(
+        16,
+        "Generative models: sequences decoded together (continuous batching); more wait in the queue. "
+        "Capped by kv_cache_bytes.",
+    )
+    max_sequence_length: int = _setting(
+        0, "Generative models: longest prompt + output, in tokens; 0 = the model's context length."
+    )
+    kv_cache_bytes: int = _setting(
+        0,
+        "Generative models: memory for the KV cache; it holds max_sequence_length tokens for each running "
+        "sequence, so it caps max_sequences. 0 = enough for max_sequences.",
+    )
+    max_waiting_sequences: int = _setting(
+        64, "Generative models: requests that may wait for a sequence slot; more are answered 503."
+    )
+    max_prefill_tokens: int = _setting(
+        2048,
+        "Generative models: prompt tokens prefilled between two decode steps (at least one prompt), "
+        "which bounds how long new requests stall running streams.",
+    )
     drift_reference: Path | None = field(
         default=None,
         metadata={
@@ -97,7 +122,15 @@ class RuntimeSettings:
             problems.append("model_dir is required (--model-dir or FERRY_RUNTIME_MODEL_DIR)")
         if not self.model_name:
             problems.append("model_name is required (--model-name or FERRY_RUNTIME_MODEL_NAME)")
-        for name in ("max_batch_size", "max_queue_size", "inference_workers", "accuracy_window"):
+        for name in (
+            "max_batch_size",
+            "max_queue_size",
+            "inference_workers",
+            "accuracy_window",
+            "max_sequences",
+            "max_waiting_sequences",
+            "max_prefill_tokens",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in (
@@ -108,6 +141,8 @@ class RuntimeSettings:
             "grpc_port",
             "feedback_capacity",
             "drift_window_rows",
+            "max_sequence_length",
+            "kv_cache_bytes",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative, got {getattr(self, name)}")

@@ -113,3 +113,29 @@ def digits_server(
 @pytest.fixture
 def log_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@dataclass(frozen=True)
+class TinyLlama:
+    """A Llama made in this session: its Hugging Face folder and the onnxruntime-genai folder built from it."""
+
+    hf: Path
+    genai: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> TinyLlama:
+    import generative_models
+
+    root = tmp_path_factory.mktemp("tiny-llama")
+    hf = generative_models.make_hf_llama(root / "hf")
+    return TinyLlama(hf, generative_models.build_genai_model(hf, root / "genai"))
+
+
+@pytest.fixture(scope="session")
+def llm_server(tiny_llama: TinyLlama, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
+    runtime = start_runtime(
+        tiny_llama.genai, "tiny-llama", tmp_path_factory.mktemp("llm-logs"), "--max-sequences", "16"
+    )
+    yield runtime
+    assert runtime.stop() == 0, runtime.log()

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 import httptools
@@ -42,6 +42,9 @@ from ferry_runtime.inference import InferenceRequest
 from ferry_runtime.metrics import Metrics, RequestRecorder
 from ferry_runtime.model import ModelMetadata
 from ferry_runtime.protocol.rest import codec
+
+if TYPE_CHECKING:
+    from ferry_runtime.protocol.rest.generate import GenerativeApi
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +110,31 @@ _ROUTE_METHODS = {
     "model_ready": b"GET",
     "infer": b"POST",
     "feedback": b"POST",
+    "generate": b"POST",
+    "generate_stream": b"POST",
+    "openai_models": b"GET",
+    "openai_model": b"GET",
+    "completions": b"POST",
+    "chat_completions": b"POST",
+}
+# Routes answered by the generative API (protocol/rest/generate.py), when a generative model is served.
+GENERATIVE_ROUTES = frozenset(
+    {"generate", "generate_stream", "openai_models", "openai_model", "completions", "chat_completions"}
+)
+_OPENAI_PATHS = {
+    b"/v1/models": "openai_models",
+    b"/v1/completions": "completions",
+    b"/v1/chat/completions": "chat_completions",
 }
 
 
-_MODEL_ENDPOINTS = {"ready": "model_ready", "infer": "infer", "feedback": "feedback"}
+_MODEL_ENDPOINTS = {
+    "ready": "model_ready",
+    "infer": "infer",
+    "feedback": "feedback",
+    "generate": "generate",
+    "generate_stream": "generate_stream",
+}
 
 
 def parse_route(path: bytes) -> _Route:
@@ -122,6 +146,10 @@ def parse_route(path: bytes) -> _Route:
         return _Route("server")
     if path == b"/metrics":
         return _Route("metrics")
+    if path in _OPENAI_PATHS:
+        return _Route(_OPENAI_PATHS[path])
+    if path.startswith(b"/v1/models/") and len(path) > len(b"/v1/models/"):
+        return _Route("openai_model", unquote(path[len(b"/v1/models/") :].decode("utf-8", "replace")))
     if path.startswith(b"/v2/models/"):
         parts = [unquote(part.decode("utf-8", "replace")) for part in path[len(b"/v2/models/") :].split(b"/")]
         version = ""
@@ -135,7 +163,9 @@ def parse_route(path: bytes) -> _Route:
                 return _Route(_MODEL_ENDPOINTS[parts[1]], parts[0], version)
     raise NotFound(
         f"no endpoint at {path.decode('utf-8', 'replace')}; endpoints: /v2/health/live, /v2/health/ready, "
-        f"/v2, /v2/models/{{model}}[/versions/{{version}}][/ready|/infer|/feedback], /metrics"
+        f"/v2, /v2/models/{{model}}[/versions/{{version}}]"
+        f"[/ready|/infer|/feedback|/generate|/generate_stream], "
+        f"/v1/models, /v1/completions, /v1/chat/completions, /metrics"
     )
 
 
@@ -165,6 +195,8 @@ class RestApp:
         # Built on the first response: the model is attached after the listeners start.
         self._encoder: codec.ResponseEncoder | None = None
         self.decoder = codec.RequestDecoder()
+        # Set by server.py when the served model generates text.
+        self.generative: GenerativeApi | None = None
 
     def route(self, path: bytes) -> _Route:
         route = self._routes.get(path)
@@ -189,6 +221,8 @@ class RestApp:
                     f"{path.decode('utf-8', 'replace')} accepts {expected.decode()}, not {method.decode()}",
                     expected.decode(),
                 )
+            if route.kind in GENERATIVE_ROUTES:
+                return self._generative(connection, route, body, keep_alive, received)
             if route.kind == "infer":
                 return self._infer(connection, route, body, keep_alive, received)
             if route.kind == "feedback":
@@ -226,6 +260,24 @@ class RestApp:
         if self._metadata_body is None:
             self._metadata_body = orjson.dumps(metadata_document(metadata))
         return http_response(200, self._metadata_body, JSON, keep_alive)
+
+    def _generative(
+        self, connection: HttpConnection, route: _Route, body: bytes, keep_alive: bool, received: float
+    ) -> bytes | None:
+        encoding = connection.headers.get(b"content-encoding")
+        if encoding is not None:
+            body = inflate(body, encoding, self.max_body_bytes)
+        if self.generative is None:
+            return not_generative(self.dataplane, route)
+        return self.generative.handle(
+            connection,
+            route.kind,
+            model=route.model,
+            version=route.version,
+            body=body,
+            keep_alive=keep_alive,
+            received=received,
+        )
 
     def _feedback(self, connection: HttpConnection, route: _Route, body: bytes, keep_alive: bool) -> bytes:
         encoding = connection.headers.get(b"content-encoding")
@@ -313,6 +365,17 @@ class RestApp:
         return self._encoder
 
 
+def not_generative(plane: DataPlane, route: _Route) -> bytes:
+    """A text-generation route on a server whose model takes tensors."""
+    if route.model:
+        plane.check_model(route.model, route.version)
+    name = plane.model_name
+    raise NotFound(
+        f"model '{name}' is not a generative model: it has no text generation endpoints; "
+        f"use POST /v2/models/{name}/infer"
+    )
+
+
 def route_is_infer(path: bytes) -> bool:
     return path.endswith(b"/infer")
 
@@ -342,9 +405,13 @@ def _announce_keep_alive(response: bytes) -> bytes:
 
 
 class _Slot:
-    """A response position on a connection, so pipelined requests are answered in order."""
+    """A response position on a connection, so pipelined requests are answered in order.
 
-    __slots__ = ("announce_keep_alive", "data", "keep_alive", "received")
+    A whole response is `data`; a streamed one (server-sent events) first collects `chunks`, written as
+    soon as the slot is at the head of the connection's queue, and ends when `data` (its tail) is set.
+    """
+
+    __slots__ = ("announce_keep_alive", "chunks", "data", "keep_alive", "received", "streamed")
 
     def __init__(self, keep_alive: bool, received: float) -> None:
         self.data: bytes | None = None
@@ -353,6 +420,9 @@ class _Slot:
         self.received = received
         # An HTTP/1.0 request that asked for keep-alive: the response must say so, or the client closes.
         self.announce_keep_alive = False
+        self.chunks: list[bytes] = []
+        # True once part of a streamed response was queued (its head is already rendered then).
+        self.streamed = False
 
 
 class HttpConnection(asyncio.Protocol):
@@ -374,6 +444,8 @@ class HttpConnection(asyncio.Protocol):
         self._closed = False
         self._reading_paused = False
         self._received = 0.0
+        # Called once when the connection ends (a generation stops when its client goes away).
+        self._on_close: dict[int, Callable[[], None]] = {}
 
     # --- asyncio.Protocol ---
 
@@ -386,6 +458,9 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, _exc: Exception | None) -> None:
         self._closed = True
         self.server.connections.discard(self)
+        callbacks, self._on_close = self._on_close, {}
+        for callback in callbacks.values():
+            callback()
 
     def data_received(self, data: bytes) -> None:
         if self._rejected:
@@ -475,15 +550,49 @@ class HttpConnection(asyncio.Protocol):
         return slot
 
     def respond(self, slot: _Slot, data: bytes, keep_alive: bool) -> None:
+        """Complete a slot's response (a whole response, or the tail of a streamed one)."""
         slot.data = data
         slot.keep_alive = keep_alive
+        self._flush()
+
+    def stream(self, slot: _Slot, data: bytes) -> bool:
+        """Queue part of a streamed response; False when the client is gone or reads too slowly (more
+        than `max_stream_buffer` bytes unread), so the producer should stop."""
+        if self._closed:
+            return False
+        slot.streamed = True
+        slot.chunks.append(data)
+        self._flush()
+        transport = self.transport
+        return transport is not None and transport.get_write_buffer_size() <= self.server.max_stream_buffer
+
+    def when_closed(self, key: int, callback: Callable[[], None] | None) -> None:
+        """Register (or, with None, drop) a callback for when the connection ends."""
+        if callback is None:
+            self._on_close.pop(key, None)
+        elif self._closed:
+            callback()
+        else:
+            self._on_close[key] = callback
+
+    @property
+    def http10(self) -> bool:
+        return self.parser.get_http_version() == "1.0"
+
+    def _flush(self) -> None:
         slots = self._slots
-        while slots and slots[0].data is not None:
-            ready = slots.popleft()
-            assert ready.data is not None
-            if ready.keep_alive and ready.announce_keep_alive:
-                ready.data = _announce_keep_alive(ready.data)
-            self._write(ready.data, ready.keep_alive)
+        while slots:
+            head = slots[0]
+            if head.chunks:
+                for chunk in head.chunks:
+                    self._write(chunk, True)
+                head.chunks.clear()
+            if head.data is None:
+                break
+            slots.popleft()
+            if head.keep_alive and head.announce_keep_alive and not head.streamed:
+                head.data = _announce_keep_alive(head.data)
+            self._write(head.data, head.keep_alive)
         if self._reading_paused and len(slots) < _MAX_PIPELINED // 2:
             self._resume_reading()
 
@@ -542,6 +651,8 @@ class RestServer:
         self.draining = False
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        # A streamed response stops when its client leaves more than this unread (slow-reader bound).
+        self.max_stream_buffer = 1024 * 1024
 
     async def start(self, host: str, port: int) -> int:
         factory: Callable[[], HttpConnection] = lambda: HttpConnection(self.app, self)  # noqa: E731

@@ -1,0 +1,101 @@
+"""Continuous batching is exact: Ferry's greedy tokens equal transformers' own `generate` on the source
+weights, for sequences that join a running batch, leave it and have their cache slot moved.
+
+The model is a Llama made in the session (conftest.py); transformers runs the Hugging Face folder and
+Ferry the onnxruntime-genai folder the model builder made from it, in fp32 without quantization.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from ferry_runtime.generative.model import (
+    GenerationLimits,
+    GenerationRequest,
+    GenerationResult,
+    GenerativeModel,
+)
+from ferry_runtime.generative.sampling import SamplingParams
+from ferry_runtime.metrics import GenerationRecorder, Metrics
+
+from conftest import TinyLlama
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "def parse_args(self, args=None, namespace=None):",
+    "class HelpFormatter(object):",
+    "import",
+    "    def _get_values(self, action, arg_strings):\n        # for everything but PARSER, REMAINDER args",
+    "Return a list of the best",
+    "s = SequenceMatcher(None, a, b)",
+    "msg = EmailMessage()",
+]
+
+
+def transformers_greedy(hf: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    with torch.no_grad():
+        output = model.generate(
+            torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+        )
+    return [int(t) for t in output[0, len(prompt_ids) :]]
+
+
+def run_ferry(
+    genai: Path, requests: list[tuple[float, list[int], int]], slots: int
+) -> list[GenerationResult]:
+    """Submit (delay, prompt ids, max new tokens) requests to one model and wait for all of them."""
+
+    async def main() -> list[GenerationResult]:
+        loop = asyncio.get_running_loop()
+        model = GenerativeModel(genai, "tiny", GenerationLimits(slots, 0, 0, 64, 2048, intra_op_threads=1))
+        await asyncio.to_thread(model.load, loop)
+        recorder = GenerationRecorder(Metrics(), "tiny")
+        finished: list[asyncio.Future[GenerationResult]] = []
+
+        async def one(delay: float, prompt: list[int], max_new: int) -> GenerationResult:
+            await asyncio.sleep(delay)
+            done: asyncio.Future[GenerationResult] = loop.create_future()
+
+            def on_text(_text: str, result: GenerationResult) -> None:
+                if result.finish_reason is not None and not done.done():
+                    done.set_result(result)
+
+            model.start(
+                GenerationRequest(prompt, max_new, SamplingParams(temperature=0.0)), on_text, recorder
+            )
+            return await done
+
+        results = await asyncio.gather(*(one(*request) for request in requests))
+        finished.clear()
+        model.unload(5)
+        return list(results)
+
+    return asyncio.run(main())
+
+
+def test_greedy_tokens_equal_transformers_while_sequences_join_and_leave(tiny_llama: TinyLlama) -> None:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tiny_llama.genai / "tokenizer.json"))
+    prompts = [tokenizer.encode(text).ids for text in PROMPTS]
+    # Different output lengths make sequences leave at different steps; three slots for seven requests
+    # make later ones wait, join a running batch, and take over slots whose occupant moved.
+    lengths = [40, 7, 25, 60, 3, 33, 18]
+    delays = [0.0, 0.0, 0.01, 0.02, 0.05, 0.05, 0.1]
+    results = run_ferry(tiny_llama.genai, list(zip(delays, prompts, lengths, strict=True)), slots=3)
+    for prompt, length, result in zip(prompts, lengths, results, strict=True):
+        expected = transformers_greedy(tiny_llama.hf, prompt, length)
+        assert result.token_ids == expected, f"prompt {tokenizer.decode(prompt)!r}"
+        assert result.finish_reason == ("stop" if len(expected) < length else "length")
+        assert result.text == tokenizer.decode(expected, skip_special_tokens=True)
