@@ -2,9 +2,9 @@
 
 `make_hf_llama` writes a Hugging Face folder: a BPE tokenizer trained here on the ASCII text of a few
 standard library modules (fixed for a given Python; ASCII only, so every token decodes to whole
-characters and streamed text can be compared with a one-shot decode), a chat template, and a `LlamaForCausalLM` initialised from a
-config with a fixed seed. `build_genai_model` turns such a folder into an onnxruntime-genai model folder
-with onnxruntime-genai's own model builder, as the optimizer does for `format: huggingface`.
+characters and streamed text can be compared with a one-shot decode), a chat template, and a
+`LlamaForCausalLM` initialised from a config with a fixed seed. `build_genai_model` turns such a folder
+into an onnxruntime-genai model folder with onnxruntime-genai's own model builder.
 
 Random weights make a model whose greedy output is deterministic but meaningless, which is all serving
 tests need: they compare Ferry's tokens with transformers' own `generate` on the same weights.

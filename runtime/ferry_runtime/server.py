@@ -227,6 +227,14 @@ class Runtime:
         self.dataplane.set_ready(False)
         self.metrics.model_ready.labels(settings.model_name).set(0)
         log.info("shutting down: not ready; closing listeners in %.1f s", settings.shutdown_delay_seconds)
+        if self._generative is not None and self._generative.scheduler is not None:
+            scheduler = self._generative.scheduler
+            log.info(
+                "draining generations: %d running, %d waiting (they get %.0f s to finish)",
+                scheduler.running,
+                scheduler.waiting,
+                settings.drain_grace_seconds,
+            )
         if settings.shutdown_delay_seconds > 0:
             await asyncio.sleep(settings.shutdown_delay_seconds)
         grace = settings.drain_grace_seconds

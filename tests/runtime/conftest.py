@@ -117,7 +117,7 @@ def log_dir(tmp_path: Path) -> Path:
 
 @dataclass(frozen=True)
 class TinyLlama:
-    """A Llama made in this session: its Hugging Face folder and the onnxruntime-genai folder built from it."""
+    """A Llama made in this session: its Hugging Face folder and the onnxruntime-genai folder made from it."""
 
     hf: Path
     genai: Path

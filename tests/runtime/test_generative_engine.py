@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TinyLlama
 from ferry_runtime.generative.model import (
     GenerationLimits,
     GenerationRequest,
@@ -20,8 +21,6 @@ from ferry_runtime.generative.model import (
 )
 from ferry_runtime.generative.sampling import SamplingParams
 from ferry_runtime.metrics import GenerationRecorder, Metrics
-
-from conftest import TinyLlama
 
 pytestmark = pytest.mark.slow
 
