@@ -22,7 +22,7 @@ from ferry_operator.api import models
 from ferry_operator.builders import alerts
 from ferry_runtime.drift import DriftMonitor, parse_reference
 from ferry_runtime.feedback import FeedbackStore
-from ferry_runtime.metrics import Metrics
+from ferry_runtime.metrics import GenerationRecorder, Metrics
 
 DASHBOARD = ROOT / "charts" / "ferry" / "dashboards" / "ferry-overview.json"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
@@ -32,8 +32,10 @@ SERIES_NAME = re.compile(r"\b((?:ferry|kube)_[a-zA-Z0-9_]*|ferry:[a-zA-Z0-9_:]+)
 
 
 def runtime_families() -> list[Any]:
-    """Every family the runtime exports, with feedback and drift enabled so their families appear."""
+    """Every family the runtime exports, with feedback, drift and a generative model so all appear."""
     metrics = Metrics()
+    GenerationRecorder(metrics, "m").admitted(3)
+    metrics.generation_gauges["m"] = (lambda: 1, lambda: 0, lambda: 10, lambda: 100)
     metrics.feedback["m"] = FeedbackStore("m", ["out"], capacity=2, ttl_seconds=1, accuracy_window=2)
     metrics.feedback["m"].remember("id", {"out": np.zeros(1)})
     reference = parse_reference(
