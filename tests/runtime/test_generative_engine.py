@@ -98,3 +98,42 @@ def test_greedy_tokens_equal_transformers_while_sequences_join_and_leave(tiny_ll
         assert result.token_ids == expected, f"prompt {tokenizer.decode(prompt)!r}"
         assert result.finish_reason == ("stop" if len(expected) < length else "length")
         assert result.text == tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_the_kv_span_grows_and_shrinks_without_losing_a_sequence(tiny_llama: TinyLlama) -> None:
+    import numpy as np
+
+    from ferry_runtime.generative.config import load_decoder_config
+    from ferry_runtime.generative.engine import SPAN_STEP, DecoderEngine
+
+    engine = DecoderEngine(load_decoder_config(tiny_llama.genai), slots=4, max_length=512, intra_op_threads=1)
+    generator = np.random.default_rng(0)
+    lengths = [SPAN_STEP - 10, 20, SPAN_STEP]
+    occupied = len(lengths)
+    expected = []
+    for cache in (*engine._keys, *engine._values):
+        blocks = engine._blocks(cache, occupied, engine.span)
+        blocks[:] = generator.standard_normal(blocks.shape)
+        expected.append(blocks.copy())
+
+    def same_prefixes() -> bool:
+        heads = engine.config.kv_heads
+        for cache, before in zip((*engine._keys, *engine._values), expected, strict=True):
+            blocks = engine._blocks(cache, occupied, engine.span)
+            for slot, length in enumerate(lengths):
+                rows = slice(slot * heads, (slot + 1) * heads)
+                if not np.array_equal(blocks[rows, :length], before[rows, :length]):
+                    return False
+        return True
+
+    engine._fit(3 * SPAN_STEP + 1, occupied)
+    assert engine.span == 4 * SPAN_STEP
+    assert same_prefixes()
+    engine._fit(SPAN_STEP, occupied)
+    assert engine.span == SPAN_STEP
+    assert same_prefixes()
+    engine.move(2, 0, lengths[2])
+    heads = engine.config.kv_heads
+    for cache, before in zip((*engine._keys, *engine._values), expected, strict=True):
+        blocks = engine._blocks(cache, occupied, engine.span)
+        assert np.array_equal(blocks[:heads, : lengths[2]], before[2 * heads : 3 * heads, : lengths[2]])

@@ -142,18 +142,22 @@ class GenerativeModel:
                 )
         self.slots = slots
         self.created = int(time.time())
-        self._engine: DecoderEngine | None = None
         self.scheduler: Scheduler | None = None
 
     def load(self, loop: asyncio.AbstractEventLoop) -> None:
         """Create the session and the KV pool (seconds for a large model: call from a thread)."""
-        engine = DecoderEngine(
-            self.config, self.slots, self.max_length, intra_op_threads=self.limits.intra_op_threads
+
+        def build_engine() -> DecoderEngine:
+            engine = DecoderEngine(
+                self.config, self.slots, self.max_length, intra_op_threads=self.limits.intra_op_threads
+            )
+            engine.prefill(0, [next(iter(self.config.eos_token_ids))])  # warm-up: first-run allocations
+            return engine
+
+        self.scheduler = Scheduler(
+            build_engine, loop, self.limits.max_waiting, self.limits.max_prefill_tokens
         )
-        engine.prefill(0, [next(iter(self.config.eos_token_ids))])  # warm-up: first-run allocations
-        self._engine = engine
-        self.scheduler = Scheduler(engine, loop, self.limits.max_waiting, self.limits.max_prefill_tokens)
-        self.scheduler.start()
+        engine = self.scheduler.start()
         log.info(
             "generative model '%s' (%s): %d sequences x %d tokens, KV cache %.1f MiB",
             self.name,

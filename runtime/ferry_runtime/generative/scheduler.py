@@ -8,6 +8,11 @@ Each iteration of the loop:
 
 So a request that arrives mid-batch produces its first token after at most one decode step and its own
 prefill, not after the batch. Tokens go back to the event loop in one callback per iteration.
+
+The thread builds the engine itself and runs at a lower CPU priority (nice +10) than the
+event loop, and ONNX Runtime's pool threads, created with the session, inherit it: on a small machine
+the engine's threads would otherwise keep the loop from streaming tokens out while they spin between
+operators, and a token that is computed but not sent is latency for nothing.
 The waiting queue is bounded: beyond it `submit` raises Unavailable (503 with Retry-After).
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -27,6 +33,9 @@ from ferry_runtime.generative.engine import DecoderEngine
 from ferry_runtime.generative.sampling import Sampler
 
 log = logging.getLogger(__name__)
+
+# Added to the scheduler thread's niceness (lower priority than the event loop; see the module docstring).
+ENGINE_NICENESS = 10
 
 # (token ids produced since the last delivery, finish reason or None, error or None)
 Deliver = Callable[[list[int], str | None, FerryError | None], None]
@@ -76,12 +85,15 @@ _Emission = tuple[Sequence, int | None, str | None, FerryError | None]
 class Scheduler:
     def __init__(
         self,
-        engine: DecoderEngine,
+        build_engine: Callable[[], DecoderEngine],
         loop: asyncio.AbstractEventLoop,
         max_waiting: int,
         max_prefill_tokens: int,
     ) -> None:
-        self.engine = engine
+        self._build_engine = build_engine
+        self._built = threading.Event()
+        self._build_error: BaseException | None = None
+        self.engine: DecoderEngine | None = None
         self.loop = loop
         self.max_waiting = max_waiting
         self.max_prefill_tokens = max_prefill_tokens
@@ -107,12 +119,19 @@ class Scheduler:
 
     @property
     def token_capacity(self) -> int:
-        return self.engine.slots * self.engine.max_length
+        engine = self.engine
+        return engine.slots * engine.max_length if engine else 0
 
     # --- event-loop side ---
 
-    def start(self) -> None:
+    def start(self) -> DecoderEngine:
+        """Start the thread; returns once it has built the engine (or raises what building raised)."""
         self._thread.start()
+        self._built.wait()
+        if self._build_error is not None:
+            raise self._build_error
+        assert self.engine is not None
+        return self.engine
 
     def submit(self, sequence: Sequence) -> None:
         with self._wake:
@@ -139,6 +158,22 @@ class Scheduler:
     # --- scheduler thread ---
 
     def _serve(self) -> None:
+        try:
+            # Lowering one's own priority needs no privilege; where it is refused the engine still runs.
+            niceness = os.getpriority(os.PRIO_PROCESS, 0) + ENGINE_NICENESS
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        except OSError as error:
+            log.warning("cannot lower the generation thread's priority: %s", error)
+        try:
+            self.engine = self._build_engine()
+        except BaseException as error:  # handed to start(), on the loading thread
+            self._build_error = error
+            return
+        finally:
+            self._built.set()
+        self._loop_forever()
+
+    def _loop_forever(self) -> None:
         while True:
             with self._wake:
                 while not self._waiting and not self._running and not self._stopping:
@@ -160,6 +195,11 @@ class Scheduler:
                 self._running.clear()
             self._send(emissions)
 
+    def _engine(self) -> DecoderEngine:
+        engine = self.engine
+        assert engine is not None, "the scheduler thread uses the engine only after building it"
+        return engine
+
     def _retire(self, emissions: list[_Emission]) -> None:
         running = self._running
         for index in range(len(running) - 1, -1, -1):
@@ -171,14 +211,14 @@ class Scheduler:
         running = self._running
         last = len(running) - 1
         if index != last:
-            self.engine.move(last, index, running[last].length)
+            self._engine().move(last, index, running[last].length)
             running[index] = running[last]
         running.pop()
 
     def _admit(self, emissions: list[_Emission]) -> None:
         budget = self.max_prefill_tokens
         admitted = 0
-        while len(self._running) < self.engine.slots and (budget > 0 or admitted == 0):
+        while len(self._running) < self._engine().slots and (budget > 0 or admitted == 0):
             with self._wake:
                 if not self._waiting:
                     return
@@ -187,12 +227,15 @@ class Scheduler:
                 emissions.append((sequence, None, "cancelled", None))
                 continue
             slot = len(self._running)
-            logits = self.engine.prefill(slot, sequence.prompt)
+            logits = self._engine().prefill(slot, sequence.prompt)
             sequence.length = len(sequence.prompt)
             self._running.append(sequence)
             self._accept(slot, sequence, sequence.sampler.choose(logits), emissions)
             budget -= len(sequence.prompt)
             admitted += 1
+            # Each first token goes out as soon as its prefill is done, not after the whole admission.
+            self._send(emissions[:])
+            emissions.clear()
 
     def _step(self, emissions: list[_Emission]) -> None:
         running = self._running
@@ -200,7 +243,7 @@ class Scheduler:
             return
         tokens = np.fromiter((s.last_token for s in running), dtype=np.int64, count=len(running))
         lengths = np.fromiter((s.length for s in running), dtype=np.int64, count=len(running))
-        logits = self.engine.decode(tokens, lengths)
+        logits = self._engine().decode(tokens, lengths)
         for index in range(len(running) - 1, -1, -1):
             sequence = running[index]
             sequence.length += 1
@@ -212,7 +255,9 @@ class Scheduler:
         finish: str | None = None
         if token in sequence.eos_token_ids:
             finish = "stop"
-        elif sequence.generated >= sequence.max_new_tokens or sequence.length + 1 >= self.engine.max_length:
+        elif (
+            sequence.generated >= sequence.max_new_tokens or sequence.length + 1 >= self._engine().max_length
+        ):
             finish = "length"
         emissions.append((sequence, token, finish, None))
         if finish is not None:
