@@ -89,6 +89,8 @@ class DecoderEngine:
         self.span = min(max_length, SPAN_STEP)
         self._decode_logits = np.empty((slots, 1, config.vocab_size), np.float32)
         self._positions = np.arange(max_length, dtype=np.int64)
+        self._decode_binding: ort.IOBinding | None = None
+        self._decode_key = (0, 0)
 
     @property
     def pool_bytes(self) -> int:
@@ -152,18 +154,10 @@ class DecoderEngine:
                 source * heads : (source + 1) * heads, :length
             ]
 
-    def _run(
-        self,
-        first_slot: int,
-        count: int,
-        ids: npt.NDArray[np.int64],
-        mask: npt.NDArray[np.int64],
-        logits: npt.NDArray[np.float32],
-    ) -> None:
+    def _bind_cache(self, first_slot: int, count: int) -> ort.IOBinding:
+        """A binding of `count` slots from `first_slot` as past and present, and of the logits buffer."""
         config = self.config
         binding = self._session.io_binding()
-        binding.bind_cpu_input(config.input_ids_name, ids)
-        binding.bind_cpu_input(config.attention_mask_name, mask)
         shape = [count, config.kv_heads, self.span, config.head_size]
         offset = first_slot * config.kv_heads * self.span * config.head_size * self._itemsize
         for layer in range(config.layers):
@@ -175,5 +169,32 @@ class DecoderEngine:
                 address = cache.ctypes.data + offset
                 binding.bind_input(past, "cpu", 0, self.kv_type, shape, address)
                 binding.bind_output(present, "cpu", 0, self.kv_type, shape, address)
-        binding.bind_output(config.logits_name, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        return binding
+
+    def _run(
+        self,
+        first_slot: int,
+        count: int,
+        ids: npt.NDArray[np.int64],
+        mask: npt.NDArray[np.int64],
+        logits: npt.NDArray[np.float32],
+    ) -> None:
+        config = self.config
+        if first_slot == 0 and ids.shape[1] == 1:
+            # Decode steps reuse one binding while the batch and the span stay the same (rebinding the
+            # cache costs ~0.3 ms per step on the benchmark model, 5% of a step at batch 1).
+            key = (count, self.span)
+            if self._decode_binding is None or self._decode_key != key:
+                self._decode_binding, self._decode_key = self._bind_cache(0, count), key
+                self._decode_binding.bind_output(
+                    config.logits_name, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data
+                )
+            binding = self._decode_binding
+        else:
+            binding = self._bind_cache(first_slot, count)
+            binding.bind_output(
+                config.logits_name, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data
+            )
+        binding.bind_cpu_input(config.input_ids_name, ids)
+        binding.bind_cpu_input(config.attention_mask_name, mask)
         self._session.run_with_iobinding(binding)
