@@ -104,9 +104,10 @@ class RuntimeSettings:
         64, "Generative models: requests that may wait for a sequence slot; more are answered 503."
     )
     max_prefill_tokens: int = _setting(
-        2048,
-        "Generative models: prompt tokens prefilled between two decode steps (at least one prompt), "
-        "which bounds how long new requests stall running streams.",
+        512,
+        "Generative models: prompt tokens prefilled between two decode steps (a longer prompt is "
+        "prefilled in chunks); lower bounds how long new requests stall running streams, higher gives "
+        "a burst of new requests its first tokens sooner.",
     )
     drift_reference: Path | None = field(
         default=None,

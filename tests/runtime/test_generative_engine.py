@@ -51,13 +51,15 @@ def transformers_greedy(hf: Path, prompt_ids: list[int], max_new_tokens: int) ->
 
 
 def run_ferry(
-    genai: Path, requests: list[tuple[float, list[int], int]], slots: int
+    genai: Path, requests: list[tuple[float, list[int], int]], slots: int, prefill_budget: int
 ) -> list[GenerationResult]:
     """Submit (delay, prompt ids, max new tokens) requests to one model and wait for all of them."""
 
     async def main() -> list[GenerationResult]:
         loop = asyncio.get_running_loop()
-        model = GenerativeModel(genai, "tiny", GenerationLimits(slots, 0, 0, 64, 2048, intra_op_threads=1))
+        model = GenerativeModel(
+            genai, "tiny", GenerationLimits(slots, 0, 0, 64, prefill_budget, intra_op_threads=1)
+        )
         await asyncio.to_thread(model.load, loop)
         recorder = GenerationRecorder(Metrics(), "tiny")
         finished: list[asyncio.Future[GenerationResult]] = []
@@ -83,7 +85,10 @@ def run_ferry(
     return asyncio.run(main())
 
 
-def test_greedy_tokens_equal_transformers_while_sequences_join_and_leave(tiny_llama: TinyLlama) -> None:
+@pytest.mark.parametrize("prefill_budget", [2048, 5], ids=["whole-prompts", "5-token-chunks"])
+def test_greedy_tokens_equal_transformers_while_sequences_join_and_leave(
+    tiny_llama: TinyLlama, prefill_budget: int
+) -> None:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tiny_llama.genai / "tokenizer.json"))
@@ -92,7 +97,13 @@ def test_greedy_tokens_equal_transformers_while_sequences_join_and_leave(tiny_ll
     # make later ones wait, join a running batch, and take over slots whose occupant moved.
     lengths = [40, 7, 25, 60, 3, 33, 18]
     delays = [0.0, 0.0, 0.01, 0.02, 0.05, 0.05, 0.1]
-    results = run_ferry(tiny_llama.genai, list(zip(delays, prompts, lengths, strict=True)), slots=3)
+    # A 5-token budget prefills most prompts in chunks between decode steps of the others.
+    results = run_ferry(
+        tiny_llama.genai,
+        list(zip(delays, prompts, lengths, strict=True)),
+        slots=3,
+        prefill_budget=prefill_budget,
+    )
     for prompt, length, result in zip(prompts, lengths, results, strict=True):
         expected = transformers_greedy(tiny_llama.hf, prompt, length)
         assert result.token_ids == expected, f"prompt {tokenizer.decode(prompt)!r}"

@@ -12,7 +12,8 @@ the same memory, writes each new token's keys and values in place at that sequen
   kernel's cost grows with the bound buffer's length, not only with each sequence's own (measured on the
   ~113M benchmark Llama at 16 sequences: attention 4.7 ms per step with a 160-token buffer, 50 ms with a
   1024-token one). Growing or shrinking the span re-lays the running sequences out in place;
-* a new sequence is prefilled into the next free slot (a batch of one over that slot's memory);
+* a new sequence is prefilled into the next free slot (a batch of one over that slot's memory), in
+  chunks when its prompt is longer than the scheduler's per-step budget;
 * a finished sequence's slot is refilled by moving the last running sequence into it (its keys and
   values up to its length), which keeps the running slots contiguous.
 
@@ -119,27 +120,30 @@ class DecoderEngine:
                     new[block, :keep] = old[block, :keep]
         self.span = target
 
-    def prefill(self, slot: int, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
-        """Run a prompt into an empty slot (slots before it hold running sequences); the logits of its
-        last position."""
+    def prefill(self, slot: int, tokens: Sequence[int], past: int = 0) -> npt.NDArray[np.float32]:
+        """Run prompt tokens into a slot that holds the first `past` tokens of the prompt (0: an empty
+        slot; slots before it hold running sequences); the logits of the last position. A prompt can so
+        be prefilled in chunks between decode steps."""
         count = len(tokens)
-        self._fit(max(count, self.span if slot else 0), slot)
+        total = past + count
+        self._fit(max(total, self.span if slot else 0), slot + (1 if past else 0))
         ids = np.asarray(tokens, dtype=np.int64).reshape(1, count)
-        mask = np.ones((1, count), dtype=np.int64)
+        mask = np.ones((1, total), dtype=np.int64)
         logits = np.empty((1, count, self.config.vocab_size), np.float32)
         self._run(slot, 1, ids, mask, logits)
         last: npt.NDArray[np.float32] = logits[0, -1]
         return last
 
     def decode(
-        self, tokens: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+        self, tokens: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64], partial: int = 0
     ) -> npt.NDArray[np.float32]:
         """One step for the sequences in slots 0..n-1: `tokens[b]` is appended to sequence b, which holds
-        `lengths[b]` tokens before it. Returns logits [n, vocab] (a view, valid until the next step)."""
+        `lengths[b]` tokens before it. `partial` is the length of a prompt half prefilled in slot n (kept
+        if the span changes). Returns logits [n, vocab] (a view, valid until the next step)."""
         count = tokens.shape[0]
         totals = lengths + 1
         longest = int(totals.max())
-        self._fit(longest, count)
+        self._fit(max(longest, partial), count + (1 if partial else 0))
         mask = (self._positions[:longest] < totals[:, None]).astype(np.int64)
         logits = self._decode_logits[:count]
         self._run(0, count, tokens.reshape(count, 1), mask, logits, decoding=True)

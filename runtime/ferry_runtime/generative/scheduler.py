@@ -2,8 +2,9 @@
 
 Each iteration of the loop:
 1. retire sequences that finished or were cancelled (a client that went away frees its slot at once);
-2. admit waiting sequences into free slots, prefilling each (at most `max_prefill_tokens` prompt tokens
-   per iteration, and always at least one sequence, so running streams are not starved by a burst);
+2. admit waiting sequences into free slots and prefill them, at most `max_prefill_tokens` prompt tokens
+   per iteration (a longer prompt is prefilled in chunks over several iterations), so a burst of new
+   requests or one long prompt never stalls the running streams for more than one budget;
 3. run one decode step for every running sequence and sample its next token.
 
 So a request that arrives mid-batch produces its first token after at most one decode step and its own
@@ -98,7 +99,10 @@ class Scheduler:
         self.max_waiting = max_waiting
         self.max_prefill_tokens = max_prefill_tokens
         self._waiting: deque[Sequence] = deque()
+        # Decoding sequences, in slots 0..n-1.
         self._running: list[Sequence] = []
+        # The one sequence whose prompt is being prefilled, chunk by chunk, in slot n.
+        self._prefilling: Sequence | None = None
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._serve, name="ferry-generate", daemon=True)
@@ -111,11 +115,14 @@ class Scheduler:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self._running) + (self._prefilling is not None)
 
     @property
     def cached_tokens(self) -> int:
-        return sum(sequence.length for sequence in list(self._running))
+        prefilling = self._prefilling
+        return sum(sequence.length for sequence in list(self._running)) + (
+            prefilling.length if prefilling else 0
+        )
 
     @property
     def token_capacity(self) -> int:
@@ -150,7 +157,7 @@ class Scheduler:
         """Cancel what is left and end the thread (after the server's drain grace)."""
         with self._wake:
             self._stopping = True
-            for sequence in (*self._waiting, *self._running):
+            for sequence in (*self._waiting, *self._running, *filter(None, [self._prefilling])):
                 sequence.cancelled = True
             self._wake.notify()
         self._thread.join(timeout)
@@ -176,11 +183,12 @@ class Scheduler:
     def _loop_forever(self) -> None:
         while True:
             with self._wake:
-                while not self._waiting and not self._running and not self._stopping:
+                while not (self._waiting or self._running or self._prefilling or self._stopping):
                     self._wake.wait()
                 if self._stopping and not self._running:
-                    cancelled = list(self._waiting)
+                    cancelled = [*filter(None, [self._prefilling]), *self._waiting]
                     self._waiting.clear()
+                    self._prefilling = None
                     self._send([(sequence, None, "cancelled", None) for sequence in cancelled])
                     return
             emissions: list[_Emission] = []
@@ -191,8 +199,10 @@ class Scheduler:
             except Exception as error:  # an engine failure ends every running sequence, not the server
                 log.exception("generation step failed")
                 failure = InferenceFailed(f"generation failed: {error}")
-                emissions.extend((sequence, None, "error", failure) for sequence in self._running)
+                failed = [*self._running, *filter(None, [self._prefilling])]
+                emissions.extend((sequence, None, "error", failure) for sequence in failed)
                 self._running.clear()
+                self._prefilling = None
             self._send(emissions)
 
     def _engine(self) -> DecoderEngine:
@@ -214,25 +224,42 @@ class Scheduler:
             self._engine().move(last, index, running[last].length)
             running[index] = running[last]
         running.pop()
+        prefilling = self._prefilling
+        if prefilling is not None and prefilling.length:
+            # The half-prefilled prompt follows the running slots down by one.
+            self._engine().move(last + 1, last, prefilling.length)
 
     def _admit(self, emissions: list[_Emission]) -> None:
+        """Prefill up to `max_prefill_tokens` prompt tokens: the current prompt's next chunk, then the
+        next waiting requests' while budget and slots remain. A prompt longer than the budget is
+        prefilled over several iterations, so running streams never stall for more than one budget."""
+        engine = self._engine()
         budget = self.max_prefill_tokens
-        admitted = 0
-        while len(self._running) < self._engine().slots and (budget > 0 or admitted == 0):
-            with self._wake:
-                if not self._waiting:
+        while budget > 0:
+            sequence = self._prefilling
+            if sequence is None:
+                if len(self._running) >= engine.slots:
                     return
-                sequence = self._waiting.popleft()
+                with self._wake:
+                    if not self._waiting:
+                        return
+                    sequence = self._waiting.popleft()
+                sequence.length = 0
+                self._prefilling = sequence
+            slot = len(self._running)
             if sequence.cancelled:
                 emissions.append((sequence, None, "cancelled", None))
+                self._prefilling = None
                 continue
-            slot = len(self._running)
-            logits = self._engine().prefill(slot, sequence.prompt)
-            sequence.length = len(sequence.prompt)
+            chunk = sequence.prompt[sequence.length : sequence.length + budget]
+            logits = engine.prefill(slot, chunk, sequence.length)
+            sequence.length += len(chunk)
+            budget -= len(chunk)
+            if sequence.length < len(sequence.prompt):
+                return
+            self._prefilling = None
             self._running.append(sequence)
             self._accept(slot, sequence, sequence.sampler.choose(logits), emissions)
-            budget -= len(sequence.prompt)
-            admitted += 1
             # Each first token goes out as soon as its prefill is done, not after the whole admission.
             self._send(emissions[:])
             emissions.clear()
@@ -243,7 +270,8 @@ class Scheduler:
             return
         tokens = np.fromiter((s.last_token for s in running), dtype=np.int64, count=len(running))
         lengths = np.fromiter((s.length for s in running), dtype=np.int64, count=len(running))
-        logits = self._engine().decode(tokens, lengths)
+        partial = self._prefilling.length if self._prefilling is not None else 0
+        logits = self._engine().decode(tokens, lengths, partial)
         for index in range(len(running) - 1, -1, -1):
             sequence = running[index]
             sequence.length += 1
