@@ -128,6 +128,16 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str | None, str]] = [
     ),
     ("empty prompt", COMPLETIONS, {"model": MODEL, "prompt": ""}, 400, "prompt", "empty"),
     ("several prompts", COMPLETIONS, {"model": MODEL, "prompt": ["a", "b"]}, 400, "prompt", "one prompt"),
+    # Refused by length before tokenizing: no tokenizer time for a text that cannot fit.
+    ("megabyte prompt", COMPLETIONS, {"model": MODEL, "prompt": "x" * 2**20}, 400, "prompt", "cannot fit"),
+    (
+        "megabyte message",
+        CHAT,
+        {"model": MODEL, "messages": [{"role": "user", "content": "y" * 2**20}]},
+        400,
+        "messages",
+        "cannot fit",
+    ),
 ]
 
 

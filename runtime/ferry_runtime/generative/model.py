@@ -131,6 +131,7 @@ class GenerativeModel:
         self.max_length = min(
             limits.max_sequence_length or self.config.context_length, self.config.context_length
         )
+        self.tokenizer.max_tokens = self.max_length
         per_sequence = kv_bytes_per_token(self.config) * self.max_length
         slots = limits.max_sequences
         if limits.kv_cache_bytes:

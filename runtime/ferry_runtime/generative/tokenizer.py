@@ -56,6 +56,12 @@ class TextTokenizer:
         self.bos_token = _special(config, "bos_token")
         self.eos_token = _special(config, "eos_token")
         self._template = self._load_template(directory, config)
+        # No token covers more characters than its longest vocabulary entry (byte-level and SentencePiece
+        # entries spell at least one character per text character), so a text longer than
+        # `max_tokens * max_token_chars` cannot fit the context: refused before the tokenizer spends CPU
+        # on it (a 64 MiB prompt would hold the event loop for seconds). Set by the model to its context.
+        self.max_token_chars = max(len(piece) for piece in self._tokenizer.get_vocab(with_added_tokens=True))
+        self.max_tokens: int | None = None
 
     @property
     def has_chat_template(self) -> bool:
@@ -80,7 +86,14 @@ class TextTokenizer:
         except jinja2.TemplateError as error:
             raise ModelLoadError(f"the model's chat template does not compile: {error}") from error
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True, field: str = "prompt") -> list[int]:
+        limit = self.max_tokens
+        if limit is not None and len(text) > limit * self.max_token_chars:
+            raise InvalidInput(
+                f"{field}: {len(text)} characters cannot fit this model's {limit}-token context "
+                f"(no token spans more than {self.max_token_chars} characters)",
+                field,
+            )
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, token_ids: Sequence[int]) -> str:
@@ -110,7 +123,7 @@ class TextTokenizer:
 
     def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         # As transformers' apply_chat_template(tokenize=True): the template places the special tokens.
-        return self.encode(self.render_chat(messages), add_special_tokens=False)
+        return self.encode(self.render_chat(messages), add_special_tokens=False, field="messages")
 
     def stream(self) -> TokenTextStream:
         return TokenTextStream(self._tokenizer)

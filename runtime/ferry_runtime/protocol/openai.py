@@ -312,7 +312,7 @@ def parse_generate(body: Any, tokenizer: TextTokenizer) -> GenerationRequest:
     stops = _stops(parameters.get("stop")) + _stops(parameters.get("stop_words") or None, "stop_words")
     max_tokens = _integer(parameters, "max_tokens", 1)
     return GenerationRequest(
-        prompt_tokens=tokenizer.encode(text),
+        prompt_tokens=tokenizer.encode(text, field="text_input"),
         max_new_tokens=16 if max_tokens is None else max_tokens,
         sampling=_seed_bits(_sampling(parameters)),
         stop=stops,
