@@ -7,10 +7,11 @@ kubectl runs any `kubectl-ferry` on the PATH as `kubectl ferry ...`; it inherits
     kubectl ferry status NAME [--watch]
     kubectl ferry report NAME [--plot FILE]
     kubectl ferry predict NAME --input FILE [--url URL]
+    kubectl ferry chat NAME [--message TEXT] [--url URL]
 
 Everything shown comes from the ModelDeployment's status (what the operator observed) and, for
-`predict`, from the model server itself through the API server's service proxy, so it works from a laptop
-without port-forwarding. Errors say what to do next.
+`predict` and `chat`, from the model server itself through the API server's service proxy, so it works
+from a laptop without port-forwarding. Errors say what to do next.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import datetime as dt
 import json
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -349,13 +350,52 @@ _NUMPY_DTYPES = {
 }
 
 
-def cmd_predict(api: Any, args: argparse.Namespace, out: TextIO) -> int:
-    namespace = _namespace(args)
-    name = args.name
+class _Reply:
+    """A model server's answer, read whole or line by line (server-sent events)."""
+
+    def __init__(self, status: int, chunks: Iterator[bytes], where: str) -> None:
+        self.status = status
+        self._chunks = chunks
+        self.where = where
+
+    def read(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def lines(self) -> Iterator[bytes]:
+        pending = b""
+        for chunk in self._chunks:
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            yield from complete
+        if pending:
+            yield pending
+
+    def json(self) -> dict[str, Any]:
+        body = self.read()
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            raise PluginError(f"{self.where}: not JSON: {body[:300]!r}") from exc
+        if self.status >= 400:
+            error = document.get("error") if isinstance(document, dict) else None
+            message = error.get("message") if isinstance(error, dict) else error
+            shown = message if message else repr(body[:500])
+            raise PluginError(f"{self.where}: {self.status} {shown}")
+        return cast("dict[str, Any]", document)
+
+
+Send = Callable[[str, str, "dict[str, Any] | None"], _Reply]
+
+
+def _server(api: Any, args: argparse.Namespace) -> Send:
+    """How to reach the model server: --url directly, else the API server's service proxy (which reaches
+    the ClusterIP Service from outside the cluster)."""
+    timeout = args.timeout
     if args.url:
         base = args.url.rstrip("/")
 
-        def call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        def direct(method: str, path: str, body: dict[str, Any] | None = None) -> _Reply:
+            import urllib.error
             import urllib.request
 
             data = json.dumps(body).encode() if body is not None else None
@@ -363,47 +403,98 @@ def cmd_predict(api: Any, args: argparse.Namespace, out: TextIO) -> int:
                 base + path, data=data, method=method, headers={"Content-Type": "application/json"}
             )
             try:
-                with urllib.request.urlopen(request, timeout=args.timeout) as response:
-                    result: dict[str, Any] = json.loads(response.read())
-                    return result
+                response = urllib.request.urlopen(request, timeout=timeout)
             except urllib.error.HTTPError as exc:
-                raise PluginError(f"{method} {base + path}: {exc.code} {exc.read().decode()[:500]}") from exc
+                return _Reply(exc.code, iter([exc.read()]), f"{method} {base + path}")
             except urllib.error.URLError as exc:
                 raise PluginError(f"cannot reach {base}: {exc.reason}") from exc
+            return _Reply(
+                response.status, iter(lambda: response.read1(65536), b""), f"{method} {base + path}"
+            )
 
-    else:
-        _get(api, namespace, name)  # a clear "not found" before any proxy error
-        from kubernetes.client.exceptions import ApiException
+        return direct
 
-        def call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-            # The API server's service proxy reaches the ClusterIP Service from outside the cluster.
-            proxy = f"/api/v1/namespaces/{namespace}/services/{name}:http/proxy{path}"
-            try:
-                response = api.call_api(
-                    proxy,
-                    method,
-                    body=body,
-                    header_params={"Content-Type": "application/json", "Accept": "application/json"},
-                    auth_settings=["BearerToken"],
-                    response_type="object",
-                    _return_http_data_only=True,
-                    _preload_content=True,
-                )
-            except ApiException as exc:
-                raise PluginError(
-                    f"{method} {path} via the service proxy: {exc.status} {(exc.body or exc.reason)!s:.500}; "
-                    "is the model Ready? (`kubectl ferry status " + name + "`)"
-                ) from exc
-            result: dict[str, Any] = response
-            return result
+    namespace, name = _namespace(args), args.name
+    _get(api, namespace, name)  # a clear "not found" before any proxy error
+    from kubernetes.client.exceptions import ApiException
 
-    metadata = call("GET", f"/v2/models/{name}")
+    def proxied(method: str, path: str, body: dict[str, Any] | None = None) -> _Reply:
+        proxy = f"/api/v1/namespaces/{namespace}/services/{name}:http/proxy{path}"
+        where = f"{method} {path} via the service proxy"
+        # kubernetes >= 31 splits a call into serializing (auth, host) and sending; the response is
+        # read as it arrives, so a stream is printed token by token.
+        method_, url, headers, data, _ = api.param_serialize(
+            method,
+            proxy,
+            header_params={"Content-Type": "application/json", "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = api.call_api(method_, url, header_params=headers, body=data, _request_timeout=timeout)
+        except ApiException as exc:
+            raise PluginError(f"{where}: {exc.status} {exc.reason}") from exc
+        if response.status == 503:
+            raise PluginError(f"{where}: 503; is the model Ready? (`kubectl ferry status {name}`)")
+        return _Reply(response.status, response.response.stream(65536), where)
+
+    return proxied
+
+
+def cmd_predict(api: Any, args: argparse.Namespace, out: TextIO) -> int:
+    name = args.name
+    send = _server(api, args)
+    metadata = send("GET", f"/v2/models/{name}", None).json()
     request = infer_request(Path(args.input), metadata)
-    response = call("POST", f"/v2/models/{name}/infer", request)
+    response = send("POST", f"/v2/models/{name}/infer", request).json()
     for output in response.get("outputs", []):
         data = output.get("data", [])
         preview = data if len(data) <= 20 else [*data[:20], f"... ({len(data)} values)"]
         print(f"{output['name']} {output.get('datatype')} {output.get('shape')}: {preview}", file=out)
+    return 0
+
+
+def chat_request(args: argparse.Namespace, message: str) -> dict[str, Any]:
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": message})
+    body: dict[str, Any] = {"model": args.name, "messages": messages, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    if args.max_tokens is not None:
+        body["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        body["temperature"] = args.temperature
+    return body
+
+
+def cmd_chat(api: Any, args: argparse.Namespace, out: TextIO) -> int:
+    """Stream one reply of a generative model to the terminal (OpenAI chat completions, SSE)."""
+    message = args.message if args.message is not None else sys.stdin.read()
+    if not message.strip():
+        raise PluginError("nothing to send: pass --message TEXT or pipe the message on standard input")
+    reply = _server(api, args)("POST", "/v1/chat/completions", chat_request(args, message))
+    if reply.status != 200:
+        reply.json()  # raises with the server's message
+        raise PluginError(f"{reply.where}: {reply.status}")
+    usage: dict[str, Any] | None = None
+    for line in reply.lines():
+        if not line.startswith(b"data: "):
+            continue
+        payload = line[len(b"data: ") :].strip()
+        if payload == b"[DONE]":
+            break
+        event = json.loads(payload)
+        if "error" in event:
+            raise PluginError(f"{reply.where}: {event['error'].get('message', event['error'])}")
+        for choice in event.get("choices") or []:
+            out.write((choice.get("delta") or {}).get("content") or "")
+            out.flush()
+        usage = event.get("usage") or usage
+    out.write("\n")
+    if usage:
+        print(
+            f"({usage['prompt_tokens']} prompt tokens, {usage['completion_tokens']} generated)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -447,10 +538,26 @@ def build_parser() -> argparse.ArgumentParser:
     p_predict.add_argument("--input", required=True, metavar="FILE")
     p_predict.add_argument("--url", help="call this server directly, not through the API server's proxy")
     p_predict.add_argument("--timeout", type=float, default=30.0)
+    p_chat = sub.add_parser(
+        "chat", parents=[common], help="stream a generative model's reply to a message (OpenAI chat API)"
+    )
+    p_chat.add_argument("name")
+    p_chat.add_argument("-m", "--message", help="the user message (default: read standard input)")
+    p_chat.add_argument("--system", help="a system message before it")
+    p_chat.add_argument("--max-tokens", type=int, help="most tokens to generate (default: the server's)")
+    p_chat.add_argument("--temperature", type=float, help="0 for greedy (default: the server's, 1)")
+    p_chat.add_argument("--url", help="call this server directly, not through the API server's proxy")
+    p_chat.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for a read")
     return parser
 
 
-COMMANDS = {"list": cmd_list, "status": cmd_status, "report": cmd_report, "predict": cmd_predict}
+COMMANDS = {
+    "list": cmd_list,
+    "status": cmd_status,
+    "report": cmd_report,
+    "predict": cmd_predict,
+    "chat": cmd_chat,
+}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -464,7 +571,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = parse_args(argv)
     try:
-        api = None if (args.command == "predict" and args.url) else _api(args.kubeconfig, args.context)
+        direct = args.command in ("predict", "chat") and args.url
+        api = None if direct else _api(args.kubeconfig, args.context)
         return COMMANDS[args.command](api, args, out)
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -264,3 +264,23 @@ def test_generation_metrics_are_exported(llm_server: RuntimeProcess) -> None:
     assert metric(llm_server, "ferry_generation_inter_token_seconds_count") >= 2
     assert metric(llm_server, "ferry_generation_waiting_sequences") == 0
     assert metric(llm_server, "ferry_generation_kv_cache_usage_ratio") >= 0
+
+
+def test_kubectl_ferry_chat_streams_the_reply(
+    llm_server: RuntimeProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from ferry_operator import plugin
+
+    out = io.StringIO()
+    argv = ["chat", MODEL, "--url", llm_server.url(""), "-m", "A parser?", "--max-tokens", "20"]
+    assert plugin.main([*argv, "--temperature", "0"], out=out) == 0
+    whole = client(llm_server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "A parser?"}], max_tokens=20, temperature=0
+    )
+    assert out.getvalue() == (whole.choices[0].message.content or "") + "\n"
+    assert whole.usage is not None
+    assert f"{whole.usage.completion_tokens} generated" in capsys.readouterr().err
+    assert plugin.main(["chat", "other", "--url", llm_server.url(""), "-m", "x"], out=io.StringIO()) == 1
+    assert "the model 'other' does not exist" in capsys.readouterr().err
