@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -405,6 +405,3 @@ def error_document(error: FerryError) -> dict[str, Any]:
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     code = {404: "model_not_found" if error.param == "model" else "not_found", 503: "overloaded"}.get(status)
     return {"error": {"message": error.message, "type": kind, "param": error.param, "code": code}}
-
-
-ParseFunction = Callable[[Any, str, TextTokenizer], TextRequest]

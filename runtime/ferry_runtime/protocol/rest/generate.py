@@ -10,6 +10,7 @@ before the next decode step.
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
 from typing import Any
@@ -202,22 +203,27 @@ def _json(body: bytes) -> Any:
         raise InvalidInput(f"the request body is not valid JSON: {error}") from None
 
 
-class _Shape:
+class _Shape(abc.ABC):
     """How one protocol renders a generation: whole, as stream events, and its errors."""
 
+    # True when the client asked for server-sent events.
     streaming: bool
 
+    @abc.abstractmethod
     def whole(self, result: GenerationResult) -> Any:
-        raise NotImplementedError
+        """The response document of a finished generation."""
 
+    @abc.abstractmethod
     def on_piece(self, stream: EventStream, text: str, result: GenerationResult) -> bool:
-        raise NotImplementedError
+        """Send new text (or the error) as events; False when the client stopped reading."""
 
+    @abc.abstractmethod
     def on_end(self, stream: EventStream, result: GenerationResult) -> None:
-        raise NotImplementedError
+        """The protocol's closing events (finish reason, usage, [DONE])."""
 
+    @abc.abstractmethod
     def error(self, error: FerryError, keep_alive: bool) -> bytes:
-        raise NotImplementedError
+        """A whole error response in the protocol's shape."""
 
 
 class _OpenAIShape(_Shape):
