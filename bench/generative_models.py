@@ -19,6 +19,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # ChatML, the template family Qwen and many fine-tunes ship: one place to test role handling.
 CHAT_TEMPLATE = (
@@ -130,3 +131,79 @@ def build_genai_model(hf_directory: Path, output: Path, precision: str = "fp32")
     if "model" not in config:
         raise RuntimeError(textwrap.shorten(f"the builder wrote no usable genai_config.json: {config}", 300))
     return output
+
+
+# --- transformers as a reference, in a process of its own ---
+# torch (through transformers and triton) aborts when it is imported into a process that has already
+# loaded TensorFlow, as the test session has (seen in CI: "Fatal Python error: Aborted" importing triton).
+# So tests make the model and ask transformers for its answers through this module's command line.
+
+
+def reference(command: str, hf_directory: Path, payload: object = None) -> Any:
+    """Run one command of this module's command line in a fresh Python and return its JSON answer."""
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), command, str(hf_directory)],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"generative_models.py {command} failed: {result.stderr[-3000:]}")
+    return json.loads(result.stdout)
+
+
+def _greedy(hf_directory: Path, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """transformers' greedy `generate` for each {"prompt": text or token ids, "max_new_tokens": n}."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_directory)
+    model = AutoModelForCausalLM.from_pretrained(hf_directory, dtype=torch.float32).eval()
+    answers = []
+    for request in requests:
+        prompt = request["prompt"]
+        ids = tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else prompt
+        with torch.no_grad():
+            output = model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=request["max_new_tokens"],
+                do_sample=False,
+            )
+        generated = [int(token) for token in output[0, len(ids) :]]
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        answers.append({"prompt_ids": list(ids), "generated": generated, "text": text})
+    return answers
+
+
+def _chat_template(hf_directory: Path, messages: list[dict[str, str]]) -> list[int]:
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(hf_directory).apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True
+    )
+    if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return [int(token) for token in ids]
+
+
+def _main() -> int:
+    command, directory = sys.argv[1], Path(sys.argv[2])
+    payload = json.loads(sys.stdin.read() or "null")
+    if command == "make":
+        shape = BENCH if (payload or {}).get("shape") == "bench" else TINY
+        make_hf_llama(directory, shape, (payload or {}).get("seed", 0))
+        answer: Any = str(directory)
+    elif command == "greedy":
+        answer = _greedy(directory, payload)
+    elif command == "chat-template":
+        answer = _chat_template(directory, payload)
+    else:
+        raise SystemExit(f"unknown command {command!r}; commands: make, greedy, chat-template")
+    print(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

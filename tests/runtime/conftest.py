@@ -128,7 +128,8 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> TinyLlama:
     import generative_models
 
     root = tmp_path_factory.mktemp("tiny-llama")
-    hf = generative_models.make_hf_llama(root / "hf")
+    # In a process of its own: torch must not be imported where TensorFlow already is (see the module).
+    hf = Path(generative_models.reference("make", root / "hf"))
     return TinyLlama(hf, generative_models.build_genai_model(hf, root / "genai"))
 
 

@@ -56,37 +56,29 @@ def test_models_are_listed(llm_server: RuntimeProcess) -> None:
 
 
 def test_greedy_completion_equals_transformers(llm_server: RuntimeProcess, tiny_llama: TinyLlama) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import generative_models
 
     prompt = "def format_help(self):"
     completion = client(llm_server).completions.create(
         model=MODEL, prompt=prompt, max_tokens=24, temperature=0
     )
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama.hf)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama.hf, dtype=torch.float32).eval()
-    ids = tokenizer(prompt, return_tensors="pt")
-    with torch.no_grad():
-        output = model.generate(**ids, max_new_tokens=24, do_sample=False)
-    generated = output[0, ids["input_ids"].shape[1] :]
-    assert completion.choices[0].text == tokenizer.decode(generated, skip_special_tokens=True)
+    (expected,) = generative_models.reference(
+        "greedy", tiny_llama.hf, [{"prompt": prompt, "max_new_tokens": 24}]
+    )
+    assert completion.choices[0].text == expected["text"]
     assert completion.usage is not None
-    assert completion.usage.prompt_tokens == ids["input_ids"].shape[1]
-    assert completion.usage.completion_tokens == len(generated)
+    assert completion.usage.prompt_tokens == len(expected["prompt_ids"])
+    assert completion.usage.completion_tokens == len(expected["generated"])
 
 
 def test_chat_uses_the_models_template(llm_server: RuntimeProcess, tiny_llama: TinyLlama) -> None:
-    from transformers import AutoTokenizer
+    import generative_models
 
     messages = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "A parser?"}]
     chat = client(llm_server).chat.completions.create(
         model=MODEL, messages=messages, max_tokens=8, temperature=0
     )  # type: ignore[arg-type]
-    expected_prompt = AutoTokenizer.from_pretrained(tiny_llama.hf).apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True
-    )
-    if isinstance(expected_prompt, dict) or hasattr(expected_prompt, "input_ids"):
-        expected_prompt = expected_prompt["input_ids"]
+    expected_prompt = generative_models.reference("chat-template", tiny_llama.hf, messages)
     assert chat.usage is not None
     assert chat.usage.prompt_tokens == len(expected_prompt)
     assert chat.choices[0].message.role == "assistant"

@@ -35,19 +35,11 @@ PROMPTS = [
 ]
 
 
-def transformers_greedy(hf: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    import torch
-    from transformers import AutoModelForCausalLM
+def transformers_greedy(hf: Path, prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
+    import generative_models
 
-    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
-    with torch.no_grad():
-        output = model.generate(
-            torch.tensor([prompt_ids]),
-            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-        )
-    return [int(t) for t in output[0, len(prompt_ids) :]]
+    requests = [{"prompt": p, "max_new_tokens": n} for p, n in zip(prompts, lengths, strict=True)]
+    return [answer["generated"] for answer in generative_models.reference("greedy", hf, requests)]
 
 
 def run_ferry(
@@ -104,8 +96,8 @@ def test_greedy_tokens_equal_transformers_while_sequences_join_and_leave(
         slots=3,
         prefill_budget=prefill_budget,
     )
-    for prompt, length, result in zip(prompts, lengths, results, strict=True):
-        expected = transformers_greedy(tiny_llama.hf, prompt, length)
+    references = transformers_greedy(tiny_llama.hf, prompts, lengths)
+    for prompt, length, result, expected in zip(prompts, lengths, results, references, strict=True):
         assert result.token_ids == expected, f"prompt {tokenizer.decode(prompt)!r}"
         assert result.finish_reason == ("stop" if len(expected) < length else "length")
         assert result.text == tokenizer.decode(expected, skip_special_tokens=True)
