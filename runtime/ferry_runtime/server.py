@@ -121,7 +121,9 @@ class Runtime:
             lambda: scheduler.token_capacity,
         )
         self._generative = model
-        self._rest_app.generative = GenerativeApi(model, self.metrics, settings.model_version)
+        self._rest_app.generative = GenerativeApi(
+            model, self.metrics, settings.model_version, self.dataplane.check_model
+        )
         self.dataplane.attach_generative(
             ModelMetadata(
                 name=settings.model_name,

@@ -171,8 +171,27 @@ def check_model(body: Mapping[str, Any], served: str) -> None:
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"model: expected the model's name (a string), got {_type_name(name)}", "model")
+    require_served(name, served)
+
+
+def require_served(name: str, served: str) -> None:
+    """404 `model_not_found` unless `name` is the served model (from a body or a /v1/models/{id} path)."""
     if name != served:
         raise NotFound(f"model: the model '{name}' does not exist; this server serves '{served}'", "model")
+
+
+def _json_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidInput(f"the request body must be a JSON object, got {_type_name(body)}")
+    return body
+
+
+def _openai_body(body: Any, fields: frozenset[str], endpoint: str, served: str) -> dict[str, Any]:
+    """An OpenAI request body: an object of known parameters that names the served model."""
+    document = _json_object(body)
+    _check_fields(document, fields, endpoint)
+    check_model(document, served)
+    return document
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,11 +200,8 @@ class TextRequest:
     options: StreamOptions
 
 
-def parse_completion(body: Any, served: str, tokenizer: TextTokenizer) -> TextRequest:
-    if not isinstance(body, dict):
-        raise InvalidInput(f"the request body must be a JSON object, got {_type_name(body)}")
-    _check_fields(body, _COMPLETION_FIELDS, "/v1/completions")
-    check_model(body, served)
+def parse_completion(raw_body: Any, served: str, tokenizer: TextTokenizer) -> TextRequest:
+    body = _openai_body(raw_body, _COMPLETION_FIELDS, "/v1/completions", served)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]  # a batch of one prompt
@@ -239,11 +255,8 @@ def _message_content(content: Any, index: int) -> str:
     )
 
 
-def parse_chat(body: Any, served: str, tokenizer: TextTokenizer) -> TextRequest:
-    if not isinstance(body, dict):
-        raise InvalidInput(f"the request body must be a JSON object, got {_type_name(body)}")
-    _check_fields(body, _CHAT_FIELDS, "/v1/chat/completions")
-    check_model(body, served)
+def parse_chat(raw_body: Any, served: str, tokenizer: TextTokenizer) -> TextRequest:
+    body = _openai_body(raw_body, _CHAT_FIELDS, "/v1/chat/completions", served)
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise InvalidInput(
@@ -287,9 +300,8 @@ def parse_chat(body: Any, served: str, tokenizer: TextTokenizer) -> TextRequest:
 _GENERATE_PARAMETERS = _SAMPLING | {"stream", "stop_words", "bad_words", "exclude_input_in_output"}
 
 
-def parse_generate(body: Any, tokenizer: TextTokenizer) -> GenerationRequest:
-    if not isinstance(body, dict):
-        raise InvalidInput(f"the request body must be a JSON object, got {_type_name(body)}")
+def parse_generate(raw_body: Any, tokenizer: TextTokenizer) -> GenerationRequest:
+    body = _json_object(raw_body)
     text = body.get("text_input")
     if not isinstance(text, str):
         raise InvalidInput(f"text_input: expected a string, got {_type_name(text)}", "text_input")

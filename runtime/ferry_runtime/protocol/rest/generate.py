@@ -13,15 +13,16 @@ from __future__ import annotations
 import abc
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from ferry_runtime.errors import FerryError, InvalidInput, MethodNotAllowed, NotFound, Unavailable
+from ferry_runtime.errors import FerryError, InvalidInput
 from ferry_runtime.generative.model import Generation, GenerationRequest, GenerationResult, GenerativeModel
 from ferry_runtime.metrics import GenerationRecorder, Metrics, RequestRecorder
 from ferry_runtime.protocol import openai
-from ferry_runtime.protocol.rest.server import JSON, HttpConnection, _Slot, http_response
+from ferry_runtime.protocol.rest.server import JSON, HttpConnection, _Slot, error_response, http_response
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +31,7 @@ _DONE = b"data: [DONE]\n\n"
 
 
 def openai_error_response(error: FerryError, keep_alive: bool) -> bytes:
-    extra = b""
-    if isinstance(error, Unavailable):
-        extra = b"retry-after: %d\r\n" % error.retry_after_seconds
-    elif isinstance(error, MethodNotAllowed):
-        extra = b"allow: %s\r\n" % error.allowed.encode()
-    return http_response(
-        error.http_status, orjson.dumps(openai.error_document(error)), JSON, keep_alive, extra
-    )
-
-
-def v2_error_response(error: FerryError, keep_alive: bool) -> bytes:
-    extra = b"retry-after: %d\r\n" % error.retry_after_seconds if isinstance(error, Unavailable) else b""
-    return http_response(error.http_status, orjson.dumps({"error": error.message}), JSON, keep_alive, extra)
+    return error_response(error, keep_alive, orjson.dumps(openai.error_document(error)))
 
 
 class EventStream:
@@ -81,8 +70,16 @@ class EventStream:
 
 
 class GenerativeApi:
-    def __init__(self, model: GenerativeModel, metrics: Metrics, version: str) -> None:
+    def __init__(
+        self,
+        model: GenerativeModel,
+        metrics: Metrics,
+        version: str,
+        check_model: Callable[[str, str], None],
+    ) -> None:
         self.model = model
+        # The data plane's (name, version) check, so v2 routes answer 404 as they do for tensor models.
+        self._check_model = check_model
         self.name = model.name
         self.version = version
         self.tokens = GenerationRecorder(metrics, model.name)
@@ -108,17 +105,11 @@ class GenerativeApi:
             if kind == "openai_models":
                 return http_response(200, self._models_body, JSON, keep_alive)
             if kind == "openai_model":
-                if model != self.name:
-                    raise NotFound(
-                        f"the model '{model}' does not exist; this server serves '{self.name}'", "model"
-                    )
+                openai.require_served(model, self.name)
                 return http_response(200, self._model_body, JSON, keep_alive)
             document = _json(body)
             if kind in {"generate", "generate_stream"}:
-                if model != self.name or (version and version != self.version):
-                    raise NotFound(
-                        f"unknown model '{model}' version '{version}'; this server serves '{self.name}'"
-                    )
+                self._check_model(model, version)
                 request = openai.parse_generate(document, self.model.tokenizer)
                 shape: _Shape = _GenerateShape(self.name, self.version, kind == "generate_stream")
                 self._start(
@@ -145,9 +136,7 @@ class GenerativeApi:
         except FerryError as error:
             recorder.record(str(error.http_status), time.perf_counter() - received)
             return (
-                openai_error_response(error, keep_alive)
-                if is_openai
-                else v2_error_response(error, keep_alive)
+                openai_error_response(error, keep_alive) if is_openai else error_response(error, keep_alive)
             )
 
     # --- one request ---
@@ -291,4 +280,4 @@ class _GenerateShape(_Shape):
         del stream, result
 
     def error(self, error: FerryError, keep_alive: bool) -> bytes:
-        return v2_error_response(error, keep_alive)
+        return error_response(error, keep_alive)

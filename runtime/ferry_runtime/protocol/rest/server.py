@@ -84,13 +84,17 @@ def http_response(
     )
 
 
-def error_response(error: FerryError, keep_alive: bool) -> bytes:
+def error_response(error: FerryError, keep_alive: bool, body: bytes | None = None) -> bytes:
+    """An error's response with its status and headers (Retry-After, Allow); the body is the v2 shape
+    `{"error": message}` unless a protocol gives its own (OpenAI's error JSON)."""
     extra = b""
     if isinstance(error, Unavailable):
         extra = b"retry-after: %d\r\n" % error.retry_after_seconds
     elif isinstance(error, MethodNotAllowed):
         extra = b"allow: %s\r\n" % error.allowed.encode()
-    return http_response(error.http_status, orjson.dumps({"error": error.message}), JSON, keep_alive, extra)
+    if body is None:
+        body = orjson.dumps({"error": error.message})
+    return http_response(error.http_status, body, JSON, keep_alive, extra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,12 +265,15 @@ class RestApp:
             self._metadata_body = orjson.dumps(metadata_document(metadata))
         return http_response(200, self._metadata_body, JSON, keep_alive)
 
+    def _decoded(self, connection: HttpConnection, body: bytes) -> bytes:
+        """The request body with its Content-Encoding (gzip, deflate) undone, under the body limit."""
+        encoding = connection.headers.get(b"content-encoding")
+        return body if encoding is None else inflate(body, encoding, self.max_body_bytes)
+
     def _generative(
         self, connection: HttpConnection, route: _Route, body: bytes, keep_alive: bool, received: float
     ) -> bytes | None:
-        encoding = connection.headers.get(b"content-encoding")
-        if encoding is not None:
-            body = inflate(body, encoding, self.max_body_bytes)
+        body = self._decoded(connection, body)
         if self.generative is None:
             return not_generative(self.dataplane, route)
         return self.generative.handle(
@@ -280,9 +287,7 @@ class RestApp:
         )
 
     def _feedback(self, connection: HttpConnection, route: _Route, body: bytes, keep_alive: bool) -> bytes:
-        encoding = connection.headers.get(b"content-encoding")
-        if encoding is not None:
-            body = inflate(body, encoding, self.max_body_bytes)
+        body = self._decoded(connection, body)
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError as error:
@@ -294,9 +299,7 @@ class RestApp:
         self, connection: HttpConnection, route: _Route, body: bytes, keep_alive: bool, received: float
     ) -> bytes | None:
         headers = connection.headers
-        encoding = headers.get(b"content-encoding")
-        if encoding is not None:
-            body = inflate(body, encoding, self.max_body_bytes)
+        body = self._decoded(connection, body)
         json_length = None
         header_length = headers.get(b"inference-header-content-length")
         if header_length is not None:
