@@ -150,6 +150,11 @@ def test_seeded_sampling_repeats_and_stop_strings_cut(llm_server: RuntimeProcess
     first = api.completions.create(seed=7, **kwargs).choices[0].text
     assert api.completions.create(seed=7, **kwargs).choices[0].text == first
     greedy = api.completions.create(model=MODEL, prompt="def ", max_tokens=40, temperature=0).choices[0].text
+    # top_k=1 leaves one candidate: sampling at any temperature is the greedy text.
+    top_one = api.completions.create(
+        model=MODEL, prompt="def ", max_tokens=40, temperature=1.5, extra_body={"top_k": 1}
+    )
+    assert top_one.choices[0].text == greedy
     stop = greedy[5:8]
     assert stop, f"the greedy text is too short to cut: {greedy!r}"
     cut = api.completions.create(model=MODEL, prompt="def ", max_tokens=40, temperature=0, stop=[stop])
@@ -254,6 +259,7 @@ def test_generation_metrics_are_exported(llm_server: RuntimeProcess) -> None:
     assert metric(llm_server, "ferry_generation_prompt_tokens_total") >= 1
     assert metric(llm_server, "ferry_generation_time_to_first_token_seconds_count") >= 1
     assert metric(llm_server, "ferry_generation_inter_token_seconds_count") >= 2
+    assert metric(llm_server, "ferry_generation_duration_seconds_count") >= 1
     assert metric(llm_server, "ferry_generation_waiting_sequences") == 0
     assert metric(llm_server, "ferry_generation_kv_cache_usage_ratio") >= 0
 

@@ -269,3 +269,29 @@ def test_sigterm_lets_running_streams_finish(tiny_llama: TinyLlama, tmp_path: Pa
     assert server.process.wait(60) == 0, server.log()
     # The stream was running when SIGTERM came, and still got every token.
     assert "draining generations: 1 running" in server.log()
+
+
+def test_context_and_kv_budget_settings_bound_the_pool(tiny_llama: TinyLlama, tmp_path: Path) -> None:
+    from ferry_runtime.generative.config import load_decoder_config
+    from ferry_runtime.generative.engine import kv_bytes_per_token
+
+    per_sequence = kv_bytes_per_token(load_decoder_config(tiny_llama.genai)) * 64
+    # A budget for 2.5 sequences of 64 tokens holds 2, whatever --max-sequences asks.
+    budget = str(int(per_sequence * 2.5))
+    server = start_runtime(
+        tiny_llama.genai, MODEL, tmp_path, "--max-sequence-length", "64", "--kv-cache-bytes", budget
+    )
+    try:
+        assert "2 sequences x 64 tokens" in server.log()
+        body = {"model": MODEL, "prompt": [5] * 10, "max_tokens": 60}
+        status, _, document = request(server, "POST", COMPLETIONS, json.dumps(body).encode())
+        assert status == 400
+        assert "64-token context" in document["error"]["message"]
+        assert document["error"]["param"] == "max_tokens"
+        body["max_tokens"] = 54
+        assert request(server, "POST", COMPLETIONS, json.dumps(body).encode())[0] == 200
+    finally:
+        assert server.stop() == 0, server.log()
+    too_small = start_runtime(tiny_llama.genai, MODEL, tmp_path, "--kv-cache-bytes", "1024", wait_ready=False)
+    assert too_small.process.wait(60) == 1
+    assert "kv_cache_bytes=1024 cannot hold one sequence" in too_small.log()
