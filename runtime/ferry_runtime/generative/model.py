@@ -86,10 +86,6 @@ class Generation:
         self._started = time.perf_counter()
         self._last_token_at: float | None = None
 
-    @property
-    def done(self) -> bool:
-        return self.result.finish_reason is not None
-
     def cancel(self) -> None:
         if self.sequence is not None:
             self.sequence.cancelled = True

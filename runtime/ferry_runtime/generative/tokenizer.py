@@ -63,10 +63,6 @@ class TextTokenizer:
         self.max_token_chars = max(len(piece) for piece in self._tokenizer.get_vocab(with_added_tokens=True))
         self.max_tokens: int | None = None
 
-    @property
-    def has_chat_template(self) -> bool:
-        return self._template is not None
-
     @staticmethod
     def _load_template(directory: Path, config: dict[str, Any]) -> jinja2.Template | None:
         source = config.get("chat_template")
@@ -95,9 +91,6 @@ class TextTokenizer:
                 field,
             )
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> str:
         """The prompt text for a conversation, ending where the assistant's reply begins."""
