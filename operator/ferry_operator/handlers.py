@@ -1,10 +1,10 @@
 """kopf registrations, and nothing else: each handler is one line that calls the typed domain code.
 
-kopf watches only the monitoring children and their CRDs here; ModelDeployments and the children and pods
-every cluster serves are watched by Ferry's own informers (informer.py; kopf's per-event machinery was half
-of the operator's CPU at 500 ModelDeployments). Watch events never do work here; they index what was seen
-(kopf indices, read by the reconcile) and enqueue the ModelDeployment it belongs to. The reconcile workers
-do the rest (reconcile/controller.py).
+kopf runs the process (login, start-up, clean-up) and watches the monitoring CRDs; every other kind
+(ModelDeployments, their children, the monitoring ones included, pods and Jobs) is watched by Ferry's own
+informers (informer.py): kopf's per-event machinery was half of the operator's CPU at 500
+ModelDeployments, and kopf ended the process when a watched optional kind's CRD went away. The reconcile
+workers do the work (reconcile/controller.py).
 """
 
 from __future__ import annotations
@@ -13,10 +13,7 @@ from typing import Any
 
 import kopf
 
-from ferry_operator import kinds, wiring
-from ferry_operator.reconcile import observe
-
-MANAGED = {kinds.MANAGED_BY_LABEL: kinds.MANAGED_BY}
+from ferry_operator import wiring
 
 
 def _ferry(memo: Any) -> wiring.Ferry:
@@ -30,8 +27,8 @@ async def login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-async def startup(memo: Any, **kwargs: Any) -> None:
-    await wiring.startup(_ferry(memo), kwargs)
+async def startup(memo: Any, **_: Any) -> None:
+    await wiring.startup(_ferry(memo))
 
 
 @kopf.on.cleanup()
@@ -39,28 +36,8 @@ async def cleanup(memo: Any, **_: Any) -> None:
     await wiring.cleanup(_ferry(memo))
 
 
-# --- the monitoring children: their kinds come and go with the monitoring.coreos.com CRDs, which kopf's
-# watches follow. The always-served kinds are watched by Ferry's own informers (informer.py, wiring.py).
-
-
-@kopf.index("monitoring.coreos.com", "v1", "servicemonitors", labels=MANAGED)
-async def servicemonitor_index(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return wiring.kopf_index_entry(observe.child_entry(kinds.SERVICE_MONITOR, body))
-
-
-@kopf.index("monitoring.coreos.com", "v1", "prometheusrules", labels=MANAGED)
-async def prometheusrule_index(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return wiring.kopf_index_entry(observe.child_entry(kinds.PROMETHEUS_RULE, body))
-
-
-@kopf.on.event("monitoring.coreos.com", "v1", "servicemonitors", labels=MANAGED)
-async def servicemonitor_event(memo: Any, body: kopf.Body, **_: Any) -> None:
-    _ferry(memo).controller.enqueue(observe.owner_key(body))
-
-
-@kopf.on.event("monitoring.coreos.com", "v1", "prometheusrules", labels=MANAGED)
-async def prometheusrule_event(memo: Any, body: kopf.Body, **_: Any) -> None:
-    _ferry(memo).controller.enqueue(observe.owner_key(body))
+# --- the monitoring CRDs: kopf watches CRDs (always served); every other kind, the monitoring children
+# included, is watched by Ferry's own informers (informer.py, wiring.py).
 
 
 @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=wiring.is_monitoring_crd)

@@ -11,6 +11,11 @@ changes; an event that changes nothing the reconcile reads (most pod status chur
 
 The reconcile must not run on a partial cache (it would take missing children for deleted ones), so the
 controller waits for every informer's first list before its workers start (`Informer.synced`).
+
+A kind that comes and goes with its CRD (the Prometheus Operator's ServiceMonitor and PrometheusRule) is
+watched by an `optional` informer: a 404 on its list or watch means "not served now", which is an empty,
+synced view, listed again with backoff or at once when `wake()` says the CRDs changed. Nothing here ends
+the operator because an optional kind went away (kopf's own watches of such kinds did).
 """
 
 from __future__ import annotations
@@ -112,6 +117,10 @@ class Expired(Exception):
     """The watch's resourceVersion is older than the server keeps: list again."""
 
 
+class NotServed(Exception):
+    """The API server does not serve an optional kind (its CRD is not installed): an empty view."""
+
+
 class Informer:
     """List and watch one kind in one scope (a namespace, or the cluster with an optional namespace filter),
     feeding every object to `views`. `run()` runs until cancelled, reconnecting on its own."""
@@ -127,8 +136,13 @@ class Informer:
         namespace_filter: Callable[[str], bool] | None = None,
         server_timeout_seconds: int = 300,
         client_timeout_seconds: int = 330,
+        optional: bool = False,
+        absent_recheck_seconds: float = 60.0,
     ) -> None:
         self.kind = kind
+        # A 404 means the kind is not served now (CRD absent), not an error; see the module docstring.
+        self.optional = optional
+        self.served = True
         self.views = tuple(views)
         self.namespace = namespace
         self.synced = asyncio.Event()
@@ -138,6 +152,8 @@ class Informer:
         self._server_timeout = server_timeout_seconds
         self._client_timeout = client_timeout_seconds
         self._path = kind.path(namespace) if namespace is not None else kind.cluster_path()
+        self._absent_recheck = absent_recheck_seconds
+        self._wake = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"Informer({self.kind.plural}, {self.namespace or 'all namespaces'})"
@@ -147,12 +163,19 @@ class Informer:
             return namespace == self.namespace
         return self._namespace_filter is None or self._namespace_filter(namespace)
 
+    def wake(self) -> None:
+        """List again now, ending any backoff: the kind's CRD was created or deleted."""
+        self._wake.set()
+
     async def run(self) -> None:
         failures = 0
+        absences = 0
         while True:
+            self._wake.clear()
             try:
                 version = await self._list()
-                failures = 0
+                failures = absences = 0
+                self._set_served(True)
                 self.synced.set()
                 while True:
                     try:
@@ -161,17 +184,43 @@ class Informer:
                     except _RETRIED as error:
                         if isinstance(error, ApiError) and error.status == 410:
                             raise Expired from error
+                        if self.optional and isinstance(error, ApiError) and error.status == 404:
+                            raise NotServed from error
                         failures += 1
                         delay = _backoff(failures)
                         logger.warning("watch of %r failed (again in %.1f s): %s", self, delay, error)
-                        await asyncio.sleep(delay)
+                        await self._sleep(delay)
             except Expired:
                 logger.info("watch of %r expired; listing again", self)
+            except NotServed:
+                # Nothing of the kind exists while it is not served: an empty view, and the reconcile may
+                # run (it does not create children of kinds discovery says are absent).
+                for view in self.views:
+                    view.replace({}, self._in_scope)
+                self._set_served(False)
+                self.synced.set()
+                absences += 1
+                # Soon after a wake (a CRD event can come before the API serves the kind), then rarely.
+                if await self._sleep(min(self._absent_recheck, _backoff(absences))):
+                    absences = 0
             except _RETRIED as error:
                 failures += 1
                 delay = _backoff(failures)
                 logger.warning("list of %r failed (again in %.1f s): %s", self, delay, error)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
+
+    def _set_served(self, served: bool) -> None:
+        if served != self.served:
+            logger.info("%r: %s", self, "the kind is served again" if served else "the kind is not served")
+        self.served = served
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, or less when woken; True when woken."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     async def _list(self) -> str:
         bodies: dict[str, Mapping[str, Any]] = {}
@@ -181,7 +230,12 @@ class Informer:
             params = {"labelSelector": self._label_selector, "limit": str(_LIST_PAGE)}
             if token:
                 params["continue"] = token
-            page = await self._client.request("GET", self._path, resource=self.kind.plural, params=params)
+            try:
+                page = await self._client.request("GET", self._path, resource=self.kind.plural, params=params)
+            except ApiError as error:
+                if self.optional and error.status == 404:
+                    raise NotServed from error
+                raise
             metadata = page.get("metadata") or {}
             version = str(metadata.get("resourceVersion", ""))
             for item in page.get("items") or []:

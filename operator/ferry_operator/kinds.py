@@ -91,9 +91,6 @@ CHILD_KINDS: tuple[Kind, ...] = (
 FIRST_WAVE: frozenset[Kind] = frozenset({SERVICE, DEPLOYMENT, POD_DISRUPTION_BUDGET})
 # Kinds of the optional Prometheus Operator API (monitoring.coreos.com): created only where it is installed.
 MONITORING_KINDS: tuple[Kind, ...] = (SERVICE_MONITOR, PROMETHEUS_RULE)
-# Children of kinds every cluster serves: watched by Ferry's own informers (informer.py). The monitoring
-# kinds come and go with their CRDs, which kopf's watches follow.
-CORE_CHILD_KINDS: tuple[Kind, ...] = tuple(kind for kind in CHILD_KINDS if kind not in MONITORING_KINDS)
 
 
 def selector_labels(name: str) -> dict[str, str]:

@@ -25,11 +25,15 @@ MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 class ApiError(Exception):
     """The API server refused a request. `status` is the HTTP code, `message` the server's explanation."""
 
-    def __init__(self, status: int, reason: str, message: str, method: str, path: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, method: str, path: str, *, retry_after: float = 0.0
+    ) -> None:
         super().__init__(f"{method} {path}: {status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        # Seconds the server asked us to wait (Retry-After on 429/503), 0 when it did not say.
+        self.retry_after = retry_after
 
     @property
     def permanent(self) -> bool:
@@ -196,4 +200,33 @@ def _decode(text: str) -> Any:
 
 def _api_error(response: aiohttp.ClientResponse, payload: Any, method: str, path: str) -> ApiError:
     message = payload.get("message", "") if isinstance(payload, dict) else str(payload)
-    return ApiError(response.status, response.reason or "", str(message), method, path)
+    return ApiError(
+        response.status,
+        response.reason or "",
+        str(message),
+        method,
+        path,
+        retry_after=_retry_after(response.headers.get("Retry-After")),
+    )
+
+
+def _retry_after(value: str | None) -> float:
+    """Retry-After in seconds (the API server sends delta-seconds; an HTTP date or junk counts as unsaid),
+    capped so a hostile or broken proxy cannot park a reconcile for hours."""
+    try:
+        return min(max(float(value or 0), 0.0), 300.0)
+    except ValueError:
+        return 0.0
+
+
+# Statuses that mean "try again later": conflicts, throttling, and the server or a proxy in between
+# failing for now. (501 Not Implemented will not change by waiting.)
+_TEMPORARY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+def temporary(error: BaseException) -> bool:
+    """Whether a failed request is worth retrying unchanged: a temporary status, or the connection failing
+    (reset, refused, timed out) before an answer came."""
+    if isinstance(error, ApiError):
+        return error.status in _TEMPORARY_STATUSES
+    return isinstance(error, aiohttp.ClientError | OSError | TimeoutError)

@@ -14,7 +14,8 @@ from aiohttp import web
 
 RECONCILES = prometheus_client.Counter(
     "ferry_operator_reconcile_total",
-    "Reconciles of ModelDeployments by outcome (noop: nothing to write, applied, status, error).",
+    "Reconciles of ModelDeployments by outcome (noop: nothing to write, applied, status, retry: a temporary"
+    " failure, gone: deleted, error).",
     ["outcome"],
 )
 RECONCILE_SECONDS = prometheus_client.Histogram(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import kopf
@@ -31,12 +31,6 @@ from ferry_operator.reconcile.optimization import (
 
 logger = logging.getLogger("ferry_operator")
 
-# Names of the kopf index handlers (handlers.py) of the monitoring children. kopf hands each index to
-# handlers as a keyword argument named after its function.
-MONITORING_INDEXES: Mapping[kinds.Kind, str] = {
-    kinds.SERVICE_MONITOR: "servicemonitor_index",
-    kinds.PROMETHEUS_RULE: "prometheusrule_index",
-}
 # The CRDs whose arrival or removal changes which monitoring children `auto` creates.
 MONITORING_CRDS = frozenset(f"{kind.plural}.{kind.group}" for kind in kinds.MONITORING_KINDS)
 MANAGED_SELECTOR = f"{kinds.MANAGED_BY_LABEL}={kinds.MANAGED_BY}"
@@ -61,10 +55,11 @@ def watch_caches(
     on_change: Callable[[OwnerKey], None],
 ) -> WatchCaches:
     """One informer per kind and scope; pods feed two views (serving pods, optimization Job pods). Every
-    view calls `on_change` with the owning ModelDeployment when what it holds for it changes."""
+    view calls `on_change` with the owning ModelDeployment when what it holds for it changes. The
+    monitoring kinds' informers are optional: their CRDs may be absent, or come and go."""
     model_deployments = View(observe.model_deployment_entry, on_change)
     children: dict[kinds.Kind, View[ChildSnapshot]] = {
-        kind: View(functools.partial(observe.child_entry, kind), on_change) for kind in kinds.CORE_CHILD_KINDS
+        kind: View(functools.partial(observe.child_entry, kind), on_change) for kind in kinds.CHILD_KINDS
     }
     pods = View(observe.pod_entry, on_change)
     jobs = View(optimization.job_entry, on_change)
@@ -86,6 +81,8 @@ def watch_caches(
             namespace_filter=namespace_filter,
             server_timeout_seconds=config.watch_server_timeout_seconds,
             client_timeout_seconds=config.watch_client_timeout_seconds,
+            optional=kind in kinds.MONITORING_KINDS,
+            absent_recheck_seconds=config.monitoring_discovery_seconds,
         )
         for kind, views, selector in watched
         for namespace in places
@@ -156,9 +153,6 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     # Short API calls (lists at start-up) fail fast rather than hang the start.
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
-    # Server-side filtering: the monitoring watches stream only Ferry's objects.
-    for kind in kinds.MONITORING_KINDS:
-        settings.watching.label_selectors[kind.group or "v1", kind.plural] = MANAGED_SELECTOR
     # kopf posts events for its own handler errors; only warnings and worse (the reconcile posts one event
     # per phase transition itself, so kopf must not add one per handler run).
     settings.posting.level = logging.WARNING
@@ -190,17 +184,10 @@ def login(ferry: Ferry, **kwargs: Any) -> kopf.ConnectionInfo | None:
     return info
 
 
-async def startup(ferry: Ferry, indices: Mapping[str, Any]) -> None:
+async def startup(ferry: Ferry) -> None:
     caches = ferry.caches
     ferry.controller.bind(
-        Indices(
-            model_deployments=caches.model_deployments,
-            children={
-                **caches.children,
-                **{kind: indices[name] for kind, name in MONITORING_INDEXES.items()},
-            },
-            pods=caches.pods,
-        )
+        Indices(model_deployments=caches.model_deployments, children=caches.children, pods=caches.pods)
     )
     ferry.optimization.bind(
         jobs=caches.jobs,
@@ -227,8 +214,3 @@ async def cleanup(ferry: Ferry) -> None:
 def is_monitoring_crd(name: str, **_: Any) -> bool:
     """kopf filter: only the monitoring.coreos.com CRDs Ferry creates objects of."""
     return name in MONITORING_CRDS
-
-
-def kopf_index_entry(entry: tuple[OwnerKey, Any] | None) -> dict[OwnerKey, Any]:
-    """A watch cache entry in the shape a kopf index handler returns."""
-    return {} if entry is None else {entry[0]: entry[1]}

@@ -253,6 +253,7 @@ def test_a_crashed_watch_cache_fails_the_health_check_and_no_worker_runs_unsynce
     # frozen cache while /healthz says ok.
     class CrashingInformer:
         kind = CONFIG_MAP
+        optional = False
 
         def __init__(self) -> None:
             self.synced = asyncio.Event()
@@ -283,3 +284,100 @@ def test_a_crashed_watch_cache_fails_the_health_check_and_no_worker_runs_unsynce
     assert "ferry-watch-caches" in reason
     assert "a bug in the informer" in reason
     assert reconciles == 0
+
+
+WIDGET = kinds.Kind("informer-test.ferry.dev", "v1", "Widget", "widgets")
+WIDGET_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "widgets.informer-test.ferry.dev"},
+    "spec": {
+        "group": "informer-test.ferry.dev",
+        "names": {"kind": "Widget", "plural": "widgets", "singular": "widget", "listKind": "WidgetList"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "data": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+@pytest.mark.cluster
+def test_an_optional_kind_whose_crd_comes_and_goes_is_an_empty_view_and_never_ends_the_informer(
+    kube: Kube, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Prometheus Operator's kinds are optional: a 404 (CRD absent, or deleted under a running watch)
+    # is "not served", not a failure. kopf's own watch of ServiceMonitors ended the operator here.
+    crd = json.dumps(WIDGET_CRD)
+    kube.kubectl("delete", "crd", WIDGET_CRD["metadata"]["name"], "--ignore-not-found", "--wait")
+
+    def widget(name: str, owner: str) -> None:
+        manifest = {
+            "apiVersion": WIDGET.api_version,
+            "kind": "Widget",
+            "metadata": {"name": name, "labels": {OWNER_LABEL: owner}},
+            "data": {"value": name},
+        }
+        kube.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(manifest))
+
+    async def scenario() -> None:
+        client = _client(kube, monkeypatch)
+        view, _ = recording_view()
+        watcher = Informer(
+            client,
+            WIDGET,
+            [view],
+            namespace=namespace,
+            label_selector=OWNER_LABEL,
+            optional=True,
+            absent_recheck_seconds=300,  # far beyond the test: only wake() can make it list again in time
+        )
+        task = asyncio.create_task(watcher.run())
+        try:
+            await asyncio.wait_for(watcher.synced.wait(), 30)
+            assert not watcher.served
+            assert len(view) == 0
+            # The CRD arrives; the CRD event wakes the informer.
+            await asyncio.to_thread(kube.kubectl, "apply", "-f", "-", stdin=crd)
+            await asyncio.to_thread(
+                kube.kubectl, "wait", "--for=condition=Established", f"crd/{WIDGET_CRD['metadata']['name']}"
+            )
+            await asyncio.to_thread(widget, "one", "md1")
+            watcher.wake()
+            await _eventually(lambda: (namespace, "md1") in view, "the widget listed after the wake")
+            assert watcher.served
+            # And goes away under the running watch: the view empties, the informer keeps running.
+            await asyncio.to_thread(kube.kubectl, "delete", "crd", WIDGET_CRD["metadata"]["name"], "--wait")
+            await _eventually(lambda: len(view) == 0, "the widgets gone with their CRD")
+            await _eventually(lambda: not watcher.served, "the kind seen as not served", timeout=60)
+            assert not task.done(), task
+            # Back again: served and listed again at the next wake.
+            await asyncio.to_thread(kube.kubectl, "apply", "-f", "-", stdin=crd)
+            await asyncio.to_thread(
+                kube.kubectl, "wait", "--for=condition=Established", f"crd/{WIDGET_CRD['metadata']['name']}"
+            )
+            await asyncio.to_thread(widget, "two", "md2")
+            watcher.wake()
+            await _eventually(lambda: (namespace, "md2") in view, "the widget after the CRD came back")
+            assert not task.done()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.close()
+            await asyncio.to_thread(
+                kube.kubectl, "delete", "crd", WIDGET_CRD["metadata"]["name"], "--ignore-not-found"
+            )
+
+    asyncio.run(scenario())

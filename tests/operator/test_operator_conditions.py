@@ -208,6 +208,25 @@ def test_optimizing_phase_comes_from_the_optimized_seam() -> None:
     assert conditions.phase(verdicts) == "Optimizing"
 
 
+def test_ready_follows_the_newest_spec_while_its_model_is_optimized() -> None:
+    # The previous revision is Ready and serving; the new spec's model is still in its optimization Job.
+    serving = observation(
+        required_ready=1,
+        deployment=deployment(
+            spec_replicas=1, replicas=1, updated_replicas=1, ready_replicas=1, available_replicas=1
+        ),
+    )
+    assert conditions.evaluate(serving)["Ready"].status == "True"
+    optimizing = conditions.Verdict("Unknown", "Optimizing", "quantizing")
+    verdicts = conditions.evaluate(dataclasses.replace(serving, optimized=optimizing))
+    assert verdicts["Optimized"] == optimizing
+    assert (verdicts["Ready"].status, verdicts["Ready"].reason) == ("False", "Optimizing")
+    assert "being optimized" in verdicts["Ready"].message
+    # Once optimized (or failed), Ready is the chain's own verdict again.
+    done = conditions.Verdict("True", "Optimized", "int8 passed the gate")
+    assert conditions.evaluate(dataclasses.replace(serving, optimized=done))["Ready"].status == "True"
+
+
 def test_merge_keeps_transition_time_unless_the_status_flips() -> None:
     first = conditions.merge([], conditions.evaluate(observation(deployment=None)), "2026-01-01T00:00:00Z", 1)
     assert all(c["lastTransitionTime"] == "2026-01-01T00:00:00Z" for c in first)

@@ -13,8 +13,7 @@ def test_only_index_and_event_handlers_so_no_diff_base_is_needed() -> None:
     # wiring.NoDiffBase skips kopf's per-event deep copy of every body, which only change handlers
     # (on.create/on.update/on.field/on.resume) read. Registering one needs kopf's stock storage back.
     registry = kopf.get_default_registry()
-    assert handlers.servicemonitor_event is not None  # the module is imported and registered
-    assert registry._indexing.get_all_handlers()
+    assert handlers.monitoring_crd_event is not None  # the module is imported and registered
     assert registry._watching.get_all_handlers()
     assert not registry._changing.get_all_handlers()
     assert not registry._spawning.get_all_handlers()
@@ -29,17 +28,18 @@ def test_the_crd_filter_passes_only_the_monitoring_crds() -> None:
     assert not wiring.is_monitoring_crd(name="modeldeployments.ferry.dev")
 
 
-def test_every_always_served_kind_has_exactly_one_watch_ferrys_own() -> None:
-    # kopf's per-event machinery was half the operator's CPU at 500 ModelDeployments; a kind watched by
-    # both an informer and a kopf handler would pay for it again (and stream every event twice).
+def test_every_watched_kind_has_exactly_one_watch_ferrys_own() -> None:
+    # kopf's per-event machinery was half the operator's CPU at 500 ModelDeployments, and kopf ended the
+    # process when a watched kind's CRD went away; only the CRDs themselves are kopf's to watch.
     caches = wiring.watch_caches(OperatorConfig(), KubeClient(), ["team-a", "team-b"], lambda _key: None)
     watched = sorted((i.kind.plural, i.namespace) for i in caches.informers)
-    own_kinds = {kinds.MODEL_DEPLOYMENT, *kinds.CORE_CHILD_KINDS, kinds.POD, kinds.JOB}
+    own_kinds = {kinds.MODEL_DEPLOYMENT, *kinds.CHILD_KINDS, kinds.POD, kinds.JOB}
     assert watched == sorted((kind.plural, ns) for kind in own_kinds for ns in ("team-a", "team-b"))
+    assert {i.kind for i in caches.informers if i.optional} == set(kinds.MONITORING_KINDS)
     registry = kopf.get_default_registry()
     kopf_watched = {
         handler.selector.any_name if handler.selector else None
         for handler in (*registry._indexing.get_all_handlers(), *registry._watching.get_all_handlers())
     }
-    assert kopf_watched == {"servicemonitors", "prometheusrules", "customresourcedefinitions"}
+    assert kopf_watched == {"customresourcedefinitions"}
     assert {kind.plural for kind in own_kinds}.isdisjoint(kopf_watched)

@@ -33,9 +33,15 @@ class Resolution:
 class ArtifactResolver(Protocol):
     async def resolve(self, md: ModelDeploymentSnapshot, spec: models.ModelDeploymentSpec) -> Resolution: ...
 
+    def forget(self, uid: str) -> None:
+        """Release what is kept for the ModelDeployment with `uid`: it is gone."""
+
 
 class ServeAsIs:
     """Serve spec.model unchanged: ONNX models only."""
+
+    def forget(self, uid: str) -> None:
+        """Nothing is kept per ModelDeployment."""
 
     async def resolve(self, md: ModelDeploymentSnapshot, spec: models.ModelDeploymentSpec) -> Resolution:  # noqa: ARG002
         model = spec.model

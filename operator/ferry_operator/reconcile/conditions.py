@@ -83,6 +83,8 @@ class Observation:
     # A failed rollout left in place (autoRollback off, or nothing to roll back to), and why.
     rollout_failure: Failure | None = None
     kept_because: str = ""
+    # The resolver's Optimized condition (None: the model is served without optimization).
+    optimized: Verdict | None = None
 
 
 Policy = Callable[[Observation], Verdict | None]
@@ -430,7 +432,20 @@ def evaluate(obs: Observation) -> dict[ConditionType, Verdict]:
                 break
         else:  # pragma: no cover - every chain ends with a policy that always answers
             raise AssertionError(f"the {condition_type} chain has no verdict")
+    if obs.optimized is not None:
+        verdicts["Optimized"] = obs.optimized
+        verdicts["Ready"] = ready_follows_the_newest_spec(verdicts["Ready"], obs.optimized)
     return verdicts
+
+
+def ready_follows_the_newest_spec(ready: Verdict, optimized: Verdict) -> Verdict:
+    """Ready is not True while the newest spec's model is still being optimized: what serves is the
+    previous revision, not the one the spec asks for."""
+    if optimized.status != "Unknown" or ready.status != "True":
+        return ready
+    return Verdict(
+        "False", "Optimizing", f"{ready.message}; the new spec's model is being optimized (see Optimized)"
+    )
 
 
 def phase(verdicts: Mapping[ConditionType, Verdict]) -> Phase:

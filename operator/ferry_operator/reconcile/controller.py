@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ferry_operator import builders, informer, kinds, metrics
+from ferry_operator import builders, informer, kinds, kube, metrics
 from ferry_operator.api import models
 from ferry_operator.builders import monitoring
 from ferry_operator.builders.artifact_store import ArtifactStore
@@ -120,8 +120,12 @@ class Controller:
         self._written_status: dict[OwnerKey, tuple[str, dict[str, Any]]] = {}
         self._desired: dict[OwnerKey, _Desired] = {}
         self._phases: dict[OwnerKey, str] = {}
-        self._deleted_uids: set[str] = set()
+        # Children deleted by a prune, by owner, until the watch shows them gone (see _execute).
+        self._deleted_uids: dict[OwnerKey, set[str]] = {}
+        # The uid of the ModelDeployment under each key, so its resolver state goes when it does.
+        self._uids: dict[OwnerKey, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._optional_caches: list[Informer] = []
         self._instance = socket.gethostname()
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -134,6 +138,7 @@ class Controller:
         on a partial cache would take existing children for missing ones)."""
         if caches:
             self._tasks.append(asyncio.create_task(informer.run_all(caches), name="ferry-watch-caches"))
+        self._optional_caches = [cache for cache in caches if cache.optional]
         synced = asyncio.ensure_future(informer.wait_synced(caches))
         for number in range(self.config.workers):
             self._tasks.append(
@@ -176,10 +181,23 @@ class Controller:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                delay = self.queue.retry(key)
-                logger.error(
-                    "reconcile of %s/%s failed (retry in %.1f s): %s", *key, delay, error, exc_info=True
-                )
+                if kube.temporary(error):
+                    # A write (status included) or read the server or network refused for now (409, 429,
+                    # 5xx, a reset): retried like a failed apply, not logged or counted as an error.
+                    outcome = "retry"
+                    retry_after = error.retry_after if isinstance(error, ApiError) else 0.0
+                    delay = self.queue.retry(key, at_least=retry_after)
+                    logger.warning(
+                        "reconcile of %s/%s met a temporary failure (retry in %.1f s): %s",
+                        *key,
+                        delay,
+                        error,
+                    )
+                else:
+                    delay = self.queue.retry(key)
+                    logger.error(
+                        "reconcile of %s/%s failed (retry in %.1f s): %s", *key, delay, error, exc_info=True
+                    )
             else:
                 if outcome == "retry":
                     delay = self.queue.retry(key)
@@ -202,8 +220,11 @@ class Controller:
 
     def rediscover_monitoring(self) -> None:
         """Look at the monitoring API again now: a monitoring CRD was added or removed, or a request for one
-        of its kinds answered 404 (the CRDs went away since the last look)."""
+        of its kinds answered 404 (the CRDs went away since the last look). The optional informers (the
+        monitoring kinds') list again too."""
         self._rediscover.set()
+        for cache in self._optional_caches:
+            cache.wake()
 
     async def _discover_monitoring(self) -> None:
         # Periodic as a safety net; woken at once by rediscover_monitoring().
@@ -239,6 +260,12 @@ class Controller:
         if md is None:
             self._forget(key)
             return "gone"
+        previous_uid = self._uids.get(key)
+        if previous_uid != md.uid:
+            if previous_uid is not None:
+                # Deleted and created again under the same name between two reconciles.
+                self.resolver.forget(previous_uid)
+            self._uids[key] = md.uid
         try:
             spec = models.ModelDeploymentSpec.model_validate(md.spec)
         except ValidationError as error:
@@ -283,17 +310,9 @@ class Controller:
             rolled_back=decision.rolled_back if decision.action != "follow" else None,
             rollout_failure=decision.failure,
             kept_because=decision.kept_because,
+            optimized=resolution.optimized,
         )
         verdicts = conditions.evaluate(obs)
-        if resolution.optimized is not None:
-            verdicts["Optimized"] = resolution.optimized
-            if resolution.optimized.status == "Unknown" and verdicts["Ready"].status == "True":
-                # Ready follows the newest spec: the revision serving now is not the one it asks for yet.
-                verdicts["Ready"] = conditions.Verdict(
-                    "False",
-                    "Optimizing",
-                    f"{verdicts['Ready'].message}; the new spec's model is being optimized (see Optimized)",
-                )
         written = await self._write_status(md, obs, verdicts, resolution, serving)
         if written and outcome == "noop":
             outcome = "status"
@@ -388,11 +407,20 @@ class Controller:
     def _observed_children(self, key: OwnerKey) -> dict[kinds.Kind, ChildSnapshot]:
         assert self.indices is not None
         observed = {}
+        deleted = self._deleted_uids.get(key, set())
+        seen: set[str] = set()
         for kind, index in self.indices.children.items():
+            children = tuple(index.get(key, ()))
+            seen.update(child.uid for child in children)
             # Fixed names: a second object of a kind would be someone else's copy, not ours to manage.
-            child = _single(index.get(key))
-            if child is not None and child.name == key[1] and child.uid not in self._deleted_uids:
+            child = _single(children)
+            if child is not None and child.name == key[1] and child.uid not in deleted:
                 observed[kind] = child
+        if deleted:
+            # A deletion the watch has shown needs no remembering any more.
+            deleted &= seen
+            if not deleted:
+                del self._deleted_uids[key]
         return observed
 
     async def _execute(
@@ -417,7 +445,7 @@ class Controller:
                 await self.client.delete(child.kind, key[0], child.name, child.uid)
                 # Gone (or already gone: a 404 counts). A watch cache that never saw the deletion (its
                 # CRD was removed with the object) must not make every reconcile delete it again.
-                self._deleted_uids.add(child.uid)
+                self._deleted_uids.setdefault(key, set()).add(child.uid)
             except ApiError as error:
                 failures.append(
                     ApplyFailure(child.kind.kind, child.name, f"cannot delete: {error.message}", False)
@@ -621,6 +649,12 @@ class Controller:
         metrics.MODEL_DEPLOYMENT_ROLLOUT_STUCK.labels(*key).set(1 if stuck else 0)
 
     def _forget(self, key: OwnerKey) -> None:
+        """Release everything kept for a ModelDeployment that is gone (memory must not grow with every
+        ModelDeployment ever deleted)."""
+        uid = self._uids.pop(key, None)
+        if uid is not None:
+            self.resolver.forget(uid)
+        self._deleted_uids.pop(key, None)
         self._desired.pop(key, None)
         self._written_status.pop(key, None)
         self._applied.pop(key, None)

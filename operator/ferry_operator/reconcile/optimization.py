@@ -539,7 +539,7 @@ class OptimizationResolver:
         # uid: the results read from Job pods, and the artifact last served.
         self._results: dict[str, Summary] = {}
         # uids of the Jobs whose outcome the metrics counted (a result is decided on every reconcile).
-        self._counted_jobs: set[str] = set()
+        self._counted_jobs: dict[str, set[str]] = {}
         self._served: dict[str, ServedArtifact | None] = {}
 
     def bind(
@@ -552,6 +552,10 @@ class OptimizationResolver:
         self._jobs = jobs
         self._pods = pods
         self._enqueue_after = enqueue_after
+
+    def forget(self, uid: str) -> None:
+        for kept in (self._results, self._served, self._counted_jobs):
+            kept.pop(uid, None)
 
     async def resolve(self, md: ModelDeploymentSnapshot, spec: models.ModelDeploymentSpec) -> Resolution:
         if not needs_optimization(spec):
@@ -637,9 +641,10 @@ class OptimizationResolver:
         """ferry_operator_optimizations_total and the duration histogram, once per finished Job."""
         outcome = job_outcome(decision)
         job = next((j for j in situation.jobs if j.name == situation.job_name), None)
-        if outcome is None or job is None or job.uid in self._counted_jobs:
+        counted = self._counted_jobs.setdefault(md.uid, set())
+        if outcome is None or job is None or job.uid in counted:
             return
-        self._counted_jobs.add(job.uid)
+        counted.add(job.uid)
         labels = {"namespace": md.namespace, "modeldeployment": md.name, "outcome": outcome}
         metrics.OPTIMIZATIONS.labels(**labels).inc()
         if job.started_at and job.finished_at:

@@ -46,11 +46,12 @@ class WorkQueue(Generic[Key]):
             self._dirty.discard(key)
             self.add(key)
 
-    def retry(self, key: Key) -> float:
-        """Schedule `key` again after an exponential backoff; returns the delay."""
+    def retry(self, key: Key, at_least: float = 0.0) -> float:
+        """Schedule `key` again after an exponential backoff, or `at_least` seconds when that is longer (a
+        server's Retry-After); returns the delay."""
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
-        delay = min(self._base_delay * 2.0 ** (failures - 1), self._max_delay)
+        delay = max(min(self._base_delay * 2.0 ** (failures - 1), self._max_delay), at_least)
         self.add_after(key, delay)
         return delay
 
