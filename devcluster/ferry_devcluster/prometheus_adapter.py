@@ -53,6 +53,7 @@ MAX_AGE = "2m"
 RATE_WINDOW = "2m"
 CONCURRENCY_METRIC = "ferry_requests_in_flight"
 RPS_METRIC = "ferry_requests_per_second"
+QUEUE_METRIC = "ferry_generation_waiting_sequences"
 READY_TIMEOUT_SECONDS = 90.0
 
 
@@ -74,6 +75,12 @@ def rules() -> dict[str, Any]:
                 "resources": _pod_resources(),
                 "name": {"matches": f"^{CONCURRENCY_METRIC}$", "as": CONCURRENCY_METRIC},
                 # one series per served model in a pod; a pod serves one model
+                "metricsQuery": "sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})",
+            },
+            {
+                "seriesQuery": f'{QUEUE_METRIC}{{namespace!="",pod!=""}}',
+                "resources": _pod_resources(),
+                "name": {"matches": f"^{QUEUE_METRIC}$", "as": QUEUE_METRIC},
                 "metricsQuery": "sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})",
             },
             {

@@ -100,6 +100,9 @@ class OperatorConfig(BaseModel):
     rps_metric: str = "ferry_requests_per_second"
     """Pods metric the autoscaler tracks for metric: rps."""
 
+    queue_metric: str = "ferry_generation_waiting_sequences"
+    """Pods metric the autoscaler tracks for metric: queue (requests waiting for a generation slot)."""
+
     @field_validator("image_pull_secrets", "namespaces", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:

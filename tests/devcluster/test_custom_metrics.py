@@ -59,12 +59,18 @@ def test_adapter_rules_serve_the_metric_names_the_operator_autoscales_on() -> No
     served = {rule["name"]["as"] for rule in prometheus_adapter.rules()["rules"]}
     assert defaults["concurrency_metric"].default == prometheus_adapter.CONCURRENCY_METRIC
     assert defaults["rps_metric"].default == prometheus_adapter.RPS_METRIC
-    assert served == {prometheus_adapter.CONCURRENCY_METRIC, prometheus_adapter.RPS_METRIC}
-    # a ServingDefaults built without the operator's config names the same metrics
-    plain = build_inputs.ServingDefaults(runtime_image="ferry-runtime:0.1.0")
-    assert (plain.concurrency_metric, plain.rps_metric) == (
+    assert defaults["queue_metric"].default == prometheus_adapter.QUEUE_METRIC
+    assert served == {
         prometheus_adapter.CONCURRENCY_METRIC,
         prometheus_adapter.RPS_METRIC,
+        prometheus_adapter.QUEUE_METRIC,
+    }
+    # a ServingDefaults built without the operator's config names the same metrics
+    plain = build_inputs.ServingDefaults(runtime_image="ferry-runtime:0.1.0")
+    assert (plain.concurrency_metric, plain.rps_metric, plain.queue_metric) == (
+        prometheus_adapter.CONCURRENCY_METRIC,
+        prometheus_adapter.RPS_METRIC,
+        prometheus_adapter.QUEUE_METRIC,
     )
 
 
@@ -72,6 +78,9 @@ def test_adapter_rules_read_the_runtime_series_per_pod() -> None:
     by_name = {rule["name"]["as"]: rule for rule in prometheus_adapter.rules()["rules"]}
     in_flight = by_name[prometheus_adapter.CONCURRENCY_METRIC]
     assert in_flight["seriesQuery"].startswith("ferry_requests_in_flight{")
+    assert by_name[prometheus_adapter.QUEUE_METRIC]["seriesQuery"].startswith(
+        "ferry_generation_waiting_sequences{"
+    )
     rps = by_name[prometheus_adapter.RPS_METRIC]
     assert rps["seriesQuery"].startswith("ferry_requests_total{")
     assert "rate(<<.Series>>" in rps["metricsQuery"]

@@ -15,7 +15,7 @@ import yaml
 from conftest import run_promtool
 from ferry_operator.api import models
 from ferry_operator.builders import alerts
-from ferry_runtime.metrics import LATENCY_BUCKETS
+from ferry_runtime.metrics import FIRST_TOKEN_BUCKETS, LATENCY_BUCKETS
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE, NAME = "ml", "digits"
@@ -142,6 +142,22 @@ def _progressing(stuck_value: str) -> tuple[tuple[str, str], ...]:
     return ((f"ferry_operator_modeldeployment_rollout_stuck{{{OPERATOR}}}", stuck_value),)
 
 
+def _first_tokens(fast_per_minute: int, total_per_minute: int) -> tuple[tuple[str, str], ...]:
+    """Generations a minute, and how many of them streamed their first token within 2.5 s."""
+    name = "ferry_generation_time_to_first_token_seconds"
+    return (
+        (f'{name}_bucket{{{SELECTOR},pod="llm-0",le="2.5"}}', f"0+{fast_per_minute}x60"),
+        (f'{name}_count{{{SELECTOR},pod="llm-0"}}', f"0+{total_per_minute}x60"),
+    )
+
+
+def _waiting(*per_pod: str) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (f'ferry_generation_waiting_sequences{{{SELECTOR},pod="llm-{number}"}}', values)
+        for number, values in enumerate(per_pod)
+    )
+
+
 OWNER = {"modeldeployment": NAME}
 MODEL = {"model": NAME}
 CASES = [
@@ -211,6 +227,24 @@ CASES = [
     Case("FerryModelInputDrift", _drift("0.05x40", "1000x40"), "30m"),
     # A high score from a handful of rows is noise.
     Case("FerryModelInputDrift", _drift("0.4x40", "50x40"), "30m"),
+    # 30 of 60 generations a minute wait more than 2.5 s for their first token: 50% over a 10% budget.
+    Case(
+        "FerryModelTimeToFirstTokenSlow",
+        _first_tokens(30, 60),
+        "25m",
+        ((MODEL, {"$value | humanizePercentage": "50%"}),),
+    ),
+    # 95% within 2.5 s: inside the objective.
+    Case("FerryModelTimeToFirstTokenSlow", _first_tokens(57, 60), "25m"),
+    # A queue that grows by one request a minute on one pod (the other idles) for half an hour.
+    Case(
+        "FerryModelGenerationQueueGrowing",
+        _waiting("0+1x40", "0x40"),
+        "30m",
+        ((MODEL, {"$value": "30"}),),
+    ),
+    # Requests wait, but no more than ten minutes ago (a steady, served backlog): no alert.
+    Case("FerryModelGenerationQueueGrowing", _waiting("4x40", "3x40"), "30m"),
 ]
 
 
@@ -284,6 +318,9 @@ def _keep_only_severity(test_file: Path, rule_file: Path, case: Case) -> None:
 
 def test_latency_threshold_must_be_a_bucket_bound_of_the_runtime() -> None:
     assert alerts.LATENCY_BUCKETS == LATENCY_BUCKETS
+    assert alerts.FIRST_TOKEN_BUCKETS == FIRST_TOKEN_BUCKETS
+    with pytest.raises(ValueError, match=r"ttft_threshold_seconds must be a bucket bound .* got 3"):
+        alerts.AlertPolicy(ttft_threshold_seconds=3)
     with pytest.raises(ValueError, match=r"latency_threshold_seconds must be a bucket bound .* got 0\.3"):
         alerts.AlertPolicy(latency_threshold_seconds=0.3)
     with pytest.raises(ValueError, match=r"latency_objective must be between 0 and 1, got 1\.5"):

@@ -68,6 +68,11 @@ CASES: dict[str, dict[str, Any]] = {
         serving={"autoscaling": {"minReplicas": 1, "maxReplicas": 20, "metric": "concurrency"}},
         monitoring={"serviceMonitor": "disabled"},
     ),
+    # A generative model scaled on its waiting requests (the continuous batch is full).
+    "queue-autoscaling": spec_with(
+        serving={"autoscaling": {"minReplicas": 1, "maxReplicas": 8, "metric": "queue"}},
+        monitoring={"serviceMonitor": "disabled"},
+    ),
 }
 
 

@@ -314,14 +314,16 @@ class Autoscaling(ApiModel):
     max_replicas: int = Field(ge=1, le=1000)
     """Most replicas the autoscaler may create."""
 
-    metric: Literal["cpu", "concurrency", "rps"] = "cpu"
+    metric: Literal["cpu", "concurrency", "rps", "queue"] = "cpu"
     """What the autoscaler tracks per pod: cpu (utilization of the CPU request, in percent), concurrency
-    (in-flight requests) or rps (requests per second). concurrency and rps are custom pod metrics served by
-    a metrics adapter (e.g. prometheus-adapter) from the runtime's Prometheus metrics."""
+    (in-flight requests), rps (requests per second) or queue (generative models: requests waiting for a
+    sequence slot, the signal that a pod's continuous batch is full). concurrency, rps and queue are custom
+    pod metrics served by a metrics adapter (e.g. prometheus-adapter) from the runtime's Prometheus
+    metrics."""
 
     target: int | None = Field(default=None, ge=1, le=100_000)
-    """Target value per pod for the metric; unset: 70 (% CPU), 8 (in-flight requests) or 50 (requests per
-    second)."""
+    """Target value per pod for the metric; unset: 70 (% CPU), 8 (in-flight requests), 50 (requests per
+    second) or 2 (waiting requests)."""
 
     scale_up: ScalingDirection | None = None
     """How fast replicas are added (the HorizontalPodAutoscaler's behavior.scaleUp); unset: the Kubernetes

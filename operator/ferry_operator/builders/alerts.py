@@ -46,6 +46,9 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+# The bucket bounds of the generative runtime's ferry_generation_time_to_first_token_seconds
+# (ferry_runtime.metrics.FIRST_TOKEN_BUCKETS; a test keeps the two equal).
+FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Response codes that count as server errors: HTTP 5xx, and the gRPC codes the runtime answers for them.
 SERVER_ERROR_CODES = "5..|INTERNAL|UNAVAILABLE|UNKNOWN|DATA_LOSS|DEADLINE_EXCEEDED"
 # Multiwindow, multi-burn-rate alerting (Google SRE workbook, "Alerting on SLOs"): (long window, short
@@ -68,6 +71,8 @@ ALERTS = (
     "FerryModelOptimizationFailed",
     "FerryModelAccuracyDrop",
     "FerryModelInputDrift",
+    "FerryModelTimeToFirstTokenSlow",
+    "FerryModelGenerationQueueGrowing",
 )
 
 
@@ -99,13 +104,26 @@ class AlertPolicy:
     drift_min_rows: int = 100
     # How long the score must stay above the threshold.
     drift_for: str = "15m"
+    # Generative models: this share of generations starts streaming within `ttft_threshold_seconds`.
+    ttft_objective: float = 0.9
+    # One of FIRST_TOKEN_BUCKETS (the runtime's time-to-first-token histogram bounds).
+    ttft_threshold_seconds: float = 2.5
+    # How long the time to first token must miss its objective (and the queue grow) before an alert.
+    generation_for: str = "10m"
     # Where docs/runbooks.md is published; each alert links to its section.
     runbook_base_url: str = RUNBOOK_BASE_URL
 
     def __post_init__(self) -> None:
         problems = []
-        if not 0 < self.latency_objective < 1:
-            problems.append(f"latency_objective must be between 0 and 1, got {self.latency_objective}")
+        for name in ("latency_objective", "ttft_objective"):
+            if not 0 < getattr(self, name) < 1:
+                problems.append(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.ttft_threshold_seconds not in FIRST_TOKEN_BUCKETS:
+            problems.append(
+                f"ttft_threshold_seconds must be a bucket bound of "
+                f"ferry_generation_time_to_first_token_seconds {list(FIRST_TOKEN_BUCKETS)}, "
+                f"got {self.ttft_threshold_seconds}"
+            )
         if self.latency_threshold_seconds not in LATENCY_BUCKETS:
             problems.append(
                 f"latency_threshold_seconds must be a bucket bound of ferry_request_duration_seconds "
@@ -121,7 +139,7 @@ class AlertPolicy:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.drift_psi_threshold <= 0:
             problems.append(f"drift_psi_threshold must be positive, got {self.drift_psi_threshold}")
-        for name in ("error_for", "no_ready_for", "accuracy_range", "drift_for"):
+        for name in ("error_for", "no_ready_for", "accuracy_range", "drift_for", "generation_for"):
             if not _is_duration(getattr(self, name)):
                 problems.append(
                     f"{name} must be a Prometheus duration such as 5m or 1h, got {getattr(self, name)!r}"
@@ -337,5 +355,36 @@ def _alerts(
         description=f"The population stability index of input {{{{ $labels.input }}}} of {where} is "
         f'{{{{ $value | printf "%.2f" }}}} (> {policy.drift_psi_threshold:g}) against the data the model '
         f"was optimized on: its quality may no longer be what was measured.",
+    )
+
+    # Generative models (the series exist only where the runtime serves one, so a tensor model's
+    # expressions are empty and never fire).
+    window = policy.generation_for
+    first_fast = _selector(namespace, model=name, le=_bound(policy.ttft_threshold_seconds))
+    first_token = "ferry_generation_time_to_first_token_seconds"
+    started = f"sum by (namespace, model) (rate({first_token}_count{model}[{window}]))"
+    within = f"sum by (namespace, model) (rate({first_token}_bucket{first_fast}[{window}]))"
+    alerts.add(
+        "FerryModelTimeToFirstTokenSlow",
+        f"(1 - ({within} / {started})) > {1 - policy.ttft_objective:g} and {started} > 0",
+        duration=window,
+        severity="warning",
+        summary=f"{where} is slow to start its replies",
+        description=f"{{{{ $value | humanizePercentage }}}} of the generations of {where} waited longer "
+        f"than {policy.ttft_threshold_seconds:g} s for their first token over {window} (objective: "
+        f"{policy.ttft_objective:.0%} within it): requests queue for a sequence slot, or prompts are long.",
+    )
+
+    waiting = f"sum by (namespace, model) (ferry_generation_waiting_sequences{model})"
+    waiting_before = f"sum by (namespace, model) (ferry_generation_waiting_sequences{model} offset {window})"
+    alerts.add(
+        "FerryModelGenerationQueueGrowing",
+        f"{waiting} > 0 and {waiting} > {waiting_before}",
+        duration=window,
+        severity="warning",
+        summary=f"{where}'s generation queue keeps growing",
+        description=f"{{{{ $value }}}} requests wait for a sequence slot of {where}, more than {window} "
+        f"ago and for {window}: the replicas cannot keep up (autoscaling at maxReplicas, or not on "
+        f"metric: queue).",
     )
     return alerts.rules

@@ -50,6 +50,8 @@ class ServingDefaults:
     concurrency_metric: str = "ferry_requests_in_flight"
     # Custom pod metric the autoscaler tracks for metric: rps.
     rps_metric: str = "ferry_requests_per_second"
+    # Custom pod metric the autoscaler tracks for metric: queue (a generative model's waiting requests).
+    queue_metric: str = "ferry_generation_waiting_sequences"
     # Where optimized artifacts live: the fetch containers of pods serving one get its S3 credentials, and
     # its drift reference (reference.json beside model.onnx) is fetched too.
     artifact_store: ArtifactStore = dataclasses.field(default_factory=ArtifactStore)

@@ -10,14 +10,14 @@ from ferry_operator.builders.common import Manifest, metadata, with_input_hash
 from ferry_operator.builders.inputs import BuildInputs
 
 # Per-pod targets when spec.serving.autoscaling.target is unset (documented on the field).
-DEFAULT_TARGETS = {"cpu": 70, "concurrency": 8, "rps": 50}
+DEFAULT_TARGETS = {"cpu": 70, "concurrency": 8, "rps": 50, "queue": 2}
 
 
 def autoscaling_metric(inputs: BuildInputs) -> dict[str, Any]:
     """The autoscaling/v2 metric for spec.serving.autoscaling.metric.
 
-    cpu is a Resource metric (metrics-server); concurrency and rps are Pods metrics that a custom metrics
-    adapter serves from the runtime's Prometheus series (the prometheus-adapter rules in
+    cpu is a Resource metric (metrics-server); concurrency, rps and queue are Pods metrics that a custom
+    metrics adapter serves from the runtime's Prometheus series (the prometheus-adapter rules in
     docs/operator.md#autoscaling, which `devcluster adapter up` runs), so adding a metric is one more
     branch here.
     """
@@ -29,11 +29,11 @@ def autoscaling_metric(inputs: BuildInputs) -> dict[str, Any]:
             "type": "Resource",
             "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": target}},
         }
-    metric_name = (
-        inputs.defaults.concurrency_metric
-        if autoscaling.metric == "concurrency"
-        else inputs.defaults.rps_metric
-    )
+    metric_name = {
+        "concurrency": inputs.defaults.concurrency_metric,
+        "rps": inputs.defaults.rps_metric,
+        "queue": inputs.defaults.queue_metric,
+    }[autoscaling.metric]
     return {
         "type": "Pods",
         "pods": {

@@ -108,6 +108,7 @@ class Controller:
             cluster_domain=config.cluster_domain,
             concurrency_metric=config.concurrency_metric,
             rps_metric=config.rps_metric,
+            queue_metric=config.queue_metric,
             artifact_store=ArtifactStore(
                 config.artifact_store,
                 config.artifact_s3_endpoint,
