@@ -160,4 +160,24 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
         "yes",
     ),
     InvalidSpec("model-missing", {"serving": {"replicas": 1}}, "spec.model", "Required"),
+    InvalidSpec(
+        "genai-not-a-folder",
+        spec_with(model={"uri": "pvc://models/llm/model.onnx", "format": "onnx-genai"}),
+        "spec.model.uri",
+        "an onnx-genai model is a folder",
+    ),
+    InvalidSpec(
+        "genai-optimized",
+        spec_with(
+            model={"uri": "pvc://models/llm/", "format": "onnx-genai"}, optimize={"quantize": "dynamic"}
+        ),
+        "spec.optimize",
+        "served as it is",
+    ),
+    InvalidSpec(
+        "genai-no-sequences",
+        spec_with(serving={"generation": {"maxSequences": 0}}),
+        "spec.serving.generation.maxSequences",
+        "greater than or equal to 1",
+    ),
 )

@@ -70,7 +70,11 @@ CASES: dict[str, dict[str, Any]] = {
     ),
     # A generative model scaled on its waiting requests (the continuous batch is full).
     "queue-autoscaling": spec_with(
-        serving={"autoscaling": {"minReplicas": 1, "maxReplicas": 8, "metric": "queue"}},
+        model={"uri": "pvc://models/llm/", "format": "onnx-genai"},
+        serving={
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 8, "metric": "queue"},
+            "generation": {"maxSequences": 4, "maxWaiting": 32},
+        },
         monitoring={"serviceMonitor": "disabled"},
     ),
 }
@@ -82,7 +86,9 @@ def build(spec: dict[str, Any], service_monitor_available: bool = True) -> build
     return build_inputs.BuildInputs(
         owner=OWNER,
         spec=parsed,
-        artifact=build_inputs.ServedArtifact(uri=parsed.model.uri, sha256=parsed.model.sha256),
+        artifact=build_inputs.ServedArtifact(
+            uri=parsed.model.uri, sha256=parsed.model.sha256, format=parsed.model.format
+        ),
         defaults=DEFAULTS,
         monitoring_kinds=frozenset(kinds.MONITORING_KINDS) if service_monitor_available else frozenset(),
     )

@@ -99,9 +99,12 @@ class ModelSource(ApiModel):
     http(s)://HOST/PATH or file:///PATH (development only). A URI ending in "/" is a directory (a
     TensorFlow SavedModel, or a model with external data files)."""
 
-    format: Literal["onnx", "tensorflow", "keras", "tflite"]
-    """The model's format: onnx, tensorflow (a SavedModel directory), keras (a .keras or .h5 file) or
-    tflite. Models not in ONNX are converted by an optimization Job before they are served."""
+    format: Literal["onnx", "tensorflow", "keras", "tflite", "onnx-genai"]
+    """The model's format: onnx, tensorflow (a SavedModel directory), keras (a .keras or .h5 file),
+    tflite, or onnx-genai (a text-generation model: an onnxruntime-genai folder with genai_config.json,
+    the decoder's ONNX files and the tokenizer, served with the OpenAI-compatible API; see
+    docs/generative.md). Models not in ONNX are converted by an optimization Job before they are
+    served."""
 
     credentials_secret: DnsSubdomain | None = None
     """Name of a Secret in this namespace whose keys are exposed to the model fetcher as environment
@@ -119,6 +122,13 @@ class ModelSource(ApiModel):
             message="a tensorflow SavedModel is a directory: uri must end with '/'",
             field_path=".uri",
             holds=lambda m: m.format != "tensorflow" or m.uri.endswith("/"),
+        ),
+        CelRule(
+            cel="self.format != 'onnx-genai' || self.uri.endsWith('/')",
+            message="an onnx-genai model is a folder (genai_config.json, the ONNX files, the tokenizer): uri "
+            "must end with '/'",
+            field_path=".uri",
+            holds=lambda m: m.format != "onnx-genai" or m.uri.endswith("/"),
         ),
         CelRule(
             cel="!has(self.sha256) || !self.uri.endsWith('/')",
@@ -399,6 +409,18 @@ class Toleration(ApiModel):
     """How long a NoExecute taint is tolerated before eviction; unset: forever."""
 
 
+class Generation(ApiModel):
+    """The generative runtime's continuous batch: how many sequences run at once, how many may wait."""
+
+    max_sequences: int = Field(default=16, ge=1, le=1024)
+    """Sequences generated together in one pod's running batch (KV-cache slots); a request beyond them
+    waits. Like vLLM's --max-num-seqs."""
+
+    max_waiting: int = Field(default=64, ge=1, le=100_000)
+    """Requests that may wait for a slot; beyond them a request gets 503 with Retry-After (scale out on
+    serving.autoscaling.metric: queue before that happens)."""
+
+
 class Serving(ApiModel):
     """How the model is served: replicas, autoscaling, batching and pod placement."""
 
@@ -440,6 +462,9 @@ class Serving(ApiModel):
 
     threads: int | None = Field(default=None, ge=1, le=1024)
     """ONNX Runtime intra-op threads per pod; unset: derived by the runtime from its CPU allowance."""
+
+    generation: Generation = Field(default_factory=Generation, json_schema_extra={"default": {}})
+    """Continuous batching of a text-generation model (model.format onnx-genai); ignored otherwise."""
 
     cel_rules = (
         CelRule(
@@ -519,6 +544,13 @@ class ModelDeploymentSpec(ApiModel):
     """Prometheus integration."""
 
     cel_rules = (
+        CelRule(
+            cel="!has(self.optimize) || self.model.format != 'onnx-genai'",
+            message="an onnx-genai model is served as it is: optimize is not supported for model.format "
+            "onnx-genai",
+            field_path=".optimize",
+            holds=lambda m: m.optimize is None or m.model.format != "onnx-genai",
+        ),
         CelRule(
             cel=(
                 "!has(self.optimize) || !has(self.optimize.export) || "

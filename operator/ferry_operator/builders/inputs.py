@@ -30,7 +30,7 @@ class ServedArtifact:
     uri: str
     # Digest ferry-fetch verifies, when known.
     sha256: str | None = None
-    # The format the runtime loads (always onnx for the runtime; kept for status.model).
+    # The format the runtime loads: onnx, or onnx-genai (a text-generation folder); also status.model.
     format: str = "onnx"
 
 

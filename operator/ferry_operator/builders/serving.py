@@ -85,6 +85,9 @@ def runtime_env(inputs: BuildInputs) -> list[dict[str, str]]:
     }
     if serving.threads is not None:
         env["FERRY_RUNTIME_INTRA_OP_THREADS"] = str(serving.threads)
+    if inputs.artifact.format == "onnx-genai":
+        env["FERRY_RUNTIME_MAX_SEQUENCES"] = str(serving.generation.max_sequences)
+        env["FERRY_RUNTIME_MAX_WAITING_SEQUENCES"] = str(serving.generation.max_waiting)
     return [{"name": name, "value": value} for name, value in env.items()]
 
 

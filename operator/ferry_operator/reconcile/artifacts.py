@@ -37,15 +37,18 @@ class ArtifactResolver(Protocol):
         """Release what is kept for the ModelDeployment with `uid`: it is gone."""
 
 
+SERVED_AS_IS = ("onnx", "onnx-genai")
+
+
 class ServeAsIs:
-    """Serve spec.model unchanged: ONNX models only."""
+    """Serve spec.model unchanged: ONNX models (tensor models, and onnxruntime-genai folders) only."""
 
     def forget(self, uid: str) -> None:
         """Nothing is kept per ModelDeployment."""
 
     async def resolve(self, md: ModelDeploymentSnapshot, spec: models.ModelDeploymentSpec) -> Resolution:  # noqa: ARG002
         model = spec.model
-        if model.format != "onnx":
+        if model.format not in SERVED_AS_IS:
             return Resolution(
                 artifact=None,
                 resolution=ArtifactResolution(
@@ -60,6 +63,6 @@ class ServeAsIs:
                 ),
             )
         return Resolution(
-            artifact=ServedArtifact(uri=model.uri, sha256=model.sha256, format="onnx"),
+            artifact=ServedArtifact(uri=model.uri, sha256=model.sha256, format=model.format),
             resolution=ArtifactResolution(ready=True, message=f"serving {model.uri} as it is"),
         )

@@ -35,7 +35,7 @@ from ferry_operator.builders.common import input_hash
 from ferry_operator.builders.inputs import Owner, ServedArtifact
 from ferry_operator.config import OperatorConfig
 from ferry_operator.kube import ApiError, KubeClient
-from ferry_operator.reconcile.artifacts import Resolution, ServeAsIs
+from ferry_operator.reconcile.artifacts import SERVED_AS_IS, Resolution, ServeAsIs
 from ferry_operator.reconcile.conditions import ArtifactResolution, Verdict
 from ferry_operator.reconcile.observe import ModelDeploymentSnapshot, OwnerKey, owner_key
 
@@ -492,7 +492,7 @@ def _clip(text: str, limit: int) -> str:
 
 def needs_optimization(spec: models.ModelDeploymentSpec) -> bool:
     """Whether the model goes through an optimization Job: optimize is set, or it is not ONNX yet."""
-    return spec.optimize is not None or spec.model.format != "onnx"
+    return spec.optimize is not None or spec.model.format not in SERVED_AS_IS
 
 
 def optimizer_version(image: str) -> str:
