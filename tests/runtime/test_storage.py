@@ -1,9 +1,12 @@
-"""ferry-fetch against real local sources: files, pvc paths, a real HTTP server, and an S3-style server.
+"""ferry-fetch against real local sources: files, pvc paths, real HTTP servers and a real S3 server.
 
-No S3-compatible server is installable from PyPI under the project's pins (moto needs boto3, which does
-not co-resolve), so SigV4 is proven against AWS's published test vectors, and the S3 flows (GET, paged
-ListObjectsV2, path-style endpoint, credentials from the environment) against a small local server that
-checks each request carries a signature it recomputes with the same secret.
+The S3 flows run against gofakes3 (a real S3-compatible server, built from its Go module and cached like
+the devcluster's binaries): GET, ranged GET and ListObjectsV2, with a TCP proxy in front that cuts,
+stalls or shortens its answers on purpose. gofakes3 accepts any signature, so SigV4 is proven against
+AWS's published test vectors and a small local server that recomputes each request's signature with the
+same secret. The HTTP faults (a short body, a trickle, a stall, a reset, a malformed answer, a published
+digest) come from a local http.server that misbehaves on purpose. Limits are tiny (FAST) so every fault
+ends in well under a second or two; no assertion depends on the machine's speed.
 """
 
 from __future__ import annotations
@@ -240,7 +243,8 @@ def s3_endpoint(model_tree: Path) -> Iterator[tuple[str, list[str]]]:
             parts = urlsplit(self.path)
             seen.append(self.path)
             given = self.headers.get("Authorization", "")
-            headers = {name: self.headers[name] for name in ("host", "x-amz-content-sha256", "x-amz-date")}
+            signed = given.partition("SignedHeaders=")[2].partition(",")[0].split(";")
+            headers = {name: self.headers.get(name, "") for name in signed if name}
             query = [
                 (key, value)
                 for key, values in parse_qs(parts.query, keep_blank_values=True).items()
