@@ -88,14 +88,16 @@ class Limits:
 
     def __post_init__(self) -> None:
         problems = [
-            f"{flag_name(name)} must be positive, got {getattr(self, name)}"
+            f"{flag_name(name)} must be positive, got {getattr(self, name):g}"
             for name in ("read_timeout_seconds", "deadline_seconds")
             if not getattr(self, name) > 0
         ]
         if self.attempts < 1:
             problems.append(f"--attempts must be at least 1, got {self.attempts}")
         if not self.retry_backoff_seconds >= 0:
-            problems.append(f"--retry-backoff-seconds must not be negative, got {self.retry_backoff_seconds}")
+            problems.append(
+                f"--retry-backoff-seconds must not be negative, got {self.retry_backoff_seconds:g}"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 

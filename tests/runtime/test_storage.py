@@ -11,12 +11,19 @@ ends in well under a second or two; no assertion depends on the machine's speed.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 import http.server
+import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
@@ -344,3 +351,346 @@ def test_s3_single_object_and_bad_credentials(
         )
     with pytest.raises(storage.FetchError, match="no objects under prefix 'nothing/'"):
         storage.fetch("s3://bucket/nothing/", tmp_path / "three", environ=s3_environ(endpoint))
+
+
+# --- limits and messages -------------------------------------------------------------------------
+
+# Tiny limits so each fault below ends at once; the defaults are for multi-GiB models.
+FAST = storage.Limits(read_timeout_seconds=0.5, deadline_seconds=20, attempts=3, retry_backoff_seconds=0.01)
+FAST_ENV = {
+    "FERRY_FETCH_READ_TIMEOUT_SECONDS": "0.5",
+    "FERRY_FETCH_DEADLINE_SECONDS": "20",
+    "FERRY_FETCH_ATTEMPTS": "2",
+    "FERRY_FETCH_RETRY_BACKOFF_SECONDS": "0",
+}
+
+
+def test_limits_come_from_flags_then_environment_then_defaults() -> None:
+    assert storage.Limits.from_environment({}) == storage.Limits()
+    environ = {"FERRY_FETCH_DEADLINE_SECONDS": "7200", "FERRY_FETCH_ATTEMPTS": "9"}
+    limits = storage.Limits.from_environment(environ, {"attempts": "2", "deadline_seconds": None})
+    assert (limits.deadline_seconds, limits.attempts) == (7200.0, 2)
+    with pytest.raises(ValueError, match=r"FERRY_FETCH_ATTEMPTS must be a whole number, got 'many'"):
+        storage.Limits.from_environment({"FERRY_FETCH_ATTEMPTS": "many"})
+    with pytest.raises(ValueError, match=r"--read-timeout-seconds must be positive, got 0"):
+        storage.Limits(read_timeout_seconds=0)
+
+
+def test_documentation_carries_the_current_limits_table() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "runtime.md").read_text()
+    assert storage.limits_table() in docs, (
+        "docs/runtime.md's ferry-fetch table is stale: paste limits_table()"
+    )
+
+
+def run_fetch(*args: str, tmp_path: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """ferry-fetch as the init container runs it: (exit code, stderr, termination message)."""
+    termination_log = tmp_path / "termination-log"
+    completed = subprocess.run(  # noqa: PLW1510 (the exit code is returned)
+        [FERRY_FETCH, *args, "--termination-log", str(termination_log)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(("FERRY_FETCH_", "AWS_"))},
+            **(env or {}),
+        },
+    )
+    message = termination_log.read_text() if termination_log.exists() else ""
+    return completed.returncode, completed.stderr, message
+
+
+def test_a_bad_limit_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    code, stderr, message = run_fetch(
+        "file:///nowhere", str(tmp_path), "--deadline-seconds", "-1", tmp_path=tmp_path
+    )
+    assert code == storage.EXIT_USAGE
+    assert message == "ferry-fetch: --deadline-seconds must be positive, got -1"
+    assert stderr.strip() == message
+
+
+def test_connection_failure_is_one_line_without_credentials(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on the port now: every attempt is refused.
+    uri = f"http://reader:hunter2@127.0.0.1:{port}/model.onnx?X-Amz-Signature=deadbeef"
+    code, stderr, message = run_fetch(uri, str(tmp_path / "out"), tmp_path=tmp_path, env=FAST_ENV)
+    assert code == 1
+    assert message == (
+        f"ferry-fetch: http://127.0.0.1:{port}/model.onnx?X-Amz-Signature=REDACTED: "
+        "gave up after 2 attempts: connection refused"
+    )
+    assert "hunter2" not in stderr + message
+    assert "deadbeef" not in stderr + message
+    assert "Traceback" not in stderr
+
+
+def files_under(directory: Path) -> list[Path]:
+    """What a fetch left in `directory` (temporary .part files included)."""
+    return [path for path in directory.rglob("*") if path.is_file()] if directory.exists() else []
+
+
+# --- containment ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def claim(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A claim's mount (FERRY_PVC_ROOT/models) with a model, and a secret beside the mount."""
+    root = tmp_path / "pvc"
+    (root / "models" / "digits").mkdir(parents=True)
+    (root / "models" / "digits" / "model.onnx").write_bytes(b"onnx")
+    (root / "models" / "shared.txt").write_text("inside the claim")
+    (tmp_path / "secret.txt").write_text("outside every claim")
+    return root / "models", {"FERRY_PVC_ROOT": str(root)}
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "pvc://models/../../secret.txt",
+        "pvc://models/digits/%2e%2e/%2e%2e/%2e%2e/secret.txt",
+        "file:///tmp/../etc/passwd",
+    ],
+)
+def test_dot_dot_is_refused(uri: str, claim: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    with pytest.raises(storage.FetchError, match=r": '\.\.' is not allowed in the path"):
+        storage.fetch(uri, f"{tmp_path}/out/", environ=claim[1])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_claim_must_be_a_claim_name(claim: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    with pytest.raises(storage.FetchError, match=r"'\.\.' is not a PersistentVolumeClaim name"):
+        storage.fetch("pvc://../secret.txt", f"{tmp_path}/out/", environ=claim[1])
+
+
+def test_symlinks_out_of_the_claim_are_refused_by_name(
+    claim: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    mount, environ = claim
+    (mount / "digits" / "leak.txt").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(
+        storage.FetchError,
+        match=r"pvc://models/digits/: leak.txt is a symlink to .*secret.txt, outside .*models: refused",
+    ):
+        storage.fetch("pvc://models/digits/", tmp_path / "out", environ=environ)
+    with pytest.raises(storage.FetchError, match=r"leak.txt is a symlink to .*secret.txt, outside"):
+        storage.fetch("pvc://models/digits/leak.txt", f"{tmp_path}/one/", environ=environ)
+    (mount / "digits" / "leak.txt").unlink()
+    (mount / "digits" / "etc").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(storage.FetchError, match=r"etc is a symlink to .*, outside .*models: refused"):
+        storage.fetch("pvc://models/digits/", tmp_path / "out", environ=environ)
+    assert not files_under(tmp_path / "out")
+
+
+def test_symlinks_inside_the_volume_are_followed_once(
+    claim: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    mount, environ = claim
+    (mount / "digits" / "labels.txt").symlink_to(mount / "shared.txt")
+    # A loop back to the directory itself is walked once, not forever.
+    (mount / "digits" / "again").symlink_to(mount / "digits", target_is_directory=True)
+    fetched = storage.fetch("pvc://models/digits/", tmp_path / "out", environ=environ)
+    assert sorted(path.name for path in fetched.files) == ["labels.txt", "model.onnx"]
+    assert (tmp_path / "out" / "labels.txt").read_text() == "inside the claim"
+
+
+def test_a_file_directory_is_its_own_volume(model_tree: Path, tmp_path: Path) -> None:
+    (model_tree / "extra" / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(storage.FetchError, match=r"extra/passwd is a symlink to /etc/passwd, outside"):
+        storage.fetch(f"file://{model_tree}/", tmp_path / "out")
+
+
+# --- HTTP faults ---------------------------------------------------------------------------------
+
+BODY = bytes(range(256)) * 4096  # 1 MiB
+HALF = len(BODY) // 2
+ETAG = '"v1"'
+
+
+@dataclass
+class Faulty:
+    url: str
+    # (path, Range, If-Range) of every request, in order.
+    requests: list[tuple[str, str | None, str | None]]
+
+
+@pytest.fixture
+def faulty() -> Iterator[Faulty]:
+    requests: list[tuple[str, str | None, str | None]] = []
+    stop = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path
+            requests.append((path, self.headers.get("Range"), self.headers.get("If-Range")))
+            first = [request[0] for request in requests].count(path) == 1
+            if path == "/model.onnx":
+                self.send_body(BODY)
+            elif path == "/cut-once":
+                self.send_body(BODY, cut_at=HALF if first else None, reset=True)
+            elif path == "/cut-then-whole":
+                # No range support after the cut: the whole object again, from byte 0.
+                self.send_body(BODY, cut_at=HALF if first else None, honor_range=False)
+            elif path == "/short":
+                self.send_body(BODY, cut_at=HALF, honor_range=False)
+            elif path == "/chunked-cut":
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"10\r\n" + BODY[:16] + b"\r\n")
+            elif path == "/stall":
+                self.send_body(BODY, cut_at=10, honor_range=False)
+                stop.wait(5)
+            elif path == "/trickle":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(BODY)))
+                self.end_headers()
+                # One byte every 50 ms, each within the read timeout; at most 10 s of it.
+                for index in range(200):
+                    if stop.wait(0.05):
+                        return
+                    self.wfile.write(BODY[index : index + 1])
+                    self.wfile.flush()
+            elif path == "/garbage":
+                self.wfile.write(b"garbage\r\n\r\n")
+            elif path == "/digest-good":
+                digest = base64.b64encode(hashlib.sha256(BODY).digest()).decode()
+                self.send_body(BODY, headers={"Repr-Digest": f"sha-256=:{digest}:"})
+            elif path == "/digest-bad":
+                digest = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+                self.send_body(BODY, headers={"Repr-Digest": f"sha-512=:AAAA:, sha-256=:{digest}:"})
+            else:
+                self.send_error(404)
+
+        def send_body(
+            self,
+            body: bytes,
+            *,
+            cut_at: int | None = None,
+            reset: bool = False,
+            honor_range: bool = True,
+            headers: dict[str, str] | None = None,
+        ) -> None:
+            start = 0
+            wanted = self.headers.get("Range")
+            if honor_range and wanted and self.headers.get("If-Range") in (None, ETAG):
+                start = int(wanted.removeprefix("bytes=").removesuffix("-"))
+            self.send_response(206 if start else 200)
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            self.send_header("Content-Length", str(len(body) - start))
+            self.send_header("ETag", ETAG)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body[start:] if cut_at is None else body[start:cut_at])
+            self.wfile.flush()
+            if cut_at is not None and reset:
+                # RST instead of FIN: the client sees "connection reset by peer".
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.handle_error = lambda *_: None  # type: ignore[method-assign]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield Faulty(f"http://127.0.0.1:{server.server_address[1]}", requests)
+    stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_body_shorter_than_its_content_length_is_refused(faulty: Faulty, tmp_path: Path) -> None:
+    with pytest.raises(storage.FetchError) as caught:
+        storage.fetch(f"{faulty.url}/short", f"{tmp_path}/out/", limits=FAST)
+    assert str(caught.value) == (
+        f"{faulty.url}/short: gave up after 3 attempts: "
+        "the body ended early, at 512.0 KiB of 1.0 MiB of short"
+    )
+    assert not files_under(tmp_path / "out")
+
+
+def test_a_cut_connection_resumes_with_a_ranged_read(faulty: Faulty, tmp_path: Path) -> None:
+    fetched = storage.fetch(
+        f"{faulty.url}/cut-once", f"{tmp_path}/out/", sha256=hashlib.sha256(BODY).hexdigest(), limits=FAST
+    )
+    assert (tmp_path / "out" / "cut-once").read_bytes() == BODY
+    assert fetched.size_bytes == len(BODY)
+    # The reset discards what the client had not read yet: it resumes from what it did receive.
+    (first, second) = faulty.requests
+    assert first == ("/cut-once", None, None)
+    resumed_at = int((second[1] or "").removeprefix("bytes=").removesuffix("-"))
+    assert 0 < resumed_at <= HALF
+    assert second == ("/cut-once", f"bytes={resumed_at}-", ETAG)
+
+
+def test_a_server_that_ignores_the_range_is_read_again_from_the_start(faulty: Faulty, tmp_path: Path) -> None:
+    fetched = storage.fetch(f"{faulty.url}/cut-then-whole", f"{tmp_path}/out/", limits=FAST)
+    assert fetched.sha256 == hashlib.sha256(BODY).hexdigest()
+    assert (tmp_path / "out" / "cut-then-whole").read_bytes() == BODY
+    assert [request[1] for request in faulty.requests] == [None, f"bytes={HALF}-"]
+
+
+def test_a_cut_chunked_body_is_retried(faulty: Faulty, tmp_path: Path) -> None:
+    with pytest.raises(
+        storage.FetchError,
+        match=r"gave up after 3 attempts: the connection closed before the end of a chunked body",
+    ):
+        storage.fetch(f"{faulty.url}/chunked-cut", f"{tmp_path}/out/", limits=FAST)
+    assert len(faulty.requests) == 3
+
+
+def test_a_stalled_body_ends_at_the_read_timeout(faulty: Faulty, tmp_path: Path) -> None:
+    limits = dataclasses.replace(FAST, read_timeout_seconds=0.2, attempts=2)
+    with pytest.raises(storage.FetchError) as caught:
+        storage.fetch(f"{faulty.url}/stall", f"{tmp_path}/out/", limits=limits)
+    assert str(caught.value) == (
+        f"{faulty.url}/stall: gave up after 2 attempts: no bytes for 0.2 s (read timeout, "
+        "--read-timeout-seconds / FERRY_FETCH_READ_TIMEOUT_SECONDS), at 10 B of 1.0 MiB of stall"
+    )
+
+
+def test_a_trickling_body_ends_at_the_deadline(faulty: Faulty, tmp_path: Path) -> None:
+    limits = dataclasses.replace(FAST, deadline_seconds=1)
+    started = time.monotonic()
+    with pytest.raises(
+        storage.FetchError,
+        match=(
+            r"/trickle: gave up at the deadline of 1 s "
+            r"\(--deadline-seconds / FERRY_FETCH_DEADLINE_SECONDS\), "
+            r"at \d+ B of 1.0 MiB of trickle"
+        ),
+    ):
+        storage.fetch(f"{faulty.url}/trickle", f"{tmp_path}/out/", limits=limits)
+    # Generous: the trickle alone would take 10 s to give its 200 bytes.
+    assert time.monotonic() - started < 8
+    assert not files_under(tmp_path / "out")
+
+
+def test_a_malformed_answer_is_one_line_in_the_termination_message(faulty: Faulty, tmp_path: Path) -> None:
+    code, stderr, message = run_fetch(
+        f"{faulty.url}/garbage", str(f"{tmp_path}/out/"), tmp_path=tmp_path, env=FAST_ENV
+    )
+    assert code == 1
+    assert message == (
+        f"ferry-fetch: {faulty.url}/garbage: gave up after 2 attempts: "
+        "malformed HTTP answer (BadStatusLine: garbage)"
+    )
+    assert "Traceback" not in stderr
+    assert stderr.strip().endswith(message)
+
+
+def test_a_published_digest_is_checked(faulty: Faulty, tmp_path: Path) -> None:
+    fetched = storage.fetch(f"{faulty.url}/digest-good", f"{tmp_path}/good/", limits=FAST)
+    assert fetched.sha256 == hashlib.sha256(BODY).hexdigest()
+    with pytest.raises(storage.FetchError) as caught:
+        storage.fetch(f"{faulty.url}/digest-bad", f"{tmp_path}/bad/", limits=FAST)
+    assert str(caught.value) == (
+        f"{faulty.url}/digest-bad: digest-bad: the source's Repr-Digest says SHA-256 "
+        f"{hashlib.sha256(b'other').hexdigest()}, "
+        f"the bytes received hash to {hashlib.sha256(BODY).hexdigest()}"
+    )
+    assert not files_under(tmp_path / "bad")
