@@ -16,13 +16,14 @@ import dataclasses
 import hashlib
 import http.server
 import os
+import re
 import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -30,6 +31,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
+from ferry_devcluster import build
 from ferry_runtime import sigv4, storage
 
 FERRY_FETCH = str(Path(sys.executable).parent / "ferry-fetch")
@@ -694,3 +696,216 @@ def test_a_published_digest_is_checked(faulty: Faulty, tmp_path: Path) -> None:
         f"the bytes received hash to {hashlib.sha256(BODY).hexdigest()}"
     )
     assert not files_under(tmp_path / "bad")
+
+
+# --- a real S3 server, and a proxy that breaks its answers ---------------------------------------
+
+BIG = hashlib.sha256(b"seed").digest() * (3 * 65536)  # 6 MiB: a cut at 1 MiB falls mid-body
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def real_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """gofakes3 serving a directory as bucket "store": (endpoint, the bucket's directory)."""
+    binary = build.ensure(["gofakes3"])["gofakes3"]
+    bucket = tmp_path_factory.mktemp("s3-store")
+    (bucket / "big").mkdir()
+    (bucket / "big" / "model.onnx").write_bytes(BIG)
+    (bucket / "big" / "model.onnx.data").write_bytes(BIG[: 1 << 20])
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            binary,
+            "-backend",
+            "directfs",
+            "-directfs.path",
+            str(bucket),
+            "-directfs.bucket",
+            "store",
+            "-host",
+            f"127.0.0.1:{port}",
+            "-quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", bucket
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+class BreakingProxy:
+    """A TCP proxy in front of a real server that breaks some answers on the way back: after `after`
+    bytes it cuts the connection ("cut", a reset), ends it cleanly ("close", a short body) or goes
+    silent ("stall"), as `plan(connection index)` says; None passes the answer through whole."""
+
+    def __init__(self, upstream: str, plan: Callable[[int], tuple[str, int] | None]) -> None:
+        self.upstream = urlsplit(upstream)
+        self.plan = plan
+        self.heads: list[bytes] = []
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            index = len(self.heads)
+            self.heads.append(b"")
+            threading.Thread(target=self._serve, args=(client, index), daemon=True).start()
+
+    def _serve(self, client: socket.socket, index: int) -> None:
+        upstream = socket.create_connection((self.upstream.hostname, self.upstream.port))
+        threading.Thread(target=self._requests, args=(client, upstream, index), daemon=True).start()
+        action = self.plan(index)
+        sent = 0
+        try:
+            while data := upstream.recv(65536):
+                if action is not None and sent + len(data) >= action[1]:
+                    client.sendall(data[: action[1] - sent])
+                    self._break(client, action[0])
+                    return
+                client.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            upstream.close()
+            client.close()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket, index: int) -> None:
+        try:
+            while data := client.recv(65536):
+                self.heads[index] += data
+                upstream.sendall(data)
+        except OSError:
+            pass
+
+    def _break(self, client: socket.socket, how: str) -> None:
+        if how == "stall":
+            self.stop.wait(5)
+        elif how == "cut":
+            # Linger 0: close sends RST. SHUT_RD first wakes the request pump blocked in recv, which
+            # would otherwise keep the socket open past close().
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.shutdown(socket.SHUT_RD)
+        else:
+            client.shutdown(socket.SHUT_RDWR)
+
+    def header(self, index: int, name: str) -> str | None:
+        for line in self.heads[index].decode("latin-1").split("\r\n"):
+            key, _, value = line.partition(":")
+            if key.strip().lower() == name.lower():
+                return value.strip()
+        return None
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def breaking(
+    real_s3: tuple[str, Path],
+) -> Iterator[Callable[[Callable[[int], tuple[str, int] | None]], BreakingProxy]]:
+    proxies: list[BreakingProxy] = []
+
+    def start(plan: Callable[[int], tuple[str, int] | None]) -> BreakingProxy:
+        proxies.append(BreakingProxy(real_s3[0], plan))
+        return proxies[-1]
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
+
+
+def test_real_s3_prefix_with_sizes_and_digest(real_s3: tuple[str, Path], tmp_path: Path) -> None:
+    endpoint, bucket = real_s3
+    fetched = storage.fetch(
+        "s3://store/big/",
+        tmp_path / "out",
+        sha256=storage.directory_digest(bucket / "big"),
+        environ=s3_environ(endpoint),
+        limits=FAST,
+    )
+    assert sorted(path.name for path in fetched.files) == ["model.onnx", "model.onnx.data"]
+    assert fetched.size_bytes == len(BIG) + (1 << 20)
+
+
+def test_real_s3_cut_connection_resumes_with_a_ranged_get(
+    breaking: Callable[[Callable[[int], tuple[str, int] | None]], BreakingProxy], tmp_path: Path
+) -> None:
+    proxy = breaking(lambda index: ("cut", 1 << 20) if index == 0 else None)
+    fetched = storage.fetch(
+        "s3://store/big/model.onnx",
+        f"{tmp_path}/out/",
+        sha256=hashlib.sha256(BIG).hexdigest(),
+        environ=s3_environ(proxy.url),
+        limits=FAST,
+    )
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == BIG
+    assert fetched.size_bytes == len(BIG)
+    assert proxy.header(0, "Range") is None
+    resumed_at = int((proxy.header(1, "Range") or "").removeprefix("bytes=").removesuffix("-"))
+    assert 0 < resumed_at < 1 << 20
+    assert proxy.header(1, "If-Range") == f'"{hashlib.md5(BIG).hexdigest()}"'  # S3's ETag
+
+
+def test_real_s3_short_bodies_are_never_complete(
+    breaking: Callable[[Callable[[int], tuple[str, int] | None]], BreakingProxy], tmp_path: Path
+) -> None:
+    # Every answer ends cleanly (FIN, no error) after 1 MiB, headers included: a short body each time.
+    proxy = breaking(lambda _: ("close", 1 << 20))
+    once = dataclasses.replace(FAST, attempts=1)
+    with pytest.raises(storage.FetchError) as caught:
+        storage.fetch(
+            "s3://store/big/model.onnx", f"{tmp_path}/out/", environ=s3_environ(proxy.url), limits=once
+        )
+    assert re.fullmatch(
+        r"s3://store/big/model.onnx: gave up after 1 attempt: "
+        r"the body ended early, at 10\d\d\.\d KiB of 6.0 MiB of model.onnx",
+        str(caught.value),
+    ), caught.value
+    assert not files_under(tmp_path / "out")
+    # With retries, each short answer is resumed where it ended until the object is whole.
+    fetched = storage.fetch(
+        "s3://store/big/model.onnx", f"{tmp_path}/out/", environ=s3_environ(proxy.url), limits=FAST
+    )
+    assert fetched.sha256 == hashlib.sha256(BIG).hexdigest()
+    starts = [int((proxy.header(index, "Range") or "bytes=0-")[6:-1]) for index in range(1, len(proxy.heads))]
+    assert len(starts) >= 7
+    assert starts == sorted(starts)
+    assert starts[0] == 0
+
+
+def test_real_s3_stall_is_retried_and_resumes(
+    breaking: Callable[[Callable[[int], tuple[str, int] | None]], BreakingProxy], tmp_path: Path
+) -> None:
+    # Connection 0 is the listing, 1 the first GET of model.onnx: it goes silent after 1 MiB.
+    proxy = breaking(lambda index: ("stall", 1 << 20) if index == 1 else None)
+    limits = dataclasses.replace(FAST, read_timeout_seconds=0.3)
+    fetched = storage.fetch("s3://store/big/", tmp_path / "out", environ=s3_environ(proxy.url), limits=limits)
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == BIG
+    assert fetched.size_bytes == len(BIG) + (1 << 20)
+    assert proxy.header(0, "Range") is None
+    assert proxy.header(1, "Range") is None
+    assert (proxy.header(2, "Range") or "").startswith("bytes=")
+    assert len(proxy.heads) == 4
