@@ -359,7 +359,9 @@ def _contained_files(uri: str, directory: Path, volume: Path) -> list[tuple[Pure
     pending = [(directory, PurePosixPath())]
     while pending:
         current, relative = pending.pop()
-        for entry in sorted(os.scandir(current), key=lambda item: item.name):
+        with os.scandir(current) as listing:
+            entries = sorted(listing, key=lambda item: item.name)
+        for entry in entries:
             path, name = Path(entry.path), relative / entry.name
             real = path.resolve()
             if entry.is_symlink() and not real.is_relative_to(volume):
@@ -459,6 +461,30 @@ def _http_body(response: http.client.HTTPResponse, offset: int) -> Body:
     return Body(response, response.close, start, length, total, validator, published)
 
 
+class _CredentialsStayOnTheirHost(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but never sends Authorization or x-amz-* headers to another host (urllib's own
+    handler does: a redirect to a CDN would receive the password or the signature)."""
+
+    def redirect_request(  # noqa: PLR0917 (urllib's signature)
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        redirected = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if redirected is not None and urlsplit(newurl).netloc != urlsplit(req.full_url).netloc:
+            for name in list(redirected.headers):
+                if name.lower() == "authorization" or name.lower().startswith("x-amz-"):
+                    redirected.remove_header(name)
+        return redirected
+
+
+_OPENER = urllib.request.build_opener(_CredentialsStayOnTheirHost)
+
+
 def _http_open(uri: str, request: Callable[[], urllib.request.Request]) -> Opener:
     def open_http(offset: int, validator: str, timeout: float) -> Body:
         prepared = request()
@@ -467,7 +493,7 @@ def _http_open(uri: str, request: Callable[[], urllib.request.Request]) -> Opene
             if validator:
                 prepared.add_header("If-Range", validator)
         try:
-            response: http.client.HTTPResponse = urllib.request.urlopen(prepared, timeout=timeout)
+            response: http.client.HTTPResponse = _OPENER.open(prepared, timeout=timeout)
         except ValueError:
             # http.client's InvalidURL names the URL, which may hold credentials: say it without them.
             raise FetchError(uri, "not a valid URL (host, port or scheme)") from None
@@ -627,12 +653,17 @@ def entries_for(
     deadline = deadline or _Deadline(uri, limits)
     parts = urlsplit(uri)
     directory = uri.endswith("/")
-    if parts.scheme == "file":
-        path = unquote(parts.path)
-        _refuse_dot_dot(uri, path)
-        return _local_entries(uri, Path(path), None, directory), directory
-    if parts.scheme == "pvc":
-        return _pvc_entries(uri, environ, directory), directory
+    try:
+        if parts.scheme == "file":
+            path = unquote(parts.path)
+            _refuse_dot_dot(uri, path)
+            return _local_entries(uri, Path(path), None, directory), directory
+        if parts.scheme == "pvc":
+            return _pvc_entries(uri, environ, directory), directory
+    except OSError as error:
+        # An unreadable directory or file of the volume.
+        where = f" {error.filename}" if error.filename else ""
+        raise FetchError(uri, f"cannot read{where}: {_describe(error, limits)}") from None
     if parts.scheme in ("http", "https"):
         return _http_entries(uri, directory), directory
     if parts.scheme == "s3":

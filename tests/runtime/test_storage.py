@@ -515,17 +515,21 @@ class Faulty:
     url: str
     # (path, Range, If-Range) of every request, in order.
     requests: list[tuple[str, str | None, str | None]]
+    # The Authorization header each path was asked with.
+    authorization: dict[str, str | None]
 
 
 @pytest.fixture
 def faulty() -> Iterator[Faulty]:
     requests: list[tuple[str, str | None, str | None]] = []
+    authorization: dict[str, str | None] = {}
     stop = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path
             requests.append((path, self.headers.get("Range"), self.headers.get("If-Range")))
+            authorization[path] = self.headers.get("Authorization")
             first = [request[0] for request in requests].count(path) == 1
             if path == "/model.onnx":
                 self.send_body(BODY)
@@ -562,6 +566,19 @@ def faulty() -> Iterator[Faulty]:
             elif path == "/digest-bad":
                 digest = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
                 self.send_body(BODY, headers={"Repr-Digest": f"sha-512=:AAAA:, sha-256=:{digest}:"})
+            elif path.startswith("/amz-"):
+                published = {
+                    "/amz-bad": base64.b64encode(hashlib.sha256(b"other").digest()).decode(),
+                    # A multipart upload's checksum of its parts' checksums: not the object's.
+                    "/amz-composite": base64.b64encode(hashlib.sha256(b"parts").digest()).decode() + "-3",
+                }[path]
+                self.send_body(BODY, headers={"x-amz-checksum-sha256": published})
+            elif path == "/redirect":
+                # To another host (localhost is not 127.0.0.1 as a host name), as a CDN would be.
+                self.send_response(302)
+                self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/model.onnx")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             else:
                 self.send_error(404)
 
@@ -599,7 +616,7 @@ def faulty() -> Iterator[Faulty]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.handle_error = lambda *_: None  # type: ignore[method-assign]
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield Faulty(f"http://127.0.0.1:{server.server_address[1]}", requests)
+    yield Faulty(f"http://127.0.0.1:{server.server_address[1]}", requests, authorization)
     stop.set()
     server.shutdown()
     server.server_close()
@@ -909,3 +926,19 @@ def test_real_s3_stall_is_retried_and_resumes(
     assert proxy.header(1, "Range") is None
     assert (proxy.header(2, "Range") or "").startswith("bytes=")
     assert len(proxy.heads) == 4
+
+
+def test_an_s3_checksum_is_checked_unless_it_is_a_multipart_composite(faulty: Faulty, tmp_path: Path) -> None:
+    with pytest.raises(storage.FetchError, match=r"amz-bad: the source's x-amz-checksum-sha256 says SHA-256"):
+        storage.fetch(f"{faulty.url}/amz-bad", f"{tmp_path}/bad/", limits=FAST)
+    assert not files_under(tmp_path / "bad")
+    fetched = storage.fetch(f"{faulty.url}/amz-composite", f"{tmp_path}/ok/", limits=FAST)
+    assert fetched.sha256 == hashlib.sha256(BODY).hexdigest()
+
+
+def test_credentials_are_not_sent_to_another_host_on_a_redirect(faulty: Faulty, tmp_path: Path) -> None:
+    with_user = faulty.url.replace("http://", "http://reader:hunter2@")
+    fetched = storage.fetch(f"{with_user}/redirect", f"{tmp_path}/out/", limits=FAST)
+    assert fetched.sha256 == hashlib.sha256(BODY).hexdigest()
+    assert faulty.authorization["/redirect"] == "Basic " + base64.b64encode(b"reader:hunter2").decode()
+    assert faulty.authorization["/model.onnx"] is None
