@@ -238,19 +238,20 @@ class _Deadline:
     def remaining(self) -> float:
         return self.ends - time.monotonic()
 
-    def check(self, progress: str) -> None:
+    def check(self, where: str) -> None:
+        """Raise once the deadline passed; `where` says how far the fetch got ("at 1 MiB of 2 MiB")."""
         if self.remaining() <= 0:
             option = "deadline_seconds"
             seconds = f"{self.limits.deadline_seconds:g} s ({flag_name(option)} / {env_name(option)})"
-            raise FetchError(self.uri, f"gave up at the deadline of {seconds}, at {progress}")
+            raise FetchError(self.uri, f"gave up at the deadline of {seconds}, {where}")
 
-    def timeout(self, progress: str) -> float:
-        self.check(progress)
+    def timeout(self, where: str) -> float:
+        self.check(where)
         return min(self.limits.read_timeout_seconds, self.remaining())
 
-    def sleep(self, seconds: float, progress: str) -> None:
+    def sleep(self, seconds: float, where: str) -> None:
         time.sleep(max(0.0, min(seconds, self.remaining())))
-        self.check(progress)
+        self.check(where)
 
 
 # --- failures ------------------------------------------------------------------------------------
@@ -325,7 +326,7 @@ def _retrying(uri: str, limits: Limits, deadline: _Deadline, attempt: Callable[[
             raise FetchError(uri, f"gave up after {limits.attempts} attempt{plural}: {failure}")
         pause = min(MAX_BACKOFF_SECONDS, limits.retry_backoff_seconds * 2 ** (failures - 1))
         log.warning("%s: %s; retrying in %.1f s", display_uri(uri), failure, pause)
-        deadline.sleep(pause, f"retrying after: {failure}")
+        deadline.sleep(pause, f"while retrying after: {failure}")
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -454,16 +455,18 @@ def _http_body(response: http.client.HTTPResponse, offset: int) -> Body:
         start = offset
         total = None if match.group(3) == "*" else int(match.group(3))
         length = int(match.group(2)) - start + 1 if length is None else length
-    validator = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
-    # A weak ETag cannot validate a range (RFC 9110 13.1.5); then a resumed read starts over.
-    validator = "" if validator.startswith("W/") else validator
+    # A weak ETag cannot validate a range (RFC 9110 13.1.5): then Last-Modified does. Without either a
+    # resumed read is not validated, and only a digest (--sha256, or one the source publishes) would
+    # notice an object replaced mid-download.
+    etag = response.headers.get("ETag") or ""
+    validator = (etag if not etag.startswith("W/") else "") or response.headers.get("Last-Modified") or ""
     published = _published_sha256(response.headers) if start == 0 else None
     return Body(response, response.close, start, length, total, validator, published)
 
 
 class _CredentialsStayOnTheirHost(urllib.request.HTTPRedirectHandler):
     """Follows redirects, but never sends Authorization or x-amz-* headers to another host (urllib's own
-    handler does: a redirect to a CDN would receive the password or the signature)."""
+    handler does: a redirect to a CDN would receive the password or the signature), nor the old Host."""
 
     def redirect_request(  # noqa: PLR0917 (urllib's signature)
         self,
@@ -477,7 +480,7 @@ class _CredentialsStayOnTheirHost(urllib.request.HTTPRedirectHandler):
         redirected = super().redirect_request(req, fp, code, msg, headers, newurl)
         if redirected is not None and urlsplit(newurl).netloc != urlsplit(req.full_url).netloc:
             for name in list(redirected.headers):
-                if name.lower() == "authorization" or name.lower().startswith("x-amz-"):
+                if name.lower() in ("authorization", "host") or name.lower().startswith("x-amz-"):
                     redirected.remove_header(name)
         return redirected
 
@@ -607,12 +610,12 @@ class S3Location:
 
 def _read_whole(opener: Opener, deadline: _Deadline) -> bytes:
     """A small answer (a listing), read in full and checked against its Content-Length."""
-    body = opener(0, "", deadline.timeout("the listing unread"))
+    body = opener(0, "", deadline.timeout("before listing the prefix"))
     try:
         parts = []
         while chunk := body.stream.read1(CHUNK):
             parts.append(chunk)
-            deadline.check("the listing half read")
+            deadline.check("while listing the prefix")
     finally:
         body.close()
     data = b"".join(parts)
@@ -723,7 +726,7 @@ class _Download:
 
     def attempt(self) -> None:
         before = self.received
-        body = self.entry.open(self.received, self.validator, self.deadline.timeout(self.progress()))
+        body = self.entry.open(self.received, self.validator, self.deadline.timeout(f"at {self.progress()}"))
         try:
             self._take(body)
         except (OSError, http.client.HTTPException) as error:
@@ -760,7 +763,7 @@ class _Download:
                 reason = f"cannot write {self.entry.relative}: {_describe(error, self.limits)}"
                 raise FetchError(self.uri, reason) from None
             self.received += len(chunk)
-            self.deadline.check(self.progress())
+            self.deadline.check(f"at {self.progress()}")
             self._log_progress()
         if self.total is not None and self.received != self.total:
             raise _Retryable(f"the body ended early, at {self.progress()}")
