@@ -244,6 +244,9 @@ def s3_endpoint(model_tree: Path) -> Iterator[tuple[str, list[str]]]:
         for path in model_tree.rglob("*")
         if path.is_file()
     }
+    objects["models/liar/model.onnx"] = b"onnx"
+    # The listing's Size of each key: the liar's says more than its GET sends.
+    sizes = {key: len(body) for key, body in objects.items()} | {"models/liar/model.onnx": 5}
     secret = "s3cr3t"
     seen: list[str] = []
 
@@ -291,7 +294,9 @@ def s3_endpoint(model_tree: Path) -> Iterator[tuple[str, list[str]]]:
             truncated = start + 1 < len(keys)
             body = (
                 '<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-                + "".join(f"<Contents><Key>{escape(key)}</Key></Contents>" for key in page)
+                + "".join(
+                    f"<Contents><Key>{escape(key)}</Key><Size>{sizes[key]}</Size></Contents>" for key in page
+                )
                 + f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"
                 + (f"<NextContinuationToken>{start + 1}</NextContinuationToken>" if truncated else "")
                 + "</ListBucketResult>"
@@ -942,3 +947,16 @@ def test_credentials_are_not_sent_to_another_host_on_a_redirect(faulty: Faulty, 
     assert fetched.sha256 == hashlib.sha256(BODY).hexdigest()
     assert faulty.authorization["/redirect"] == "Basic " + base64.b64encode(b"reader:hunter2").decode()
     assert faulty.authorization["/model.onnx"] is None
+
+
+def test_s3_an_object_that_disagrees_with_its_listing_is_refused(
+    s3_endpoint: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    endpoint, _ = s3_endpoint
+    with pytest.raises(storage.FetchError) as caught:
+        storage.fetch("s3://bucket/models/liar/", tmp_path / "out", environ=s3_environ(endpoint), limits=FAST)
+    assert (
+        str(caught.value)
+        == "s3://bucket/models/liar/: model.onnx: the listing says 5 bytes, the server sends 4"
+    )
+    assert not files_under(tmp_path / "out")
