@@ -245,6 +245,7 @@ def s3_endpoint(model_tree: Path) -> Iterator[tuple[str, list[str]]]:
         if path.is_file()
     }
     objects["models/liar/model.onnx"] = b"onnx"
+    objects["models/evil/../../escape.txt"] = b"written outside DEST?"
     # The listing's Size of each key: the liar's says more than its GET sends.
     sizes = {key: len(body) for key, body in objects.items()} | {"models/liar/model.onnx": 5}
     secret = "s3cr3t"
@@ -487,6 +488,9 @@ def test_symlinks_out_of_the_claim_are_refused_by_name(
     (mount / "digits" / "etc").symlink_to(tmp_path, target_is_directory=True)
     with pytest.raises(storage.FetchError, match=r"etc is a symlink to .*, outside .*models: refused"):
         storage.fetch("pvc://models/digits/", tmp_path / "out", environ=environ)
+    # The directory named is itself a way out.
+    with pytest.raises(storage.FetchError, match=r"digits/etc resolves to .*, outside .*models: refused"):
+        storage.fetch("pvc://models/digits/etc/", tmp_path / "out", environ=environ)
     assert not files_under(tmp_path / "out")
 
 
@@ -960,3 +964,12 @@ def test_s3_an_object_that_disagrees_with_its_listing_is_refused(
         == "s3://bucket/models/liar/: model.onnx: the listing says 5 bytes, the server sends 4"
     )
     assert not files_under(tmp_path / "out")
+
+
+def test_s3_a_key_that_climbs_out_of_dest_is_refused(
+    s3_endpoint: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    endpoint, _ = s3_endpoint
+    with pytest.raises(storage.FetchError, match=r"refusing to write \.\./\.\./escape.txt outside .*out"):
+        storage.fetch("s3://bucket/models/evil/", tmp_path / "out", environ=s3_environ(endpoint), limits=FAST)
+    assert not (tmp_path / "escape.txt").exists()
