@@ -196,6 +196,14 @@ PROMETHEUS_ADAPTER = Component(
     binaries=(Binary("prometheus-adapter", "sigs.k8s.io/prometheus-adapter/cmd/adapter"),),
 )
 
+# An S3-compatible server for ferry-fetch's tests (real GET, ranged GET and ListObjectsV2 over a
+# directory, `-backend directfs`); it accepts any signature, so SigV4 is proven on AWS's vectors instead.
+GOFAKES3 = Component(
+    name="gofakes3",
+    module="github.com/johannesboyne/gofakes3",
+    binaries=(Binary("gofakes3", "github.com/johannesboyne/gofakes3/cmd/gofakes3"),),
+)
+
 ALL: tuple[Component, ...] = (
     KUBERNETES,
     ETCD,
@@ -206,4 +214,5 @@ ALL: tuple[Component, ...] = (
     CNI_PLUGINS,
     COREDNS,
     PROMETHEUS_ADAPTER,
+    GOFAKES3,
 )
