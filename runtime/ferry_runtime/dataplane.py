@@ -145,9 +145,11 @@ class DataPlane:
         return feed
 
     def check_request_id(self, request_id: str) -> None:
-        # Characters first: a str's length bounds its UTF-8 size from below, and is free to read.
-        if len(request_id) > self.max_request_id_bytes or (
-            len(request_id.encode("utf-8", "surrogatepass")) > self.max_request_id_bytes
+        # A character is 1 to 4 bytes of UTF-8: only an id of more than a quarter of the limit in
+        # characters is encoded to measure it (most requests carry a short id or none).
+        limit = self.max_request_id_bytes
+        if len(request_id) * 4 > limit and (
+            len(request_id) > limit or len(request_id.encode("utf-8", "surrogatepass")) > limit
         ):
             raise InvalidInput(
                 f"request 'id' is {len(request_id.encode('utf-8', 'surrogatepass'))} bytes; "
