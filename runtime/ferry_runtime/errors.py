@@ -71,6 +71,34 @@ class PayloadTooLarge(FerryError):
     grpc_status = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class RequestTimeout(FerryError):
+    """The client took too long to send its request's headers or body (HTTP/1.1; slowloris)."""
+
+    http_status = 408
+    grpc_status = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class UriTooLong(FerryError):
+    """The request target is longer than the HTTP/1.1 listener accepts."""
+
+    http_status = 414
+    grpc_status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class HeaderFieldsTooLarge(FerryError):
+    """One header line, or the header section in all, is larger than the HTTP/1.1 listener accepts."""
+
+    http_status = 431
+    grpc_status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class TransferCodingNotImplemented(FerryError):
+    """A transfer coding the server does not implement (RFC 9112 6.1 asks for 501, a server limitation)."""
+
+    http_status = 501
+    grpc_status = grpc.StatusCode.UNIMPLEMENTED
+
+
 class UnsupportedMediaType(FerryError):
     """A body encoding the server does not speak (e.g. an unknown Content-Encoding)."""
 

@@ -34,7 +34,9 @@ import numpy.typing as npt
 from ferry_runtime.errors import Conflict, Gone, InvalidInput, NotFound
 
 # Outputs kept per prediction (a 1000-class float32 score vector is 4 KB; embeddings and images are not
-# kept). With the default capacity of 4096 the store holds at most 4096 x (16 + 4) KiB = 80 MiB.
+# kept). Each prediction also holds its request id, and later its tombstone does, each at most
+# --max-request-id-bytes (1 KiB by default, the data plane refuses longer ids): with the default capacity
+# of 4096 the store holds at most 4096 x (16 + 4 + 2 x 1) KiB = 88 MiB.
 MAX_RETAINED_BYTES = 16 * 1024
 # A view into a batch output at most this large is kept as is (pinning it is cheaper than a copy).
 SHARED_BATCH_BYTES = 4 * 1024
@@ -99,12 +101,22 @@ def parse_feedback(document: Any, model_name: str) -> tuple[str, Truth]:
         raise InvalidInput(f"{where}: 'output' must be an output name, got {output!r}")
     if isinstance(label, dict):
         return request_id, _expected_outputs(label, where)
-    values = np.asarray(label)
+    values = _array(label, where, "'label'")
     if values.dtype.kind not in "biuU" and not (values.dtype.kind == "f" and _integral(values)):
         raise InvalidInput(
             f"{where}: 'label' must be class labels (integers or strings, one per row), got {label!r}"
         )
     return request_id, Labels(values.reshape(-1), output)
+
+
+def _array(data: Any, where: str, what: str) -> Array:
+    """Nested lists as one array; ragged nesting (rows of different lengths) is the client's mistake."""
+    try:
+        return np.asarray(data)
+    except (ValueError, TypeError) as error:
+        raise InvalidInput(
+            f"{where}: {what} must be a value or evenly nested lists (every row the same length): {error}"
+        ) from None
 
 
 def _integral(values: Array) -> bool:
@@ -127,7 +139,7 @@ def _expected_outputs(label: dict[str, Any], where: str) -> ExpectedOutputs:
         raise InvalidInput(f"{where}: 'label.tolerance' must be a number >= 0, got {tolerance!r}")
     outputs = {}
     for name, data in raw.items():
-        values = np.asarray(data)
+        values = _array(data, where, f"expected output '{name}'")
         if values.dtype.kind not in "biufU":
             raise InvalidInput(
                 f"{where}: expected output '{name}' must be numbers or strings (nested lists), got {data!r}"
@@ -289,9 +301,8 @@ class FeedbackStore:
                     f"{where}: expected output '{name}' has {expected.size} value(s); the prediction has "
                     f"{predicted.size} (shape {list(predicted.shape)})"
                 )
-            rows = predicted.shape[0] if predicted.ndim else 1
-            got = predicted.reshape(rows, -1)
-            want = expected.reshape(rows, -1)
+            got = _by_row(predicted)
+            want = expected.reshape(got.shape)
             if got.dtype.kind == "f":
                 if want.dtype.kind not in "biuf":
                     raise InvalidInput(f"{where}: expected output '{name}' must be numbers")
@@ -334,10 +345,20 @@ class FeedbackStore:
 
 def predicted_classes(array: Array) -> Array:
     """The predicted class per row of a classifier output (see the module docstring)."""
-    rows = array.shape[0] if array.ndim else 1
-    per_row = array.reshape(rows, -1)
+    per_row = _by_row(array)
+    if per_row.shape[1] == 0:
+        raise InvalidInput("the prediction has no values to score")
     if per_row.shape[1] == 1:
         values = per_row[:, 0]
         return (values >= 0.5).astype(np.int64) if values.dtype.kind == "f" else values
     classes: Array = per_row.argmax(axis=1)
     return classes
+
+
+def _by_row(array: Array) -> Array:
+    """The array as (rows, values per row); `reshape(rows, -1)` cannot do that for zero rows."""
+    rows = array.shape[0] if array.ndim else 1
+    width = 1
+    for dim in array.shape[1:]:
+        width *= dim
+    return array.reshape(rows, width)

@@ -78,6 +78,8 @@ class Metrics(Collector):
         self.registry = registry or CollectorRegistry(auto_describe=True)
         # (model, protocol, code) -> requests answered.
         self.request_counts: dict[tuple[str, str, str], int] = {}
+        # model -> HTTP/1.1 requests refused by the transport, by reason (protocol/rest/server.py).
+        self.http_rejected: dict[str, dict[str, int]] = {}
         # (model, protocol) -> total request time.
         self.request_seconds: dict[tuple[str, ...], Distribution] = {}
         # model -> queue wait, inference time per batch, requests per batch.
@@ -188,6 +190,15 @@ class Metrics(Collector):
         for labels, count in self.request_counts.items():
             requests.add_metric(list(labels), count)
         yield requests
+        rejected = CounterMetricFamily(
+            "ferry_http_rejected",
+            "HTTP/1.1 requests refused before reaching an endpoint (limits, timeouts, framing), by reason.",
+            labels=["model", "reason"],
+        )
+        for model, reasons in self.http_rejected.items():
+            for reason, count in reasons.items():
+                rejected.add_metric([model, reason], count)
+        yield rejected
         yield _histogram(
             "ferry_request_duration_seconds",
             "Time from a complete request to its response being handed to the transport.",
@@ -304,6 +315,11 @@ class RequestRecorder:
         key = (self._model, self._protocol, code)
         self._counts[key] = self._counts.get(key, 0) + 1
         self._duration.observe(seconds)
+
+    def count(self, code: str) -> None:
+        """Count a request answered before it was complete (no duration: there is no request time)."""
+        key = (self._model, self._protocol, code)
+        self._counts[key] = self._counts.get(key, 0) + 1
 
     def record_ok(self, seconds: float) -> None:
         counts, key = self._counts, self._ok

@@ -28,6 +28,9 @@ class TensorSpec:
     datatype: str
     # Dimensions; -1 marks a variable-size dimension.
     shape: tuple[int, ...]
+    # The model's name for each variable-size dimension ("" when fixed or unnamed): dimensions that share
+    # a name (an ONNX symbolic dimension such as "batch") must have the same size in every input.
+    dim_names: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return f"{self.datatype} with shape {list(self.shape)}"

@@ -79,6 +79,10 @@ def _dims(shape: Sequence[Any] | None) -> tuple[int, ...]:
     return tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in shape or ())
 
 
+def _dim_names(shape: Sequence[Any] | None) -> tuple[str, ...]:
+    return tuple(dim if isinstance(dim, str) else "" for dim in shape or ())
+
+
 class OnnxModel(Model):
     def __init__(self, config: OnnxModelConfig) -> None:
         self.config = config
@@ -145,7 +149,7 @@ class OnnxModel(Model):
                 f"model '{self.config.name}' input '{node.name}' has type {node.type}, which the Open "
                 f"Inference Protocol cannot express; only tensor inputs can be served"
             )
-        return TensorSpec(node.name, datatype, _dims(node.shape))
+        return TensorSpec(node.name, datatype, _dims(node.shape), _dim_names(node.shape))
 
     def _output_spec(self, node: Any) -> TensorSpec:
         datatype = ONNX_TENSOR_TYPES.get(node.type)

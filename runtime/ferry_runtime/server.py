@@ -24,7 +24,7 @@ from ferry_runtime.model import ModelMetadata, TensorSpec
 from ferry_runtime.onnx_model import OnnxModel, OnnxModelConfig, find_model_file
 from ferry_runtime.protocol.grpc.server import GrpcServer, InferenceService
 from ferry_runtime.protocol.rest.generate import GenerativeApi
-from ferry_runtime.protocol.rest.server import RestApp, RestServer
+from ferry_runtime.protocol.rest.server import HttpLimits, RestApp, RestServer
 from ferry_runtime.settings import RuntimeSettings
 from ferry_runtime.termination import write_termination_message
 
@@ -35,7 +35,7 @@ class Runtime:
     def __init__(self, settings: RuntimeSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.dataplane = DataPlane(settings.model_name, settings.model_version)
+        self.dataplane = DataPlane(settings.model_name, settings.model_version, settings.max_request_id_bytes)
         self.http_port = 0
         self.grpc_port = 0
         self._stop = asyncio.Event()
@@ -61,7 +61,15 @@ class Runtime:
         )
         self.metrics.model_ready.labels(name).set(0)
         self._rest_app = RestApp(self.dataplane, self.metrics, settings.max_body_bytes)
-        rest = RestServer(self._rest_app, settings.keepalive_timeout_seconds)
+        limits = HttpLimits(
+            max_request_line_bytes=settings.http_max_request_line_bytes,
+            max_header_line_bytes=settings.http_max_header_line_bytes,
+            max_header_bytes=settings.http_max_header_bytes,
+            header_timeout_seconds=settings.http_header_timeout_seconds,
+            body_timeout_seconds=settings.http_body_timeout_seconds,
+            min_body_bytes_per_second=settings.http_min_body_bytes_per_second,
+        )
+        rest = RestServer(self._rest_app, settings.keepalive_timeout_seconds, limits)
         self.http_port = await rest.start(settings.host, settings.http_port)
         grpc_server: GrpcServer | None = None
         if settings.grpc_port:

@@ -71,11 +71,44 @@ class RuntimeSettings:
     keepalive_timeout_seconds: float = _setting(
         75.0, "Idle HTTP keep-alive connections are closed after this."
     )
+    # HTTP/1.1 limits (the REST listener). Defaults follow nginx, uvicorn (h11) and grpc-core: what one
+    # client can cost the server is bounded whatever it sends; docs/runtime.md "Limits" lists the answers.
+    http_max_request_line_bytes: int = _setting(
+        8192, "HTTP/1.1 limits: longest request target (URL); longer is answered 414 (nginx: 8 KiB)."
+    )
+    http_max_header_line_bytes: int = _setting(
+        16384, "HTTP/1.1 limits: longest header line (name + value); longer is answered 431 (h11: 16 KiB)."
+    )
+    http_max_header_bytes: int = _setting(
+        65536,
+        "HTTP/1.1 limits: largest header section (all header lines); larger is answered 431 "
+        "(grpc-core's hard limit: 64 KiB).",
+    )
+    http_header_timeout_seconds: float = _setting(
+        10.0,
+        "HTTP/1.1 limits: longest a client may take from connecting, or from the first byte of a request, "
+        "to the end of its headers; then 408 and the connection is closed (slowloris).",
+    )
+    http_body_timeout_seconds: float = _setting(
+        60.0,
+        "HTTP/1.1 limits: longest pause between two reads of a request body; then 408 and close "
+        "(nginx's client_body_timeout).",
+    )
+    http_min_body_bytes_per_second: int = _setting(
+        240,
+        "HTTP/1.1 limits: slowest average request-body upload after a 5 s grace; slower is answered 408 "
+        "and closed (Kestrel's minimum request body data rate); 0 disables.",
+    )
     log_level: str = _setting("info", "debug, info, warning or error.")
     feedback_capacity: int = _setting(
         4096,
         "Predictions with a request id each replica keeps for ground-truth feedback "
         "(POST /v2/models/{m}/feedback); 0 disables feedback.",
+    )
+    max_request_id_bytes: int = _setting(
+        1024,
+        "Longest request `id` (UTF-8 bytes) an inference or feedback request may carry; longer is answered "
+        "400 / INVALID_ARGUMENT (ids are kept for feedback, so this bounds the feedback store's bytes).",
     )
     feedback_ttl_seconds: float = _setting(
         3600.0, "Longest time after a prediction its feedback is accepted."
@@ -131,6 +164,10 @@ class RuntimeSettings:
             "max_sequences",
             "max_waiting_sequences",
             "max_prefill_tokens",
+            "max_request_id_bytes",
+            "http_max_request_line_bytes",
+            "http_max_header_line_bytes",
+            "http_max_header_bytes",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -144,11 +181,15 @@ class RuntimeSettings:
             "drift_window_rows",
             "max_sequence_length",
             "kv_cache_bytes",
+            "http_min_body_bytes_per_second",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative, got {getattr(self, name)}")
         if self.drift_sample_every < 1:
             problems.append(f"drift_sample_every must be at least 1, got {self.drift_sample_every}")
+        for name in ("http_header_timeout_seconds", "http_body_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.feedback_ttl_seconds <= 0:
             problems.append(f"feedback_ttl_seconds must be positive, got {self.feedback_ttl_seconds}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -15,10 +15,10 @@ from ferry_runtime.datatypes import (
     DATATYPES,
     NUMPY_DTYPES,
     check_datatype,
+    check_shape,
     decode_raw,
     element_count,
     encode_raw,
-    parse_shape,
 )
 from ferry_runtime.errors import InvalidInput
 from ferry_runtime.inference import (
@@ -65,8 +65,7 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
         if datatype not in DATATYPES:
             check_datatype(datatype, name)  # raises, naming the input and the datatypes served
         shape = tuple(tensor.shape)
-        if shape and min(shape) < 0:
-            parse_shape(list(shape), name)  # raises, naming the input
+        check_shape(shape, name)
         if raw_contents:
             array = decode_raw(raw_contents[position], datatype, shape, name)
         else:

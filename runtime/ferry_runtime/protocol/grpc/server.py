@@ -69,7 +69,7 @@ class InferenceService:
             "ModelMetadata": self.model_metadata,
         }
         handlers: dict[str, Handler] = {
-            f"/{SERVICE}/{name}": _answer(method) for name, method in simple.items()
+            f"/{SERVICE}/{name}": _answer(method, self.recorder) for name, method in simple.items()
         }
         handlers[f"/{SERVICE}/ModelInfer"] = self.model_infer
         return handlers
@@ -112,6 +112,12 @@ class InferenceService:
             self.recorder.record(error.grpc_status.name, time.perf_counter() - call.received)
             fail(call, error)
             return
+        except Exception as failure:  # a bug, never a client's mistake: INTERNAL, and counted
+            log.exception("unexpected failure decoding or validating a ModelInfer request")
+            internal = FerryError(f"internal error: {failure}")
+            self.recorder.record(internal.grpc_status.name, time.perf_counter() - call.received)
+            fail(call, internal)
+            return
         plane.in_flight += 1
         future.add_done_callback(lambda done: self._complete(call, request, done))
 
@@ -136,12 +142,24 @@ class InferenceService:
         fail(call, error)
 
 
-def _answer(method: Callable[[bytes], bytes]) -> Handler:
+# gRPC codes that are the server's fault (HTTP's 5xx): counted in ferry_requests_total on every method.
+_SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE})
+
+
+def _answer(method: Callable[[bytes], bytes], recorder: RequestRecorder) -> Handler:
     def handle(data: bytes, call: Call) -> None:
         try:
             response = method(data)
         except FerryError as error:
+            if error.grpc_status in _SERVER_FAULTS:
+                recorder.record(error.grpc_status.name, time.perf_counter() - call.received)
             fail(call, error)
+            return
+        except Exception as failure:
+            log.exception("unexpected failure answering a gRPC call")
+            internal = FerryError(f"internal error: {failure}")
+            recorder.record(internal.grpc_status.name, time.perf_counter() - call.received)
+            fail(call, internal)
             return
         call.reply(response)
 

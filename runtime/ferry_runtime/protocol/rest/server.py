@@ -8,6 +8,13 @@ HTTP behaviour: keep-alive (HTTP/1.1 default, HTTP/1.0 on request); pipelined re
 order; bodies framed by Content-Length or chunked transfer coding; a declared Content-Length above the
 limit is answered 413 before any body is read (and `Expect: 100-continue` is honoured, so well-behaved
 clients never send it); gzip/deflate request bodies are inflated under the same limit.
+
+What one client can cost is bounded (`HttpLimits`, docs/runtime.md "Limits"): the request target (414),
+each header line and the header section (431, checked as bytes arrive, so an endless header is never
+accumulated), the time to send headers (408, slowloris) and the pace of a body (408). Framing is read
+strictly (RFC 9112): HTTP/1.1 needs exactly one Host, Transfer-Encoding must be exactly `chunked`
+(another coding before it is 501, one after it 400), Content-Length with Transfer-Encoding is 400.
+Each refusal is counted in `ferry_http_rejected_total` by reason.
 """
 
 from __future__ import annotations
@@ -31,12 +38,16 @@ from ferry_runtime.batching import Outcome
 from ferry_runtime.dataplane import DataPlane
 from ferry_runtime.errors import (
     FerryError,
+    HeaderFieldsTooLarge,
     InvalidInput,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
+    TransferCodingNotImplemented,
     Unavailable,
     UnsupportedMediaType,
+    UriTooLong,
 )
 from ferry_runtime.inference import InferenceRequest
 from ferry_runtime.metrics import Metrics, RequestRecorder
@@ -65,10 +76,65 @@ _WANTED_HEADERS = frozenset(
         b"content-encoding",
         b"expect",
         b"transfer-encoding",
+        b"host",
     }
 )
 # More queued pipelined requests than this on one connection and the server stops reading from it.
 _MAX_PIPELINED = 64
+# A body slower than the minimum rate is tolerated this long first (a client's connection warming up).
+_BODY_RATE_GRACE_SECONDS = 5.0
+# Longest Content-Length / Inference-Header-Content-Length value read: 18 digits cannot overflow int64.
+_MAX_LENGTH_DIGITS = 18
+
+# Why a request was refused before it reached a route: the `reason` of ferry_http_rejected_total.
+REQUEST_LINE_TOO_LONG = "request_line_too_long"
+HEADER_TOO_LARGE = "header_too_large"
+HEADER_TIMEOUT = "header_timeout"
+BODY_TIMEOUT = "body_timeout"
+BODY_TOO_LARGE = "body_too_large"
+MALFORMED = "malformed"
+HOST = "host"
+TRANSFER_CODING = "transfer_coding"
+REJECTION_REASONS = (
+    REQUEST_LINE_TOO_LONG,
+    HEADER_TOO_LARGE,
+    HEADER_TIMEOUT,
+    BODY_TIMEOUT,
+    BODY_TOO_LARGE,
+    MALFORMED,
+    HOST,
+    TRANSFER_CODING,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What one HTTP/1.1 client may cost; the `http_*` settings (settings.py documents each)."""
+
+    max_request_line_bytes: int
+    max_header_line_bytes: int
+    max_header_bytes: int
+    header_timeout_seconds: float
+    body_timeout_seconds: float
+    min_body_bytes_per_second: int
+
+
+class _Refusal(Exception):
+    """Raised from a parser callback to stop parsing: the request is answered `error` and not read on."""
+
+    def __init__(self, error: FerryError, reason: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.reason = reason
+
+
+def plain_length(value: bytes, header: str) -> int:
+    """A length header's value: plain decimal digits only (no sign, `_`, spaces inside or exponent)."""
+    digits = value.strip(b" \t")
+    if not digits.isdigit() or len(digits) > _MAX_LENGTH_DIGITS:
+        shown = value.decode("latin-1")
+        raise InvalidInput(f"{header} must be a non-negative decimal integer, got {shown!r}")
+    return int(digits)
 
 
 def http_response(
@@ -194,6 +260,9 @@ class RestApp:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.recorder = RequestRecorder(metrics, dataplane.model_name, "rest", "200")
+        self._rejected = metrics.http_rejected.setdefault(
+            dataplane.model_name, dict.fromkeys(REJECTION_REASONS, 0)
+        )
         self._routes: dict[bytes, _Route] = {}
         self._metadata_body: bytes | None = None
         # Built on the first response: the model is attached after the listeners start.
@@ -233,13 +302,24 @@ class RestApp:
                 return self._feedback(connection, route, body, keep_alive)
             response = self._get(route, keep_alive)
         except FerryError as error:
-            if route_is_infer(path):
+            # Every 5xx is counted, whatever the route: it is what an error-ratio alert must see.
+            if error.http_status >= 500 or route_is_infer(path):
                 self.recorder.record(str(error.http_status), time.perf_counter() - received)
             return error_response(error, keep_alive)
+        except Exception as error:  # a bug, never a client's mistake: answered 500 and counted
+            log.exception("unexpected failure handling %s %s", method.decode("latin-1"), path[:200])
+            self.recorder.record("500", time.perf_counter() - received)
+            return error_response(FerryError(f"internal error: {error}"), keep_alive)
         if method == b"HEAD":
             head, _, _ = response.partition(b"\r\n\r\n")
             return head + b"\r\n\r\n"
         return response
+
+    def refused(self, reason: str, status: int) -> None:
+        """Count a request refused by the transport (a 5xx among them in ferry_requests_total too)."""
+        self._rejected[reason] += 1
+        if status >= 500:
+            self.recorder.count(str(status))
 
     def _get(self, route: _Route, keep_alive: bool) -> bytes:
         plane = self.dataplane
@@ -303,13 +383,7 @@ class RestApp:
         json_length = None
         header_length = headers.get(b"inference-header-content-length")
         if header_length is not None:
-            try:
-                json_length = int(header_length)
-            except ValueError:
-                shown = header_length.decode("latin-1")
-                raise InvalidInput(
-                    f"Inference-Header-Content-Length must be an integer, got {shown!r}"
-                ) from None
+            json_length = plain_length(header_length, "Inference-Header-Content-Length")
         request = self.decoder.decode(body, json_length, route.model, route.version)
         slot = _Slot(keep_alive, received)
         plane = self.dataplane
@@ -428,10 +502,18 @@ class _Slot:
         self.streamed = False
 
 
+# Where a connection is in reading its current request; each phase has its own deadline (see `expire`).
+_FRESH = 0  # connected, no byte of a request yet: the header timeout runs from connection_made
+_IDLE = 1  # between keep-alive requests: the keep-alive timeout applies (RestServer._sweep)
+_HEADERS = 2  # the request line and headers are arriving: the header timeout runs from their first byte
+_BODY = 3  # the body is arriving: the body timeout (between reads) and the minimum rate apply
+
+
 class HttpConnection(asyncio.Protocol):
     def __init__(self, app: RestApp, server: RestServer) -> None:
         self.app = app
         self.server = server
+        self.limits = server.limits
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -446,7 +528,14 @@ class HttpConnection(asyncio.Protocol):
         self._rejected = False
         self._closed = False
         self._reading_paused = False
+        self._paused_at = 0.0
         self._received = 0.0
+        # Reading state: the phase, when it began, and the header bytes counted so far (see data_received).
+        self._phase = _FRESH
+        self._phase_since = self.last_active
+        self._header_bytes = 0
+        self._header_lines_bytes = 0
+        self._hosts = 0
         # Called once when the connection ends (a generation stops when its client goes away).
         self._on_close: dict[int, Callable[[], None]] = {}
 
@@ -467,14 +556,37 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._rejected:
-            return  # discarding the rest of an oversized body until the client closes
+            return  # discarding the rest of a refused request until the client closes
         self.last_active = self.loop.time()
+        began = self._phase == _HEADERS
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as error:
+            cause = error.__context__
+            if isinstance(cause, _Refusal):
+                self._reject(cause.error, cause.reason)
+            elif isinstance(cause, FerryError):
+                self._reject(cause, MALFORMED)
+            else:  # a bug in a callback: answered 500, counted, and the connection is not read on
+                log.error("unexpected failure parsing a request", exc_info=cause)
+                self.app.recorder.count("500")
+                self._reject(FerryError(f"internal error: {cause}"), MALFORMED)
+            return
         except httptools.HttpParserUpgrade:
-            self._reject(InvalidInput("protocol upgrades are not supported; speak HTTP/1.1"))
+            self._reject(InvalidInput("protocol upgrades are not supported; speak HTTP/1.1"), MALFORMED)
+            return
         except httptools.HttpParserError as error:
-            self._reject(InvalidInput(f"malformed HTTP request: {error}"))
+            self._reject(InvalidInput(f"malformed HTTP request: {error}"), MALFORMED)
+            return
+        # httptools hands a header over only once it is complete, accumulating it by concatenation (so
+        # an endless header costs quadratic time): the bytes of every chunk read while still inside one
+        # request's headers are counted here, so that is refused once it passes the limit. The chunk in
+        # which the request began is not counted (part of it may be the previous request), so the limit
+        # holds to within one read; `on_header` checks each line exactly.
+        if began and self._phase == _HEADERS:
+            self._header_bytes += len(data)
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._reject(self._headers_too_large(), HEADER_TOO_LARGE)
 
     def pause_writing(self) -> None:
         self._pause_reading()
@@ -489,39 +601,106 @@ class HttpConnection(asyncio.Protocol):
         self.headers = {}
         self._body = []
         self._body_size = 0
+        self._phase = _HEADERS
+        self._phase_since = self.last_active
+        self._header_bytes = 0
+        self._header_lines_bytes = 0
+        self._hosts = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > self.limits.max_request_line_bytes:
+            limit = self.limits.max_request_line_bytes
+            raise _Refusal(
+                UriTooLong(f"request target is longer than the {limit}-byte limit; starts {self.url[:64]!r}"),
+                REQUEST_LINE_TOO_LONG,
+            )
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        line = len(name) + len(value) + 4  # "name: value\r\n"
+        if line > self.limits.max_header_line_bytes:
+            shown = name[:64].decode("latin-1")
+            raise _Refusal(
+                HeaderFieldsTooLarge(
+                    f"header {shown!r} is {line} bytes; the limit for one header line is "
+                    f"{self.limits.max_header_line_bytes}"
+                ),
+                HEADER_TOO_LARGE,
+            )
+        self._header_lines_bytes += line
+        if self._header_lines_bytes > self.limits.max_header_bytes:
+            raise _Refusal(self._headers_too_large(), HEADER_TOO_LARGE)
         name = name.lower()
         if name in _WANTED_HEADERS:
+            if name == b"host":
+                self._hosts += 1
+            elif name == b"transfer-encoding" and name in self.headers:
+                value = self.headers[name] + b", " + value  # field lines combine into one list
             self.headers[name] = value
 
     def on_headers_complete(self) -> None:
-        length = self.headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.app.max_body_bytes:
-            self._reject(
-                PayloadTooLarge(
-                    f"request body of {int(length)} bytes exceeds the {self.app.max_body_bytes}-byte limit"
-                )
+        headers = self.headers
+        if self._hosts != 1 and self.parser.get_http_version() == "1.1":
+            raise _Refusal(
+                InvalidInput(
+                    "an HTTP/1.1 request needs exactly one Host header (RFC 9112 3.2), "
+                    f"this one has {self._hosts}"
+                ),
+                HOST,
             )
-            return
-        if self.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+        coding = headers.get(b"transfer-encoding")
+        if coding is not None:
+            self._check_transfer_coding(coding)
+        self._phase = _BODY
+        self._phase_since = self.last_active
+        length = headers.get(b"content-length")
+        if length is not None:
+            declared = plain_length(length, "Content-Length")  # the parser already refused anything else
+            if declared > self.app.max_body_bytes:
+                raise _Refusal(
+                    PayloadTooLarge(
+                        f"request body of {declared} bytes exceeds the {self.app.max_body_bytes}-byte limit"
+                    ),
+                    BODY_TOO_LARGE,
+                )
+        if headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
             self.transport.write(_CONTINUE)
 
+    def _check_transfer_coding(self, value: bytes) -> None:
+        codings = [coding.strip().lower() for coding in value.split(b",")]
+        shown = value.decode("latin-1")
+        if codings[-1] != b"chunked":
+            # RFC 9112 6.3: without chunked last the body's length cannot be known: 400 and close.
+            raise _Refusal(
+                InvalidInput(f"Transfer-Encoding {shown!r}: chunked must be the final transfer coding"),
+                TRANSFER_CODING,
+            )
+        if len(codings) > 1:
+            # RFC 9112 6.1: a transfer coding the server does not implement is answered 501.
+            raise _Refusal(
+                TransferCodingNotImplemented(
+                    f"Transfer-Encoding {shown!r} is not supported: send the body with 'chunked' alone "
+                    f"(compress it with Content-Encoding: gzip instead)"
+                ),
+                TRANSFER_CODING,
+            )
+
+    def _headers_too_large(self) -> HeaderFieldsTooLarge:
+        return HeaderFieldsTooLarge(
+            f"request header section is larger than the {self.limits.max_header_bytes}-byte limit"
+        )
+
     def on_body(self, body: bytes) -> None:
-        if self._rejected:
-            return
         self._body_size += len(body)
         if self._body_size > self.app.max_body_bytes:
-            self._reject(PayloadTooLarge(f"request body exceeds the {self.app.max_body_bytes}-byte limit"))
-            return
+            raise _Refusal(
+                PayloadTooLarge(f"request body exceeds the {self.app.max_body_bytes}-byte limit"),
+                BODY_TOO_LARGE,
+            )
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._rejected:
-            return
+        self._phase = _IDLE
         received = time.perf_counter()
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         keep_alive = self.parser.should_keep_alive() and not self.draining
@@ -532,6 +711,7 @@ class HttpConnection(asyncio.Protocol):
             response = error_response(error, keep_alive)
         except Exception as error:
             log.exception("unexpected failure handling %s %s", method, self.url)
+            self.app.recorder.record("500", time.perf_counter() - received)
             response = error_response(FerryError(f"internal error: {error}"), keep_alive)
         if response is not None:
             if not self._slots:
@@ -542,6 +722,44 @@ class HttpConnection(asyncio.Protocol):
             self.respond(self.reserve(_Slot(keep_alive, received)), response, keep_alive)
         elif len(self._slots) >= _MAX_PIPELINED:
             self._pause_reading()
+
+    # --- deadlines ---
+
+    def expire(self, now: float) -> None:
+        """Close a connection whose client is too slow sending its request (called by the sweep)."""
+        if self._reading_paused or self._rejected or self._closed:
+            return  # the server, not the client, is holding the request up
+        phase, elapsed, limits = self._phase, now - self._phase_since, self.limits
+        if phase == _FRESH:
+            if elapsed > limits.header_timeout_seconds:
+                self._rejected = True
+                self.app.refused(HEADER_TIMEOUT, RequestTimeout.http_status)
+                self.close()  # nothing was asked, so nothing is answered
+        elif phase == _HEADERS:
+            if elapsed > limits.header_timeout_seconds:
+                self._time_out(
+                    f"the request's headers took longer than {limits.header_timeout_seconds:g} s",
+                    HEADER_TIMEOUT,
+                )
+        elif phase == _BODY:
+            if now - self.last_active > limits.body_timeout_seconds:
+                self._time_out(f"no request body data for {limits.body_timeout_seconds:g} s", BODY_TIMEOUT)
+            elif (
+                limits.min_body_bytes_per_second
+                and elapsed > _BODY_RATE_GRACE_SECONDS
+                and self._body_size < limits.min_body_bytes_per_second * elapsed
+            ):
+                self._time_out(
+                    f"the request body arrives at {self._body_size / elapsed:.0f} bytes/s, slower than "
+                    f"the minimum of {limits.min_body_bytes_per_second} bytes/s",
+                    BODY_TIMEOUT,
+                )
+
+    def _time_out(self, message: str, reason: str) -> None:
+        error = RequestTimeout(f"{message}; closing the connection")
+        self._rejected = True
+        self.app.refused(reason, error.http_status)
+        self._write(error_response(error, keep_alive=False), keep_alive=False)
 
     # --- responses ---
 
@@ -617,9 +835,10 @@ class HttpConnection(asyncio.Protocol):
             self._closed = True
             self.transport.close()
 
-    def _reject(self, error: FerryError) -> None:
-        """Answer a request whose body will not be read, then stop reading from this connection."""
+    def _reject(self, error: FerryError, reason: str) -> None:
+        """Answer a request that will not be read on, then stop reading from this connection."""
         self._rejected = True
+        self.app.refused(reason, error.http_status)
         data = error_response(error, keep_alive=False)
         if self._slots:
             self.respond(self.reserve(_Slot(False, 0.0)), data, keep_alive=False)
@@ -637,18 +856,24 @@ class HttpConnection(asyncio.Protocol):
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None and not self._closed:
             self._reading_paused = True
+            self._paused_at = self.loop.time()
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
         if self._reading_paused and self.transport is not None and not self._closed:
             self._reading_paused = False
+            # Time spent paused by the server does not count against the client's deadlines.
+            now = self.loop.time()
+            self._phase_since += now - self._paused_at
+            self.last_active = now
             self.transport.resume_reading()
 
 
 class RestServer:
-    def __init__(self, app: RestApp, keepalive_timeout: float) -> None:
+    def __init__(self, app: RestApp, keepalive_timeout: float, limits: HttpLimits) -> None:
         self.app = app
         self.keepalive_timeout = keepalive_timeout
+        self.limits = limits
         self.loop = asyncio.get_running_loop()
         self.connections: set[HttpConnection] = set()
         self.draining = False
@@ -656,6 +881,8 @@ class RestServer:
         self._sweeper: asyncio.TimerHandle | None = None
         # A streamed response stops when its client leaves more than this unread (slow-reader bound).
         self.max_stream_buffer = 1024 * 1024
+        # The sweep runs often enough that a connection outlives its deadline by at most a quarter of it.
+        self._sweep_every = min(1.0, limits.header_timeout_seconds / 4, limits.body_timeout_seconds / 4)
 
     async def start(self, host: str, port: int) -> int:
         factory: Callable[[], HttpConnection] = lambda: HttpConnection(self.app, self)  # noqa: E731
@@ -666,13 +893,16 @@ class RestServer:
 
     def _sweep(self) -> None:
         # One timer for all connections instead of one per request: close keep-alive connections idle
-        # past the timeout (or, while draining, idle for a moment after their last response).
+        # past the timeout (or, while draining, idle for a moment after their last response), and those
+        # whose client is too slow sending a request.
         now = self.loop.time()
         limit = 0.25 if self.draining else self.keepalive_timeout
         for connection in list(self.connections):
             if connection.idle() and now - connection.last_active > limit:
                 connection.close()
-        self._sweeper = self.loop.call_later(0.05 if self.draining else 1.0, self._sweep)
+            else:
+                connection.expire(now)
+        self._sweeper = self.loop.call_later(0.05 if self.draining else self._sweep_every, self._sweep)
 
     async def drain(self, grace_seconds: float) -> None:
         """Stop accepting connections, let in-flight requests finish (answered with Connection: close)."""
