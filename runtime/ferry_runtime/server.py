@@ -22,6 +22,7 @@ from ferry_runtime.generative.model import GenerationLimits, GenerativeModel
 from ferry_runtime.metrics import BatchRecorder, Metrics
 from ferry_runtime.model import ModelMetadata, TensorSpec
 from ferry_runtime.onnx_model import OnnxModel, OnnxModelConfig, find_model_file
+from ferry_runtime.protocol.grpc.http2 import Http2Limits
 from ferry_runtime.protocol.grpc.server import GrpcServer, InferenceService
 from ferry_runtime.protocol.rest.generate import GenerativeApi
 from ferry_runtime.protocol.rest.server import RestApp, RestServer
@@ -65,7 +66,15 @@ class Runtime:
         self.http_port = await rest.start(settings.host, settings.http_port)
         grpc_server: GrpcServer | None = None
         if settings.grpc_port:
-            grpc_server = GrpcServer(InferenceService(self.dataplane, self.metrics), settings.max_body_bytes)
+            limits = Http2Limits(
+                max_concurrent_streams=settings.http2_max_concurrent_streams,
+                max_header_list_bytes=settings.http2_max_header_list_bytes,
+                max_header_block_bytes=settings.http2_max_header_block_bytes,
+                max_frame_bytes=settings.http2_max_frame_bytes,
+                initial_stream_window_bytes=settings.http2_initial_stream_window_bytes,
+                max_message_bytes=settings.max_body_bytes,
+            )
+            grpc_server = GrpcServer(InferenceService(self.dataplane, self.metrics), limits, self.metrics)
             self.grpc_port = await grpc_server.start(settings.host, settings.grpc_port)
         log.info(
             "listening: REST on %s:%d, gRPC on %s",
