@@ -47,7 +47,13 @@ ERROR_NAMES = {
     0x9: "COMPRESSION_ERROR",
     0xB: "ENHANCE_YOUR_CALM",
 }
-GRPC_STATUS_NAMES = {b"0": "OK", b"3": "INVALID_ARGUMENT", b"8": "RESOURCE_EXHAUSTED", b"12": "UNIMPLEMENTED"}
+GRPC_STATUS_NAMES = {
+    b"0": "OK",
+    b"3": "INVALID_ARGUMENT",
+    b"8": "RESOURCE_EXHAUSTED",
+    b"12": "UNIMPLEMENTED",
+    b"13": "INTERNAL",
+}
 MODEL_INFER = b"/inference.GRPCInferenceService/ModelInfer"
 
 
