@@ -82,6 +82,11 @@ MAX_STATUS_MESSAGE_BYTES: Final = 4096
 # small calls do not cost a WINDOW_UPDATE each (the connection window has this much slack for it).
 RELEASE_THRESHOLD: Final = 1 << 20
 
+# Request bytes one connection may have processed in one event-loop iteration before it yields to the
+# others: libuv reads a readable socket up to 32 times per wake-up, so a client that floods (PINGs,
+# SETTINGS, tiny frames) could otherwise hold the loop for a second per wake-up.
+READ_TURN_BYTES: Final = 256 * 1024
+
 # Why a connection or stream was refused: the `reason` label of ferry_http2_rejected_total.
 REJECTION_REASONS: Final = (
     "refused_stream",  # more concurrent streams than SETTINGS_MAX_CONCURRENT_STREAMS: RST REFUSED_STREAM
@@ -365,6 +370,10 @@ class GrpcConnection(asyncio.Protocol):
         self._goaway_sent = False
         self._closed = False
         self._write_paused = False
+        # Bytes processed in this event-loop iteration; past READ_TURN_BYTES reading waits for the next.
+        self._turn_bytes = 0
+        self._turn_over = False
+        self._reading_paused = False
         # Peer settings that shape what this side sends.
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_frame = DEFAULT_FRAME_SIZE
@@ -417,18 +426,36 @@ class GrpcConnection(asyncio.Protocol):
         # what was already read) until it does, so its requests cannot pile up responses here.
         self._write_paused = True
         self.server.read_pauses[0] += 1
-        if self.transport is not None and not self._closed:
-            self.transport.pause_reading()
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self.transport is not None and not self._closed:
-            self.transport.resume_reading()
+        self._update_reading()
+        if not self._closed:
             self.data_received(b"")
+
+    def _update_reading(self) -> None:
+        paused = self._write_paused or self._turn_over
+        if paused != self._reading_paused and self.transport is not None and not self._closed:
+            self._reading_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def _next_turn(self) -> None:
+        self._turn_bytes = 0
+        self._turn_over = False
+        self._update_reading()
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
+        self._turn_bytes += len(data)
+        if self._turn_bytes > READ_TURN_BYTES and not self._turn_over:
+            self._turn_over = True
+            self._update_reading()
+            self.loop.call_soon(self._next_turn)
         try:
             if not self._preface_seen:
                 if len(buffer) < len(PREFACE):
