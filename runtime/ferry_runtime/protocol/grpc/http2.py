@@ -819,7 +819,7 @@ class GrpcConnection(asyncio.Protocol):
             self._grant(stream, padding)
         stream.data_received += len(payload)
         if 0 <= stream.content_length < stream.data_received:
-            self._release(len(payload))
+            self._release(len(payload))  # not in the body yet; the body is released with the stream
             self._stream_error(stream, PROTOCOL_ERROR, "malformed_request")
             return
         if stream.method is None:
@@ -905,8 +905,7 @@ class GrpcConnection(asyncio.Protocol):
     def _end_of_request(self, stream: _Stream) -> None:
         stream.remote_done = True
         if 0 <= stream.content_length != stream.data_received:
-            self._release(len(stream.body))
-            self._stream_error(stream, PROTOCOL_ERROR, "malformed_request")
+            self._stream_error(stream, PROTOCOL_ERROR, "malformed_request")  # releases the body
             return
         handler = stream.method
         body = stream.body
