@@ -385,6 +385,7 @@ class GrpcConnection(asyncio.Protocol):
         self._recv_window = max(limits.connection_window_bytes, DEFAULT_WINDOW)
         self._released = 0
         self._reservable = limits.reservable_bytes
+        self._initial_window = limits.initial_stream_window_bytes
         self._waiting_for_reservation: list[_Stream] = []
         # Until the client acknowledges this side's SETTINGS it may still use the default window.
         self._stream_window = max(limits.initial_stream_window_bytes, DEFAULT_WINDOW)
@@ -845,7 +846,10 @@ class GrpcConnection(asyncio.Protocol):
                     )
                     self._reset(stream, NO_ERROR)
                     return
-                self._reserve(stream, 5 + declared)
+                if 5 + declared <= self._initial_window:
+                    stream.reserved = -5 - declared  # fits the initial window: nothing to reserve
+                else:
+                    self._reserve(stream, 5 + declared)
             elif stream.reserved and len(body) > abs(stream.reserved):
                 self._release(len(body))
                 stream.body = bytearray()
@@ -878,9 +882,6 @@ class GrpcConnection(asyncio.Protocol):
         budget before the client may send more than that window: streams that could not all complete
         never share the connection's window (first come, first served)."""
         stream.reserved = need
-        if need <= self.limits.initial_stream_window_bytes:
-            stream.reserved = -need  # fits the initial window: nothing to reserve
-            return
         if self._waiting_for_reservation or need > self._reservable:
             self._waiting_for_reservation.append(stream)
             return
@@ -888,11 +889,13 @@ class GrpcConnection(asyncio.Protocol):
         self._grant(stream, need - stream.data_received - stream.recv_window)
 
     def _unreserve(self, stream: _Stream) -> None:
-        if stream.reserved > self.limits.initial_stream_window_bytes:
-            if stream in self._waiting_for_reservation:
-                self._waiting_for_reservation.remove(stream)
-            else:
-                self._reservable += stream.reserved
+        if stream.reserved <= self._initial_window:
+            stream.reserved = 0  # held nothing of the reservable budget: nobody waiting can move up
+            return
+        if stream in self._waiting_for_reservation:
+            self._waiting_for_reservation.remove(stream)
+        else:
+            self._reservable += stream.reserved
         stream.reserved = 0
         while self._waiting_for_reservation:
             waiting = self._waiting_for_reservation[0]
