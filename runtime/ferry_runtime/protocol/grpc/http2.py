@@ -32,6 +32,7 @@ import re
 import struct
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, cast
@@ -365,7 +366,7 @@ class GrpcConnection(asyncio.Protocol):
         self._decoder = Decoder(max_list_size=limits.max_header_list_bytes)
         self._streams: dict[int, _Stream] = {}
         # Streams no longer open, newest last (bounded): how frames that arrive late for them are met.
-        self._ended: dict[int, int] = {}
+        self._ended: OrderedDict[int, int] = OrderedDict()
         self._last_stream_id = 0
         self._goaway_sent = False
         self._closed = False
@@ -386,6 +387,8 @@ class GrpcConnection(asyncio.Protocol):
         self._released = 0
         self._reservable = limits.reservable_bytes
         self._initial_window = limits.initial_stream_window_bytes
+        self._block_cap = limits.max_header_block_bytes
+        self._ended_cap = 2 * limits.max_concurrent_streams + 16
         self._waiting_for_reservation: list[_Stream] = []
         # Until the client acknowledges this side's SETTINGS it may still use the default window.
         self._stream_window = max(limits.initial_stream_window_bytes, DEFAULT_WINDOW)
@@ -634,6 +637,12 @@ class GrpcConnection(asyncio.Protocol):
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise Http2ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
+        if flags & (PADDED | PRIORITY_FLAG | END_HEADERS) == END_HEADERS:
+            # The usual request: one whole block, no padding or priority.
+            if len(payload) + 9 > self._block_cap:
+                self._block_too_large()
+            self._header_block(stream_id, flags, payload)
+            return
         start, end = 0, len(payload)
         if flags & PADDED:
             if not payload:
@@ -651,22 +660,21 @@ class GrpcConnection(asyncio.Protocol):
         # From here on the priority flag means "depends on itself" (a stream error once it is open).
         flags = flags | PRIORITY_FLAG if depends_on_itself else flags & ~PRIORITY_FLAG
         self._continuing_size = len(fragment) + 9
-        self._check_block_size()
+        if self._continuing_size > self._block_cap:
+            self._block_too_large()
         if flags & END_HEADERS:
             self._header_block(stream_id, flags, fragment)
         else:
             self._continuing = (stream_id, flags, [fragment])
 
-    def _check_block_size(self) -> None:
+    def _block_too_large(self) -> None:
         # Each frame's 9-byte header counts too, so a flood of empty CONTINUATION frames reaches the
         # cap as surely as one large block does (and each costs constant work until then).
-        cap = self.limits.max_header_block_bytes
-        if self._continuing_size > cap:
-            raise Http2ConnectionError(
-                ENHANCE_YOUR_CALM,
-                f"header block of more than {cap} bytes (frame headers included)",
-                "header_block_too_large",
-            )
+        raise Http2ConnectionError(
+            ENHANCE_YOUR_CALM,
+            f"header block of more than {self._block_cap} bytes (frame headers included)",
+            "header_block_too_large",
+        )
 
     def _continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         continuing = self._continuing
@@ -674,7 +682,8 @@ class GrpcConnection(asyncio.Protocol):
             raise Http2ConnectionError(PROTOCOL_ERROR, "CONTINUATION without a header block to continue")
         continuing[2].append(payload)
         self._continuing_size += len(payload) + 9
-        self._check_block_size()
+        if self._continuing_size > self._block_cap:
+            self._block_too_large()
         if flags & END_HEADERS:
             self._continuing = None
             self._header_block(stream_id, continuing[1], b"".join(continuing[2]))
@@ -1058,8 +1067,8 @@ class GrpcConnection(asyncio.Protocol):
     def _remember(self, stream_id: int, how: int) -> None:
         ended = self._ended
         ended[stream_id] = how
-        if len(ended) > 2 * self.limits.max_concurrent_streams + 16:
-            del ended[next(iter(ended))]
+        if len(ended) > self._ended_cap:
+            ended.popitem(last=False)
 
     def _forget(self, stream: _Stream, how: int) -> None:
         if self._streams.pop(stream.id, None) is None:
