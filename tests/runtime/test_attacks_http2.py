@@ -38,6 +38,7 @@ EXPECTED = {
         'ferry_http2_rejected_total{reason="header_list_too_large"}',
     ),
     "ping-flood": ("server stopped reading", "ferry_http2_read_pauses_total"),
+    "settings-flood": ("server stopped reading", "ferry_http2_read_pauses_total"),
     "flow-control": ("RST FLOW_CONTROL_ERROR", 'ferry_http2_rejected_total{reason="flow_control"}'),
     "long-grpc-message": ("grpc-status UNIMPLEMENTED", None),
 }
