@@ -204,6 +204,16 @@ GOFAKES3 = Component(
     binaries=(Binary("gofakes3", "github.com/johannesboyne/gofakes3/cmd/gofakes3"),),
 )
 
+# The HTTP/2 conformance suite (RFC 9113, RFC 7541) the runtime's own gRPC transport is tested against
+# (tests/runtime/test_h2spec.py). v2.2.1 is its last release; it has no go.mod, hence +incompatible.
+H2SPEC = Component(
+    name="h2spec",
+    module="github.com/summerwind/h2spec",
+    binaries=(Binary("h2spec", "github.com/summerwind/h2spec/cmd/h2spec"),),
+    # as h2spec's Makefile: its version into main.VERSION (the source says 2.0.0)
+    stamps=("main.VERSION={version}",),
+)
+
 ALL: tuple[Component, ...] = (
     KUBERNETES,
     ETCD,
@@ -215,4 +225,5 @@ ALL: tuple[Component, ...] = (
     COREDNS,
     PROMETHEUS_ADAPTER,
     GOFAKES3,
+    H2SPEC,
 )

@@ -99,6 +99,10 @@ class Metrics(Collector):
         self.drift: dict[str, DriftMonitor] = {}
         # model -> accuracy measured by the optimizer on its validation data (reference.json).
         self.reference_accuracy: dict[str, float] = {}
+        # The gRPC port's HTTP/2 transport writes these: refusals by reason, and how often a connection
+        # stopped reading because its client did not read its responses (a one-element list).
+        self.http2_rejected: dict[str, int] = {}
+        self.http2_read_pauses: list[int] = [0]
         self.in_flight = Gauge(
             "ferry_requests_in_flight",
             "Inference requests received and not yet answered.",
@@ -221,6 +225,23 @@ class Metrics(Collector):
             yield _histogram(name, help_text, ["model"], {(model,): dist for model, dist in store.items()})
         yield from self._collect_quality()
         yield from self._collect_generation()
+        yield from self._collect_http2()
+
+    def _collect_http2(self) -> Iterator[Metric]:
+        rejected = CounterMetricFamily(
+            "ferry_http2_rejected",
+            "gRPC port: HTTP/2 streams and connections refused, by reason (docs/runtime.md HTTP/2 limits).",
+            labels=["reason"],
+        )
+        for reason, count in self.http2_rejected.items():
+            rejected.add_metric([reason], count)
+        yield rejected
+        pauses = CounterMetricFamily(
+            "ferry_http2_read_pauses",
+            "gRPC port: times a connection stopped reading because its client did not read its responses.",
+        )
+        pauses.add_metric([], self.http2_read_pauses[0])
+        yield pauses
 
     def _collect_quality(self) -> Iterator[Metric]:
         scored = CounterMetricFamily(

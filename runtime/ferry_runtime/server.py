@@ -22,6 +22,7 @@ from ferry_runtime.generative.model import GenerationLimits, GenerativeModel
 from ferry_runtime.metrics import BatchRecorder, Metrics
 from ferry_runtime.model import ModelMetadata, TensorSpec
 from ferry_runtime.onnx_model import OnnxModel, OnnxModelConfig, find_model_file
+from ferry_runtime.protocol.grpc.http2 import Http2Limits
 from ferry_runtime.protocol.grpc.server import GrpcServer, InferenceService
 from ferry_runtime.protocol.rest.generate import GenerativeApi
 from ferry_runtime.protocol.rest.server import HttpLimits, RestApp, RestServer
@@ -61,7 +62,7 @@ class Runtime:
         )
         self.metrics.model_ready.labels(name).set(0)
         self._rest_app = RestApp(self.dataplane, self.metrics, settings.max_body_bytes)
-        limits = HttpLimits(
+        http_limits = HttpLimits(
             max_request_line_bytes=settings.http_max_request_line_bytes,
             max_header_line_bytes=settings.http_max_header_line_bytes,
             max_header_bytes=settings.http_max_header_bytes,
@@ -69,11 +70,19 @@ class Runtime:
             body_timeout_seconds=settings.http_body_timeout_seconds,
             min_body_bytes_per_second=settings.http_min_body_bytes_per_second,
         )
-        rest = RestServer(self._rest_app, settings.keepalive_timeout_seconds, limits)
+        rest = RestServer(self._rest_app, settings.keepalive_timeout_seconds, http_limits)
         self.http_port = await rest.start(settings.host, settings.http_port)
         grpc_server: GrpcServer | None = None
         if settings.grpc_port:
-            grpc_server = GrpcServer(InferenceService(self.dataplane, self.metrics), settings.max_body_bytes)
+            http2_limits = Http2Limits(
+                max_concurrent_streams=settings.http2_max_concurrent_streams,
+                max_header_list_bytes=settings.http2_max_header_list_bytes,
+                max_header_block_bytes=settings.http2_max_header_block_bytes,
+                max_frame_bytes=settings.http2_max_frame_bytes,
+                initial_stream_window_bytes=settings.http2_initial_stream_window_bytes,
+                max_message_bytes=settings.max_body_bytes,
+            )
+            grpc_server = GrpcServer(InferenceService(self.dataplane, self.metrics), http2_limits, self.metrics)
             self.grpc_port = await grpc_server.start(settings.host, settings.grpc_port)
         log.info(
             "listening: REST on %s:%d, gRPC on %s",

@@ -142,6 +142,34 @@ class RuntimeSettings:
         "prefilled in chunks); lower bounds how long new requests stall running streams, higher gives "
         "a burst of new requests its first tokens sooner.",
     )
+    # --- HTTP/2 limits (the gRPC port; docs/runtime.md "HTTP/2 limits") ---
+    http2_max_concurrent_streams: int = _setting(
+        100,
+        "gRPC port: streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS); more are "
+        "refused with RST_STREAM REFUSED_STREAM.",
+    )
+    http2_max_header_list_bytes: int = _setting(
+        16384,
+        "gRPC port: largest decoded request header list (SETTINGS_MAX_HEADER_LIST_SIZE, counted as "
+        "RFC 9113 does); larger is answered RESOURCE_EXHAUSTED (HTTP 431 for a non-gRPC request).",
+    )
+    http2_max_header_block_bytes: int = _setting(
+        65536,
+        "gRPC port: largest compressed header block, HEADERS and CONTINUATION frames with their 9-byte "
+        "frame headers; larger closes the connection with GOAWAY ENHANCE_YOUR_CALM.",
+    )
+    http2_max_frame_bytes: int = _setting(
+        16384,
+        "gRPC port: largest frame accepted (SETTINGS_MAX_FRAME_SIZE, 16384-16777215); larger closes the "
+        "connection with GOAWAY FRAME_SIZE_ERROR.",
+    )
+    http2_initial_stream_window_bytes: int = _setting(
+        65535,
+        "gRPC port: each stream's receive window (SETTINGS_INITIAL_WINDOW_SIZE); a message larger than "
+        "it is given its whole size from the connection window once its length prefix arrives. The "
+        "connection window (the bytes one connection buffers) is max_body_bytes plus this for every "
+        "concurrent stream plus 1 MiB; a client that overruns a window gets FLOW_CONTROL_ERROR.",
+    )
     drift_reference: Path | None = field(
         default=None,
         metadata={
@@ -168,6 +196,10 @@ class RuntimeSettings:
             "http_max_request_line_bytes",
             "http_max_header_line_bytes",
             "http_max_header_bytes",
+            "http2_max_concurrent_streams",
+            "http2_max_header_list_bytes",
+            "http2_max_header_block_bytes",
+            "http2_initial_stream_window_bytes",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -185,6 +217,13 @@ class RuntimeSettings:
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 16384 <= self.http2_max_frame_bytes <= 2**24 - 1:
+            problems.append(f"http2_max_frame_bytes must be 16384-16777215, got {self.http2_max_frame_bytes}")
+        if self.http2_initial_stream_window_bytes > 2**31 - 1:
+            problems.append(
+                f"http2_initial_stream_window_bytes must be at most 2^31-1, got "
+                f"{self.http2_initial_stream_window_bytes}"
+            )
         if self.drift_sample_every < 1:
             problems.append(f"drift_sample_every must be at least 1, got {self.drift_sample_every}")
         for name in ("http_header_timeout_seconds", "http_body_timeout_seconds"):

@@ -286,3 +286,22 @@ def test_a_changed_header_table_size_is_acknowledged_in_the_next_header_block(
     headers = [dict(decoder.decode(block)) for block in blocks]
     assert headers[0][b":status"] == b"200"
     assert headers[-1][b"grpc-status"] == b"0"
+
+
+def test_concurrent_large_messages_share_the_connection_window_without_deadlock(
+    digits_server: RuntimeProcess, digits: DigitsModel
+) -> None:
+    # The server runs with --max-body-bytes 1000000: its connection window holds one such message beside
+    # the streams' initial windows, so eight ~900 kB calls on one connection must take turns for it
+    # (each reserves its size when its length prefix arrives) and every one must still complete.
+    images = np.resize(digits.test_images, (3500, 64))
+    expected = np.resize(digits.expected_labels, 3500)
+    with grpc.insecure_channel(digits_server.grpc) as channel:
+        infer = _infer_call(channel)
+        futures = [infer.future(_request(images), timeout=60) for _ in range(8)]
+        responses = [future.result() for future in futures]
+    for response in responses:
+        label = next(i for i, tensor in enumerate(response.outputs) if tensor.name == "label")
+        np.testing.assert_array_equal(
+            np.frombuffer(response.raw_output_contents[label], dtype=np.int64), expected
+        )

@@ -134,30 +134,34 @@ _LONGEST: Final = max(_CODE_LENGTHS)
 
 
 def huffman_decode(data: bytes) -> bytes:
-    value = int.from_bytes(data, "big")
-    remaining = len(data) * 8
+    # Bits are taken from a small accumulator a byte at a time, so the cost is linear in the string's
+    # length (shifting one big integer of the whole string per symbol would be quadratic).
     out = bytearray()
     decode = _DECODE
-    while remaining >= _SHORTEST:
-        length = _SHORTEST
-        while True:
-            if length > remaining:
-                # Only padding is left: at most 7 bits, all ones (the most significant bits of EOS).
-                if remaining > 7 or value & ((1 << remaining) - 1) != (1 << remaining) - 1:
-                    raise HpackError("invalid Huffman padding")
-                return bytes(out)
-            code = (value >> (remaining - length)) & ((1 << length) - 1)
-            symbol = decode.get((length, code))
-            if symbol is not None:
-                break
-            length += 1
-            if length > _LONGEST:
-                raise HpackError("invalid Huffman code")
-        if symbol == _EOS:
-            raise HpackError("Huffman-coded string contains EOS")
-        out.append(symbol)
-        remaining -= length
-    if value & ((1 << remaining) - 1) != (1 << remaining) - 1:
+    accumulator = 0
+    bits = 0
+    for byte in data:
+        accumulator = (accumulator << 8) | byte
+        bits += 8
+        while bits >= _SHORTEST:
+            length = _SHORTEST
+            symbol = None
+            while length <= bits:
+                symbol = decode.get((length, (accumulator >> (bits - length)) & ((1 << length) - 1)))
+                if symbol is not None:
+                    break
+                length += 1
+                if length > _LONGEST:
+                    raise HpackError("invalid Huffman code")
+            if symbol is None:
+                break  # the next symbol needs more bits
+            if symbol == _EOS:
+                raise HpackError("Huffman-coded string contains EOS")
+            out.append(symbol)
+            bits -= length
+            accumulator &= (1 << bits) - 1
+    # What is left must be padding: at most 7 bits, all ones (the most significant bits of EOS).
+    if bits > 7 or accumulator != (1 << bits) - 1:
         raise HpackError("invalid Huffman padding")
     return bytes(out)
 
@@ -207,23 +211,46 @@ def encode_literal_indexed_name(static_index: int, value: bytes) -> bytes:
 
 
 _ENTRY_OVERHEAD: Final = 32
-_HUFFMAN_MEMO_LIMIT: Final = 1024
-_BLOCK_MEMO_LIMIT: Final = 256
+# The memos below are bounded in bytes (keys and values together, per connection), and only short
+# strings and blocks are remembered: a client's repeated calls are a few bytes each, and a client that
+# sends large or ever-different ones gains nothing from a memo but would otherwise grow it.
+_MEMO_BYTES: Final = 64 * 1024
+_MEMO_HUFFMAN_STRING: Final = 256
+_MEMO_BLOCK: Final = 512
+
+
+class HeaderListTooLarge(Exception):
+    """The decoded header list is larger than the decoder's limit (RFC 9113 SETTINGS_MAX_HEADER_LIST_SIZE).
+
+    The whole block was still decoded (the dynamic table is consistent for the next block); `headers`
+    holds the fields that fit under the limit, `size` the size the whole list would have had."""
+
+    def __init__(self, size: int, limit: int, headers: list[Header]) -> None:
+        super().__init__(f"header list of {size} bytes exceeds {limit}")
+        self.size = size
+        self.limit = limit
+        self.headers = headers
 
 
 class Decoder:
     """One connection's decoding state (its dynamic table); feed it every header block in order."""
 
-    def __init__(self, max_table_size: int = 4096) -> None:
+    def __init__(self, max_table_size: int = 4096, max_list_size: int = 1 << 62) -> None:
         # The most the peer may use: what this side advertised as SETTINGS_HEADER_TABLE_SIZE.
         self.max_allowed_size = max_table_size
+        # Fields beyond this decoded size (name + value + 32 each, as RFC 9113 counts) are dropped
+        # and the block ends in HeaderListTooLarge: a few bytes of references to one large table
+        # entry must not become megabytes of headers.
+        self.max_list_size = max_list_size
         self._max_size = max_table_size
         self._size = 0
         self._table: deque[Header] = deque()
         self._huffman: dict[bytes, bytes] = {}
+        self._huffman_bytes = 0
         # Blocks whose decoding left the table unchanged decode the same way until the table changes:
         # a client's repeated calls send the same few bytes of indexed references every time.
         self._blocks: dict[bytes, list[Header]] = {}
+        self._block_bytes = 0
         self._changed = False
 
     def decode(self, block: bytes) -> list[Header]:
@@ -235,10 +262,14 @@ class Decoder:
         headers = self._decode(block)
         if self._changed:
             self._blocks.clear()
-        else:
-            if len(self._blocks) >= _BLOCK_MEMO_LIMIT:
+            self._block_bytes = 0
+        elif len(block) <= _MEMO_BLOCK:
+            cost = len(block) + sum(len(name) + len(value) + _ENTRY_OVERHEAD for name, value in headers)
+            if self._block_bytes + cost > _MEMO_BYTES:
                 self._blocks.clear()
+                self._block_bytes = 0
             self._blocks[block] = headers
+            self._block_bytes += cost
         return headers
 
     def _decode(self, block: bytes) -> list[Header]:
@@ -247,19 +278,21 @@ class Decoder:
         end = len(block)
         static = STATIC_TABLE
         static_count = len(static)
+        list_size = 0
+        limit = self.max_list_size
         while position < end:
             byte = block[position]
             if byte & 0x80:  # indexed header field
                 index, position = decode_integer(block, position, 7)
-                headers.append(self._entry(index, static, static_count))
-                continue
-            if byte & 0x40:  # literal with incremental indexing
+                header = self._entry(index, static, static_count)
+            elif byte & 0x40:  # literal with incremental indexing
                 index, position = decode_integer(block, position, 6)
                 header, position = self._literal(block, position, index, static, static_count)
-                headers.append(header)
                 self._add(header)
-                continue
-            if byte & 0x20:  # dynamic table size update
+            elif byte & 0x20:  # dynamic table size update
+                if headers or list_size:
+                    # RFC 7541 4.2: only at the beginning of a header block.
+                    raise HpackError("dynamic table size update after a header field")
                 size, position = decode_integer(block, position, 5)
                 if size > self.max_allowed_size:
                     raise HpackError(f"table size update to {size} exceeds {self.max_allowed_size}")
@@ -267,10 +300,15 @@ class Decoder:
                 self._changed = True
                 self._evict(0)
                 continue
-            # literal without indexing (0000) or never indexed (0001)
-            index, position = decode_integer(block, position, 4)
-            header, position = self._literal(block, position, index, static, static_count)
-            headers.append(header)
+            else:  # literal without indexing (0000) or never indexed (0001)
+                index, position = decode_integer(block, position, 4)
+                header, position = self._literal(block, position, index, static, static_count)
+            list_size += len(header[0]) + len(header[1]) + _ENTRY_OVERHEAD
+            if list_size <= limit:
+                headers.append(header)
+        if list_size > limit:
+            self._changed = True  # never remembered
+            raise HeaderListTooLarge(list_size, limit, headers)
         return headers
 
     def _entry(self, index: int, static: tuple[Header, ...], static_count: int) -> Header:
@@ -305,9 +343,13 @@ class Decoder:
         decoded = self._huffman.get(raw)
         if decoded is None:
             decoded = huffman_decode(raw)
-            if len(self._huffman) >= _HUFFMAN_MEMO_LIMIT:
-                self._huffman.clear()
-            self._huffman[raw] = decoded
+            if length <= _MEMO_HUFFMAN_STRING:
+                cost = length + len(decoded)
+                if self._huffman_bytes + cost > _MEMO_BYTES:
+                    self._huffman.clear()
+                    self._huffman_bytes = 0
+                self._huffman[raw] = decoded
+                self._huffman_bytes += cost
         return decoded, end
 
     def _add(self, header: Header) -> None:

@@ -23,7 +23,7 @@ from ferry_runtime.inference import InferenceRequest
 from ferry_runtime.metrics import Metrics, RequestRecorder
 from ferry_runtime.protocol.grpc import codec
 from ferry_runtime.protocol.grpc.generated import grpc_predict_v2_pb2 as pb
-from ferry_runtime.protocol.grpc.http2 import Call, GrpcTransportServer, Handler, Metadata
+from ferry_runtime.protocol.grpc.http2 import Call, GrpcTransportServer, Handler, Http2Limits, Metadata
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,10 @@ def _answer(method: Callable[[bytes], bytes], recorder: RequestRecorder) -> Hand
 
 
 class GrpcServer:
-    def __init__(self, service: InferenceService, max_message_bytes: int) -> None:
+    def __init__(self, service: InferenceService, limits: Http2Limits, metrics: Metrics) -> None:
         self.service = service
-        self._transport = GrpcTransportServer(service.methods(), max_message_bytes)
+        self._transport = GrpcTransportServer(service.methods(), limits, metrics.http2_rejected)
+        metrics.http2_read_pauses = self._transport.read_pauses
 
     async def start(self, host: str, port: int) -> int:
         return await self._transport.start(host, port)
