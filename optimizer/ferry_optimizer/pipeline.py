@@ -29,7 +29,7 @@ from ferry_optimizer import __version__, data, locations, onnxtools, quality, re
 from ferry_optimizer.errors import InputError, OptimizerError, StepError
 from ferry_optimizer.key import content_key, file_sha256
 from ferry_optimizer.report import Artifact, Candidate, Measurement, Report, Step
-from ferry_optimizer.spec import MetricName, OptimizeSpec
+from ferry_optimizer.spec import WEIGHT_ONLY, MetricName, OptimizeSpec
 
 if TYPE_CHECKING:
     import keras
@@ -133,6 +133,14 @@ def check_request(request: Request) -> None:
     spec, fmt = request.spec, request.format
     if fmt not in FORMATS:
         raise InputError("--format", f"one of {list(FORMATS)}", fmt)
+    if spec.quantize in WEIGHT_ONLY:
+        raise InputError(
+            "quantize", "none, dynamic, static or fp16 (int4/int8 are for generative models)", spec.quantize
+        )
+    if spec.validate is not None and spec.validate.metric in ("perplexity", "agreement"):
+        raise InputError(
+            "validate.metric", "accuracy, cosine or maxAbsError for a tensor model", spec.validate.metric
+        )
     if spec.prune is not None and fmt != "keras":
         raise InputError("prune", "a model in format keras (pruning edits Keras layers)", f"format {fmt}")
     if spec.distill is not None and fmt != "keras":
@@ -280,29 +288,9 @@ class Pipeline:
         return report
 
     def _report_scalars(self, report: Report) -> None:
-        """The report's figures as TensorBoard scalars under tensorboard/report, beside training curves."""
         from ferry_optimizer import training
 
-        scalars: dict[str, float] = {}
-        for candidate in report.candidates:
-            m = candidate.measurement
-            if m is None:
-                continue
-            prefix = f"candidates/{candidate.name}"
-            scalars[f"{prefix}/size_bytes"] = float(m.size_bytes)
-            scalars[f"{prefix}/{self.metric_name}"] = float(m.metric or 0.0)
-            scalars[f"{prefix}/passed"] = float(candidate.passed)
-            if m.latency_ms is not None:
-                scalars[f"{prefix}/latency_ms"] = m.latency_ms
-            if m.compressed_bytes is not None:
-                scalars[f"{prefix}/compressed_bytes"] = float(m.compressed_bytes)
-        for index, step in enumerate(report.steps):
-            if step.after is not None and step.after.latency_ms is not None:
-                scalars[f"steps/{index:02d}-{step.lineage}-{step.name}/latency_ms"] = step.after.latency_ms
-                scalars[f"steps/{index:02d}-{step.lineage}-{step.name}/size_bytes"] = float(
-                    step.after.size_bytes
-                )
-        training.write_scalars(self.tensorboard / "report", scalars)
+        training.write_scalars(self.tensorboard / "report", report.scalars())
 
     # --- steps -------------------------------------------------------------------------------------
 
