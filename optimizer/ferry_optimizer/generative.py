@@ -155,10 +155,15 @@ def _optimize(request: Request, work: Path, planned: list[str], progress: Progre
     token_windows = generative_quality.windows(decoder.tokenizer, records, decoder.window)
     if metric_name == "perplexity" and not token_windows:
         raise InputError("data", "text of at least two tokens to score", "none")
-    continuations = [
-        (prompt, decoder.greedy(prompt, generative_quality.AGREEMENT_TOKENS))
-        for prompt in (decoder.tokenizer.encode(text) for text in generative_quality.PROMPTS)
-    ]
+    # The reference's greedy continuations, scored only without text.
+    continuations = (
+        [
+            (prompt, decoder.greedy(prompt, generative_quality.AGREEMENT_TOKENS))
+            for prompt in (decoder.tokenizer.encode(text) for text in generative_quality.PROMPTS)
+        ]
+        if metric_name == "agreement"
+        else []
+    )
     prompt = generative_quality.speed_prompt(decoder.tokenizer, records)
     del decoder
     evaluation = generative_quality.Evaluation(metric_name, token_windows, continuations, prompt)

@@ -293,3 +293,19 @@ def _post_when_ready(url: str, body: bytes, timeout: float = 120) -> Any:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def test_text_data_is_jsonl_records_or_paragraphs_and_a_bad_line_is_named(tmp_path: Path) -> None:
+    from ferry_optimizer import generative_quality
+
+    jsonl = tmp_path / "held-out.jsonl"
+    jsonl.write_text('{"text": "first"}\n\n{"text": "second"}\n{"text": "third"}\n')
+    assert generative_quality.load_text(jsonl, samples=2) == ["first", "second"]
+    plain = tmp_path / "held-out.txt"
+    plain.write_text("one\nparagraph\n\n\n  two  \n")
+    assert generative_quality.load_text(plain, samples=10) == ["one\nparagraph", "two"]
+    jsonl.write_text('{"text": "fine"}\n{"content": "wrong key"}\n')
+    with pytest.raises(InputError) as caught:
+        generative_quality.load_text(jsonl, samples=10)
+    assert caught.value.where == "data line 2"
+    assert 'a "text" string' in str(caught.value)
