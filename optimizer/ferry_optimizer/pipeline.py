@@ -25,17 +25,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from ferry_optimizer import __version__, data, evaluation, locations, onnxtools, quality, reference, selection
+from ferry_optimizer import __version__, evaluation, exports, locations, onnxtools, quality, selection
 from ferry_optimizer.errors import InputError, OptimizerError, StepError
-from ferry_optimizer.key import content_key, file_sha256
-from ferry_optimizer.report import Artifact, Candidate, Measurement, Report, Step
+from ferry_optimizer.key import content_key
+from ferry_optimizer.report import Candidate, Measurement, Report, Step
 from ferry_optimizer.spec import WEIGHT_ONLY, MetricName, OptimizeSpec
 
 if TYPE_CHECKING:
     import keras
 
 FORMATS = ("onnx", "tensorflow", "keras", "tflite")
-MODEL_FILES = ("model.onnx", "model.tflite", "model.int8.tflite")
 FP16_NOTE = (
     "fp16 halves the weights; it speeds up GPUs with fp16 units, not CPUs (ONNX Runtime inserts casts)"
 )
@@ -268,8 +267,9 @@ class Pipeline:
         report.chosen, report.passed, report.reason = selection.choose(
             report.candidates, self.metric_name, gated=spec.validate is not None
         )
-        self._write(report, {lineage.name: lineage for lineage in lineages}, baseline_path)
-        self._write_reference(report, self.evaluation.dataset)
+        exporter = exports.Exporter(request, self.work, self.evaluation, self.progress)
+        exporter.write(report, {lineage.name: lineage for lineage in lineages}, baseline_path)
+        exporter.write_reference(report)
         if spec.quantize == "fp16":
             report.notes.append(FP16_NOTE)
         if spec.graph == "all":
@@ -621,97 +621,3 @@ class Pipeline:
 
     def measure(self, path: Path) -> Measurement:
         return self.evaluation.measure(path)
-
-    # --- outputs -----------------------------------------------------------------------------------
-
-    def _write(self, report: Report, lineages: dict[str, Lineage], baseline_path: Path) -> None:
-        output = self.request.output
-        output.mkdir(parents=True, exist_ok=True)
-        # A model left by an earlier run in the same directory must not pass for this run's verdict.
-        for stale in (*MODEL_FILES, reference.FILE):
-            (output / stale).unlink(missing_ok=True)
-        chosen = next((c for c in report.candidates if c.name == report.chosen), None)
-        if chosen is None:
-            return
-        lineage = lineages[chosen.lineage]
-        onnx_path = baseline_path if chosen.name == "baseline" else lineage.onnx
-        with self.progress.step("export onnx"):
-            shutil.copyfile(onnx_path, output / "model.onnx")
-            report.artifacts.append(
-                self._artifact(
-                    output / "model.onnx", "onnx", chosen.measurement.metric if chosen.measurement else None
-                )
-            )
-        for fmt in self.spec.export:
-            if fmt == "onnx":
-                continue
-            with self.progress.step(f"export {fmt}"):
-                started = time.perf_counter()
-                try:
-                    artifact = self._export_tflite(fmt, lineage, output)
-                    report.artifacts.append(artifact)
-                    report.steps.append(
-                        Step(
-                            lineage.name,
-                            "export",
-                            fmt,
-                            chosen.measurement,
-                            Measurement(artifact.size_bytes, None, None, None, artifact.metric),
-                            time.perf_counter() - started,
-                        )
-                    )
-                except StepError as failure:
-                    report.steps.append(
-                        Step(
-                            lineage.name,
-                            "export",
-                            fmt,
-                            chosen.measurement,
-                            None,
-                            time.perf_counter() - started,
-                            error=failure.message,
-                        )
-                    )
-                    report.notes.append(f"export {fmt} failed: {failure.message}")
-
-    def _write_reference(self, report: Report, dataset: data.Dataset) -> None:
-        """reference.json beside the chosen model: the data's statistics, for drift monitoring."""
-        chosen = next((c for c in report.candidates if c.name == report.chosen), None)
-        if chosen is None or dataset.source != "file":
-            return
-        accuracy = (
-            chosen.measurement.metric if self.metric_name == "accuracy" and chosen.measurement else None
-        )
-        document = reference.build(self.evaluation.inputs, dataset.inputs, accuracy)
-        if document is None:
-            report.notes.append(
-                "no numeric input to summarize: reference.json (drift statistics) not written"
-            )
-            return
-        path = reference.write(self.request.output, document)
-        report.data["reference"] = {
-            "file": path.name,
-            "sha256": file_sha256(path),
-            "samples": document["samples"],
-            "inputs": sorted(document["inputs"]),
-        }
-
-    def _export_tflite(self, fmt: str, lineage: Lineage, output: Path) -> Artifact:
-        tfm = self._tf()
-        target = output / ("model.tflite" if fmt == "tflite" else "model.int8.tflite")
-        if self.request.format == "tflite":
-            shutil.copyfile(self.request.model, target)
-        else:
-            if lineage.keras_model is not None:
-                saved = self.work / f"{lineage.name}-savedmodel"
-                if not saved.exists():
-                    tfm.export_saved_model(lineage.keras_model, saved)
-            else:
-                saved = self.request.model
-            tfm.export_tflite(saved, target, self.evaluation.train.inputs if fmt == "tflite-int8" else None)
-        outputs = tfm.predict_tflite(target, self.evaluation.validation.inputs)
-        return self._artifact(target, fmt, self.evaluation.score(outputs))
-
-    @staticmethod
-    def _artifact(path: Path, fmt: str, metric: float | None) -> Artifact:
-        return Artifact(path.name, fmt, file_sha256(path), path.stat().st_size, metric)
