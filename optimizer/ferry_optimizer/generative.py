@@ -3,7 +3,8 @@
 `--format huggingface`: onnxruntime-genai's model builder turns the folder into an fp32 model (the
 gate's reference) and, for `quantize: int4`, an int4 and an int8 weight-only candidate (int8 is the
 fallback when int4 does not pass: smaller than fp32, closer to it than int4), for `quantize: int8` an
-int8 one. `--format onnx-genai`: an already built folder, served as it is (the only candidate).
+int8 one. `--format onnx-genai`: an already built folder, the reference `given`, served as it is or
+with its float MatMuls re-quantized to the same int4/int8 candidates (ONNX Runtime's quantizer).
 
 The builder imports torch and transformers, which abort a process that has loaded TensorFlow (an LLVM
 option registered twice), and the optimizer loads TensorFlow for its other formats and for TensorBoard:
@@ -49,7 +50,7 @@ FOLDER_FILES = (
     "generation_config.json",
 )
 # Written beside the model but not part of it (the artifact digest leaves them out).
-NOT_MODEL = ("report.json", "tensorboard")
+NOT_MODEL = ("report.json", "tensorboard", "reference.json")
 BUILDER_TIMEOUT_S = 3600
 AGREEMENT_NOTE = (
     "no data given: quality is greedy-token agreement with the fp32 model on built-in prompts, "
@@ -63,13 +64,6 @@ def check(request: Request) -> None:
     spec, fmt = request.spec, request.format
     if spec.quantize not in ("none", "int4", "int8"):
         raise InputError("quantize", "none, int4 or int8 for a generative model (weight-only)", spec.quantize)
-    if fmt == "onnx-genai" and spec.quantize != "none":
-        raise InputError(
-            "quantize",
-            "none for format onnx-genai (the folder is served as built; give the Hugging Face folder "
-            "with format huggingface to quantize it)",
-            spec.quantize,
-        )
     for name, block in (("prune", spec.prune), ("distill", spec.distill)):
         if block is not None:
             raise InputError(name, "no pruning or distillation for a generative model", f"format {fmt}")
@@ -230,7 +224,7 @@ def _optimize(request: Request, work: Path, planned: list[str], progress: Progre
         report.steps.append(
             Step(
                 build.name,
-                "build" if request.format == "huggingface" else "load",
+                _step_name(request.format, build is reference),
                 build.detail,
                 None if build is reference else baseline,
                 measured.get(build.name),
@@ -242,7 +236,9 @@ def _optimize(request: Request, work: Path, planned: list[str], progress: Progre
             Candidate(
                 build.name,
                 build.name,
-                [f"build:{build.precision}"] if request.format == "huggingface" else [],
+                []
+                if request.format == "onnx-genai" and build is reference
+                else [f"{_step_name(request.format, build is reference)}:{build.precision}"],
                 measured.get(build.name),
                 # fp32 competes only when nothing else was asked for; otherwise it is the reference.
                 requested=build is not reference or len(built) == 1,
@@ -270,10 +266,13 @@ def _optimize(request: Request, work: Path, planned: list[str], progress: Progre
 
 
 def _build(request: Request, name: str, work: Path) -> _Built:
-    """One candidate folder: the builder's output (huggingface), or the given folder (onnx-genai)."""
+    """One candidate folder: the builder's output (huggingface), or the given folder (onnx-genai) as it
+    is or with its MatMuls re-quantized."""
     spec: OptimizeSpec = request.spec
     if request.format == "onnx-genai":
-        return _Built(name, request.model, 0.0, "as given", "as given")
+        if name == REFERENCE["onnx-genai"]:
+            return _Built(name, request.model, 0.0, "as given", "as given")
+        return _requantize(request, name, work)
     if importlib.util.find_spec("onnxruntime_genai") is None:
         raise OptimizerError(
             "onnxruntime-genai's model builder is not installed in this image "
@@ -328,7 +327,8 @@ def _write(request: Request, chosen: _Built | None, report: Report) -> None:
     if chosen is None or chosen.folder is None:
         return
     digests = {}
-    for path in sorted(p for p in chosen.folder.iterdir() if p.is_file()):
+    # A given folder may be an earlier run's output: its report and reference are not the model's.
+    for path in sorted(p for p in chosen.folder.iterdir() if p.is_file() and p.name not in NOT_MODEL):
         shutil.copyfile(path, output / path.name)
         digests[path.name] = locations.digest(output / path.name)
     measurement = next(c.measurement for c in report.candidates if c.name == chosen.name)
@@ -341,6 +341,50 @@ def _write(request: Request, chosen: _Built | None, report: Report) -> None:
             measurement.metric if measurement else None,
         )
     )
+
+
+def _requantize(request: Request, name: str, work: Path) -> _Built:
+    """The given folder with its float MatMul weights quantized to int4/int8 blocks (MatMulNBits), as the
+    builder does it (symmetric, the spec's block size and accuracy level), by ONNX Runtime's quantizer in
+    this process (it needs no torch). MatMuls already quantized stay as they are."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    weights = request.spec.weight_only
+    assert weights is not None  # parse fills it in for int4 and int8
+    detail = f"{name} block {weights.block_size} accuracy level {weights.accuracy_level} (re-quantized)"
+    started = time.perf_counter()
+    config = generative_quality.load_decoder_file(request.model)
+    output = work / name
+    shutil.copytree(request.model, output, ignore=shutil.ignore_patterns(f"{config.name}*", *NOT_MODEL))
+    try:
+        quantizer = MatMulNBitsQuantizer(
+            onnx.load(str(config)),
+            bits=4 if name == "int4" else 8,
+            block_size=weights.block_size,
+            is_symmetric=True,
+            accuracy_level=weights.accuracy_level,
+        )
+        quantizer.process()
+        onnx.save_model(
+            quantizer.model.model,
+            str(output / config.name),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{config.name}.data",
+        )
+    except Exception as error:  # the quantizer raises assorted types for graphs it cannot handle
+        return _Built(
+            name, None, time.perf_counter() - started, name, detail, f"{type(error).__name__}: {error}"
+        )
+    return _Built(name, output, time.perf_counter() - started, name, detail)
+
+
+def _step_name(fmt: str, is_reference: bool) -> str:
+    """build (the model builder), load (a given folder as it is) or quantize (a given folder's MatMuls)."""
+    if fmt == "huggingface":
+        return "build"
+    return "load" if is_reference else "quantize"
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -91,6 +91,16 @@ def measure(folder: Path, evaluation: Evaluation, threads: int) -> Measurement:
     )
 
 
+def load_decoder_file(folder: Path) -> Path:
+    """The decoder's ONNX file as genai_config.json names it."""
+    try:
+        return load_decoder_config(folder).model_file
+    except FerryError as error:
+        raise InputError(
+            "--model", "an onnxruntime-genai folder with a usable genai_config.json", str(error)
+        ) from error
+
+
 def model_bytes(folder: Path) -> int:
     """The decoder's bytes (model.onnx and its external data): what memory and downloads scale with."""
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and ".onnx" in p.name)

@@ -140,25 +140,8 @@ def test_reported_perplexity_is_recomputed_independently(gated: Run, hf_llama: P
 
 @pytest.mark.slow
 def test_the_spec_reaches_the_builder_and_the_folder_is_served(gated: Run) -> None:
-    import onnx
-
-    model = onnx.load(str(gated.output / "model.onnx"), load_external_data=False)
-    blocks = {
-        attribute.i
-        for node in model.graph.node
-        if node.op_type == "MatMulNBits"
-        for attribute in node.attribute
-        if attribute.name == "block_size"
-    }
-    bits = {
-        attribute.i
-        for node in model.graph.node
-        if node.op_type == "MatMulNBits"
-        for attribute in node.attribute
-        if attribute.name == "bits"
-    }
-    assert blocks == {64}
-    assert bits == {8}
+    assert matmul_nbits(gated.output, "block_size") == {64}
+    assert matmul_nbits(gated.output, "bits") == {8}
     assert (gated.output / "generation_config.json").is_file()
     assert (gated.output / "tensorboard" / "report").is_dir()
     assert gated.report["spec"]["weightOnly"] == {"blockSize": 64, "accuracyLevel": 4}
@@ -178,9 +161,7 @@ def test_the_spec_reaches_the_builder_and_the_folder_is_served(gated: Run) -> No
 
 
 @pytest.mark.slow
-def test_without_data_quality_is_agreement_and_a_built_folder_passes_as_is(
-    hf_llama: Path, tmp_path: Path
-) -> None:
+def test_without_data_quality_is_greedy_agreement_with_fp32(hf_llama: Path, tmp_path: Path) -> None:
     run = optimize(tmp_path, hf_llama, "huggingface", "quantize: int8\n", name="agreement")
     found = candidates(run)
     assert list(found) == ["fp32", "int8"]
@@ -192,18 +173,33 @@ def test_without_data_quality_is_agreement_and_a_built_folder_passes_as_is(
     assert run.report["chosen"] == "int8"
     assert any("greedy-token agreement" in note for note in run.report["notes"])
 
-    as_is = optimize(tmp_path, run.output, "onnx-genai", "{}\n", name="as-is")
+
+@pytest.mark.slow
+def test_a_built_folder_is_served_as_is_or_re_quantized(hf_llama: Path, tmp_path: Path) -> None:
+    built = generative_models.build_genai_model(hf_llama, tmp_path / "fp32")
+    as_is = optimize(tmp_path, built, "onnx-genai", "{}\n", name="as-is")
     assert [c["name"] for c in as_is.report["candidates"]] == ["given"]
     assert as_is.report["chosen"] == "given"
     assert as_is.report["passed"] is True
-    assert (as_is.output / "model.onnx.data").read_bytes() == (run.output / "model.onnx.data").read_bytes()
+    assert (as_is.output / "model.onnx.data").read_bytes() == (built / "model.onnx.data").read_bytes()
+
+    again = optimize(tmp_path, built, "onnx-genai", "quantize: int4\n", name="re-quantized")
+    found = candidates(again)
+    assert list(found) == ["given", "int4", "int8"]
+    assert [found[n]["steps"] for n in found] == [[], ["quantize:int4"], ["quantize:int8"]]
+    sizes = [found[n]["measurement"]["sizeBytes"] for n in ("int4", "int8", "given")]
+    assert sizes == sorted(sizes)
+    assert found["int4"]["measurement"]["metric"] >= 0.5  # agreement with the given model
+    assert again.report["chosen"] in {"int4", "int8"}
+    assert matmul_nbits(again.output, "bits") == {4 if again.report["chosen"] == "int4" else 8}
+    assert matmul_nbits(again.output, "block_size") == {32}
 
 
 @pytest.mark.parametrize(
     ("fmt", "raw", "field"),
     [
         ("huggingface", {"quantize": "dynamic"}, "quantize"),
-        ("onnx-genai", {"quantize": "int4"}, "quantize"),
+        ("onnx-genai", {"quantize": "fp16"}, "quantize"),
         ("huggingface", {"prune": {"sparsity": 0.5}}, "prune"),
         ("huggingface", {"export": ["onnx", "tflite"]}, "export"),
         ("huggingface", {"validate": {"metric": "cosine"}}, "validate.metric"),
@@ -242,6 +238,20 @@ def _request(folder: Path, fmt: str, raw: dict[str, Any]) -> Request:
         output=folder / "out",
         output_uri=str(folder / "out"),
     )
+
+
+def matmul_nbits(folder: Path, attribute_name: str) -> set[int]:
+    """The values of one attribute over the folder's weight-only quantized MatMuls."""
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    return {
+        attribute.i
+        for node in model.graph.node
+        if node.op_type == "MatMulNBits"
+        for attribute in node.attribute
+        if attribute.name == attribute_name
+    }
 
 
 def onnx_perplexity(folder: Path, records: list[str]) -> float:
