@@ -53,8 +53,9 @@ FOLDER_FILES = (
 NOT_MODEL = ("report.json", "tensorboard", "reference.json")
 BUILDER_TIMEOUT_S = 3600
 AGREEMENT_NOTE = (
-    "no data given: quality is greedy-token agreement with the fp32 model on built-in prompts, "
-    "a weak check; give optimize.data (text or JSONL) for perplexity on your own held-out text"
+    "no data given: quality is greedy-token agreement with the reference (fp32, or the given folder) "
+    "on built-in prompts, a weak check; give optimize.data (text or JSONL) for perplexity on your own "
+    "held-out text"
 )
 GRAPH_NOTE = "graph is not used for generative models: the model builder writes the optimized decoder graph"
 
