@@ -177,6 +177,31 @@ def _greedy(hf_directory: Path, requests: list[dict[str, Any]]) -> list[dict[str
     return answers
 
 
+def _perplexity(hf_directory: Path, request: dict[str, Any]) -> dict[str, float]:
+    """transformers' perplexity of {"records": [text, ...], "window": n}, by the rule ferry-optimize
+    documents: each record tokenized on its own, cut into windows of n tokens, each scored alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_directory)
+    model = AutoModelForCausalLM.from_pretrained(hf_directory, dtype=torch.float32).eval()
+    window = request["window"]
+    total, count = 0.0, 0
+    for record in request["records"]:
+        ids = tokenizer(record)["input_ids"]
+        for start in range(0, len(ids), window):
+            chunk = ids[start : start + window]
+            if len(chunk) < 2:
+                continue
+            with torch.no_grad():
+                logits = model(torch.tensor([chunk])).logits[0].double()
+            log_probabilities = torch.log_softmax(logits[:-1], dim=-1)
+            targets = torch.tensor(chunk[1:])
+            total -= float(log_probabilities[torch.arange(len(targets)), targets].sum())
+            count += len(targets)
+    return {"perplexity": float(torch.exp(torch.tensor(total / count))), "tokens": count}
+
+
 def _chat_template(hf_directory: Path, messages: list[dict[str, str]]) -> list[int]:
     from transformers import AutoTokenizer
 
@@ -199,8 +224,10 @@ def _main() -> int:
         answer = _greedy(directory, payload)
     elif command == "chat-template":
         answer = _chat_template(directory, payload)
+    elif command == "perplexity":
+        answer = _perplexity(directory, payload)
     else:
-        raise SystemExit(f"unknown command {command!r}; commands: make, greedy, chat-template")
+        raise SystemExit(f"unknown command {command!r}; commands: make, greedy, chat-template, perplexity")
     print(json.dumps(answer))
     return 0
 

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from ferry_optimizer import __version__, locations, spec
+from ferry_optimizer import __version__, generative, locations, spec
 from ferry_optimizer.errors import InputError, OptimizerError
 from ferry_optimizer.pipeline import FORMATS, Pipeline, Request, Settings
 from ferry_runtime import termination
@@ -29,13 +29,20 @@ EXIT_FAILURE = 1
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ferry-optimize",
-        description="Convert, optimize, quantize, prune and distill a model; gate it on quality; "
-        "write the chosen one.",
+        description="Convert, optimize, quantize, prune and distill a model (or build and quantize a "
+        "generative one); gate it on quality; write the chosen one.",
     )
     p.add_argument("--model", required=True, help="model URI: a path, file://, pvc://, s3:// or http(s)://")
-    p.add_argument("--format", required=True, choices=FORMATS, help="the model's format")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=(*FORMATS, *generative.FORMATS),
+        help="the model's format (huggingface and onnx-genai: a generative model's folder)",
+    )
     p.add_argument("--spec", required=True, type=Path, help="the optimize spec, a JSON or YAML file")
-    p.add_argument("--data", help="data URI (.npz); overrides optimize.data.uri")
+    p.add_argument(
+        "--data", help="data URI (.npz; text or JSONL for a generative model); overrides optimize.data.uri"
+    )
     p.add_argument("--output", required=True, help="output directory URI: a path, file://, pvc:// or s3://")
     p.add_argument(
         "--termination-log",
@@ -69,7 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             request = _request(args, Path(scratch))
             work = Path(scratch) / "work"
             work.mkdir()
-            report = Pipeline(request, work).run()
+            if request.format in generative.FORMATS:
+                report = generative.optimize(request, work)
+            else:
+                report = Pipeline(request, work).run()
             (request.output / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
             locations.publish(request.output, args.output)
         except InputError as error:

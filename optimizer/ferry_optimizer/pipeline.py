@@ -25,19 +25,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from ferry_optimizer import __version__, data, locations, onnxtools, quality, reference, selection
+from ferry_optimizer import __version__, evaluation, exports, locations, onnxtools, quality, selection
 from ferry_optimizer.errors import InputError, OptimizerError, StepError
-from ferry_optimizer.key import content_key, file_sha256
-from ferry_optimizer.report import Artifact, Candidate, Measurement, Report, Step
-from ferry_optimizer.spec import MetricName, OptimizeSpec
+from ferry_optimizer.key import content_key
+from ferry_optimizer.report import Candidate, Measurement, Report, Step
+from ferry_optimizer.spec import WEIGHT_ONLY, MetricName, OptimizeSpec
 
 if TYPE_CHECKING:
     import keras
 
 FORMATS = ("onnx", "tensorflow", "keras", "tflite")
-MODEL_FILES = ("model.onnx", "model.tflite", "model.int8.tflite")
-# Fraction of the data kept for validation when a step learns from data (fine-tuning, calibration).
-HOLDOUT = 0.25
 FP16_NOTE = (
     "fp16 halves the weights; it speeds up GPUs with fp16 units, not CPUs (ONNX Runtime inserts casts)"
 )
@@ -133,6 +130,14 @@ def check_request(request: Request) -> None:
     spec, fmt = request.spec, request.format
     if fmt not in FORMATS:
         raise InputError("--format", f"one of {list(FORMATS)}", fmt)
+    if spec.quantize in WEIGHT_ONLY:
+        raise InputError(
+            "quantize", "none, dynamic, static or fp16 (int4/int8 are for generative models)", spec.quantize
+        )
+    if spec.validate is not None and spec.validate.metric in ("perplexity", "agreement"):
+        raise InputError(
+            "validate.metric", "accuracy, cosine or maxAbsError for a tensor model", spec.validate.metric
+        )
     if spec.prune is not None and fmt != "keras":
         raise InputError("prune", "a model in format keras (pruning edits Keras layers)", f"format {fmt}")
     if spec.distill is not None and fmt != "keras":
@@ -161,7 +166,6 @@ class Pipeline:
         self.spec = request.spec
         self.work = work
         self.settings = request.settings
-        self.measured: dict[Path, Measurement] = {}
         self.tensorboard = request.output / "tensorboard"
         self.progress = Progress(total=self._planned_steps())
         self.tf: Any = None
@@ -191,15 +195,8 @@ class Pipeline:
         with self.progress.step(f"convert {request.format} to ONNX"):
             keras_model = self._convert(baseline_path)
         convert_seconds = time.perf_counter() - convert_started
-        baseline_session = onnxtools.session(baseline_path, threads=self.settings.threads)
-        self.inputs = onnxtools.inputs_of(baseline_session)
-        self.output_names = [info.name for info in onnxtools.outputs_of(baseline_session)]
-        dataset = self._dataset()
-        self.train, self.validation = self._split(dataset)
-        self.metric_name: MetricName = self._metric_name(dataset)
-        reference_outputs = onnxtools.run_all(baseline_session, self.validation.inputs)
-        self.reference = quality.Reference(quality.floating(reference_outputs), self.validation.labels)
-        self.latency_feeds = self._latency_feeds()
+        self.evaluation = evaluation.Evaluation(baseline_path, spec, request.data, self.settings)
+        self.metric_name: MetricName = self.evaluation.metric_name
         baseline = self.measure(baseline_path)
         report = Report(
             optimizer_version=__version__,
@@ -211,7 +208,7 @@ class Pipeline:
                 "sizeBytes": onnxtools.size_bytes(request.model),
             },
             spec=spec.to_dict(),
-            data=self._data_summary(dataset),
+            data=self.evaluation.summary(),
             metric={
                 "name": self.metric_name,
                 "higherIsBetter": quality.HIGHER_IS_BETTER[self.metric_name],
@@ -236,7 +233,7 @@ class Pipeline:
             report.steps.append(self._convert_step(baseline, convert_seconds, keras_model))
         else:
             report.notes.append("source is ONNX: passed through without conversion")
-        if dataset.source == "synthetic":
+        if self.evaluation.dataset.source == "synthetic":
             report.notes.append(
                 "no data given: quality is output agreement on generated inputs "
                 "(normal floats, ones for integers), "
@@ -270,8 +267,9 @@ class Pipeline:
         report.chosen, report.passed, report.reason = selection.choose(
             report.candidates, self.metric_name, gated=spec.validate is not None
         )
-        self._write(report, {lineage.name: lineage for lineage in lineages}, baseline_path)
-        self._write_reference(report, dataset)
+        exporter = exports.Exporter(request, self.work, self.evaluation, self.progress)
+        exporter.write(report, {lineage.name: lineage for lineage in lineages}, baseline_path)
+        exporter.write_reference(report)
         if spec.quantize == "fp16":
             report.notes.append(FP16_NOTE)
         if spec.graph == "all":
@@ -280,29 +278,9 @@ class Pipeline:
         return report
 
     def _report_scalars(self, report: Report) -> None:
-        """The report's figures as TensorBoard scalars under tensorboard/report, beside training curves."""
         from ferry_optimizer import training
 
-        scalars: dict[str, float] = {}
-        for candidate in report.candidates:
-            m = candidate.measurement
-            if m is None:
-                continue
-            prefix = f"candidates/{candidate.name}"
-            scalars[f"{prefix}/size_bytes"] = float(m.size_bytes)
-            scalars[f"{prefix}/{self.metric_name}"] = float(m.metric or 0.0)
-            scalars[f"{prefix}/passed"] = float(candidate.passed)
-            if m.latency_ms is not None:
-                scalars[f"{prefix}/latency_ms"] = m.latency_ms
-            if m.compressed_bytes is not None:
-                scalars[f"{prefix}/compressed_bytes"] = float(m.compressed_bytes)
-        for index, step in enumerate(report.steps):
-            if step.after is not None and step.after.latency_ms is not None:
-                scalars[f"steps/{index:02d}-{step.lineage}-{step.name}/latency_ms"] = step.after.latency_ms
-                scalars[f"steps/{index:02d}-{step.lineage}-{step.name}/size_bytes"] = float(
-                    step.after.size_bytes
-                )
-        training.write_scalars(self.tensorboard / "report", scalars)
+        training.write_scalars(self.tensorboard / "report", report.scalars())
 
     # --- steps -------------------------------------------------------------------------------------
 
@@ -352,9 +330,9 @@ class Pipeline:
         return tfm.predict_tflite(self.request.model, feeds)  # type: ignore[no-any-return]
 
     def _convert_step(self, baseline: Measurement, seconds: float, keras_model: keras.Model | None) -> Step:
-        outputs = self._source_outputs(self.validation.inputs, keras_model)
-        source_metric = quality.score(self.metric_name, outputs, self.reference)
-        agreement = quality.score("maxAbsError", outputs, self.reference)
+        outputs = self._source_outputs(self.evaluation.validation.inputs, keras_model)
+        source_metric = self.evaluation.score(outputs)
+        agreement = quality.score("maxAbsError", outputs, self.evaluation.reference)
         size = onnxtools.size_bytes(self.request.model)
         before = Measurement(size, None, None, None, source_metric)
         return Step(
@@ -413,7 +391,7 @@ class Pipeline:
                     kernelWeightsBefore=result.parameters_before,
                     kernelWeightsAfter=result.parameters_after,
                 )
-                self._tf().keras_to_onnx(result.model, target, self.output_names)
+                self._tf().keras_to_onnx(result.model, target, self.evaluation.output_names)
                 after = self.measure(target)
                 lineage = Lineage("pruned", target, result.model, ["prune", "convert"])
                 notes.insert(0, f"sparsity {result.sparsity:.1%}")
@@ -453,19 +431,19 @@ class Pipeline:
         with self.progress.step("distill student"):
             logits, served = distillation.student_of(teacher, spec.student)
             softmax = layers.ends_in_softmax(teacher)
-            teacher_out = self._tf().predict_keras(teacher, self.train.inputs)[0]
+            teacher_out = self._tf().predict_keras(teacher, self.evaluation.train.inputs)[0]
             targets = [distillation.teacher_targets(teacher_out, softmax)]
-            with_labels = self.train.labels is not None and softmax
+            with_labels = self.evaluation.train.labels is not None and softmax
             if with_labels:
-                assert self.train.labels is not None
-                targets.append(self.train.labels)
+                assert self.evaluation.train.labels is not None
+                targets.append(self.evaluation.train.labels)
             from ferry_optimizer import training
 
             details["epochs"] = [
                 vars(epoch)
                 for epoch in training.fit(
                     logits,
-                    self.train.inputs,
+                    self.evaluation.train.inputs,
                     targets,
                     distillation.loss(spec.temperature, softmax, with_labels),
                     spec=self.spec.training,
@@ -481,7 +459,7 @@ class Pipeline:
             error = None
             after: Measurement | None = None
             try:
-                self._tf().keras_to_onnx(served, target, self.output_names)
+                self._tf().keras_to_onnx(served, target, self.evaluation.output_names)
                 after = self.measure(target)
             except StepError as failure:
                 error = failure.message
@@ -516,7 +494,7 @@ class Pipeline:
 
         from ferry_optimizer import layers, training
 
-        labels = self.train.labels
+        labels = self.evaluation.train.labels
         softmax = layers.ends_in_softmax(original)
         if labels is not None:
             targets = [labels]
@@ -528,14 +506,14 @@ class Pipeline:
                     )
                 )
         else:
-            targets = [self._tf().predict_keras(original, self.train.inputs)[0]]
+            targets = [self._tf().predict_keras(original, self.evaluation.train.inputs)[0]]
 
             def loss(batch_targets: Any, output: tf.Tensor) -> tf.Tensor:
                 return tf.reduce_mean(tf.square(output - batch_targets[0]))
 
         history = training.fit(
             model,
-            self.train.inputs,
+            self.evaluation.train.inputs,
             targets,
             loss,
             spec=self.spec.training,
@@ -549,8 +527,8 @@ class Pipeline:
         return [vars(epoch) for epoch in history]
 
     def _keras_quality(self, model: keras.Model) -> tuple[str, float]:
-        outputs = self._tf().predict_keras(model, self.validation.inputs)
-        return self.metric_name, quality.score(self.metric_name, outputs, self.reference)
+        outputs = self._tf().predict_keras(model, self.evaluation.validation.inputs)
+        return self.metric_name, self.evaluation.score(outputs)
 
     def _finish(self, lineage: Lineage, report: Report) -> Candidate | None:
         """Apply the requested ONNX steps to a lineage; its final model is a requested candidate."""
@@ -636,169 +614,10 @@ class Pipeline:
         elif detail == "dynamic":
             onnxtools.quantize_dynamic(source, target)
         elif detail == "static":
-            onnxtools.quantize_static(source, target, self.train.inputs, batch=32)
+            onnxtools.quantize_static(source, target, self.evaluation.train.inputs, batch=32)
         else:
             onnxtools.convert_fp16(source, target)
         return {}
 
-    # --- measuring, gating, choosing ---------------------------------------------------------------
-
     def measure(self, path: Path) -> Measurement:
-        if path not in self.measured:
-            sess = onnxtools.session(path, threads=self.settings.threads)
-            outputs = onnxtools.run_all(sess, self.validation.inputs)
-            metric = quality.score(self.metric_name, outputs, self.reference)
-            timing = onnxtools.measure_latency(
-                path, self.latency_feeds, self.settings.threads, self.settings.runs, self.settings.warmup
-            )
-            self.measured[path] = Measurement(
-                size_bytes=onnxtools.size_bytes(path),
-                compressed_bytes=onnxtools.compressed_bytes(path),
-                latency_ms=timing.latency_ms,
-                load_ms=timing.load_ms,
-                metric=metric,
-            )
-        return self.measured[path]
-
-    # --- outputs -----------------------------------------------------------------------------------
-
-    def _write(self, report: Report, lineages: dict[str, Lineage], baseline_path: Path) -> None:
-        output = self.request.output
-        output.mkdir(parents=True, exist_ok=True)
-        # A model left by an earlier run in the same directory must not pass for this run's verdict.
-        for stale in (*MODEL_FILES, reference.FILE):
-            (output / stale).unlink(missing_ok=True)
-        chosen = next((c for c in report.candidates if c.name == report.chosen), None)
-        if chosen is None:
-            return
-        lineage = lineages[chosen.lineage]
-        onnx_path = baseline_path if chosen.name == "baseline" else lineage.onnx
-        with self.progress.step("export onnx"):
-            shutil.copyfile(onnx_path, output / "model.onnx")
-            report.artifacts.append(
-                self._artifact(
-                    output / "model.onnx", "onnx", chosen.measurement.metric if chosen.measurement else None
-                )
-            )
-        for fmt in self.spec.export:
-            if fmt == "onnx":
-                continue
-            with self.progress.step(f"export {fmt}"):
-                started = time.perf_counter()
-                try:
-                    artifact = self._export_tflite(fmt, lineage, output)
-                    report.artifacts.append(artifact)
-                    report.steps.append(
-                        Step(
-                            lineage.name,
-                            "export",
-                            fmt,
-                            chosen.measurement,
-                            Measurement(artifact.size_bytes, None, None, None, artifact.metric),
-                            time.perf_counter() - started,
-                        )
-                    )
-                except StepError as failure:
-                    report.steps.append(
-                        Step(
-                            lineage.name,
-                            "export",
-                            fmt,
-                            chosen.measurement,
-                            None,
-                            time.perf_counter() - started,
-                            error=failure.message,
-                        )
-                    )
-                    report.notes.append(f"export {fmt} failed: {failure.message}")
-
-    def _write_reference(self, report: Report, dataset: data.Dataset) -> None:
-        """reference.json beside the chosen model: the data's statistics, for drift monitoring."""
-        chosen = next((c for c in report.candidates if c.name == report.chosen), None)
-        if chosen is None or dataset.source != "file":
-            return
-        accuracy = (
-            chosen.measurement.metric if self.metric_name == "accuracy" and chosen.measurement else None
-        )
-        document = reference.build(self.inputs, dataset.inputs, accuracy)
-        if document is None:
-            report.notes.append(
-                "no numeric input to summarize: reference.json (drift statistics) not written"
-            )
-            return
-        path = reference.write(self.request.output, document)
-        report.data["reference"] = {
-            "file": path.name,
-            "sha256": file_sha256(path),
-            "samples": document["samples"],
-            "inputs": sorted(document["inputs"]),
-        }
-
-    def _export_tflite(self, fmt: str, lineage: Lineage, output: Path) -> Artifact:
-        tfm = self._tf()
-        target = output / ("model.tflite" if fmt == "tflite" else "model.int8.tflite")
-        if self.request.format == "tflite":
-            shutil.copyfile(self.request.model, target)
-        else:
-            if lineage.keras_model is not None:
-                saved = self.work / f"{lineage.name}-savedmodel"
-                if not saved.exists():
-                    tfm.export_saved_model(lineage.keras_model, saved)
-            else:
-                saved = self.request.model
-            tfm.export_tflite(saved, target, self.train.inputs if fmt == "tflite-int8" else None)
-        outputs = tfm.predict_tflite(target, self.validation.inputs)
-        return self._artifact(target, fmt, quality.score(self.metric_name, outputs, self.reference))
-
-    @staticmethod
-    def _artifact(path: Path, fmt: str, metric: float | None) -> Artifact:
-        return Artifact(path.name, fmt, file_sha256(path), path.stat().st_size, metric)
-
-    # --- data --------------------------------------------------------------------------------------
-
-    def _dataset(self) -> data.Dataset:
-        if self.request.data is None:
-            return data.synthetic(self.inputs)
-        samples = self.spec.data.samples if self.spec.data is not None else 512
-        return data.load(self.request.data, self.inputs, samples, "data")
-
-    def _learns_from_data(self) -> bool:
-        spec = self.spec
-        return (
-            (spec.prune is not None and spec.prune.epochs > 0)
-            or spec.distill is not None
-            or spec.quantize == "static"
-            or "tflite-int8" in spec.export
-        )
-
-    def _split(self, dataset: data.Dataset) -> tuple[data.Dataset, data.Dataset]:
-        if dataset.source == "file" and self._learns_from_data():
-            return data.split(dataset, HOLDOUT)
-        return dataset, dataset
-
-    def _metric_name(self, dataset: data.Dataset) -> MetricName:
-        if self.spec.validate is not None:
-            if self.spec.validate.metric == "accuracy" and dataset.labels is None:
-                raise InputError(
-                    "validate.metric", "cosine or maxAbsError when the data has no labels `y`", "accuracy"
-                )
-            return self.spec.validate.metric
-        return "accuracy" if dataset.labels is not None else "cosine"
-
-    def _latency_feeds(self) -> dict[str, np.ndarray]:
-        size = self.settings.latency_batch
-        feeds = {}
-        for name, array in self.validation.inputs.items():
-            repeats = -(-size // len(array))
-            feeds[name] = np.concatenate([array] * repeats)[:size]
-        return feeds
-
-    def _data_summary(self, dataset: data.Dataset) -> dict[str, Any]:
-        return {
-            "uri": self.spec.data.uri if self.spec.data else None,
-            "source": dataset.source,
-            "samples": len(dataset),
-            "labels": dataset.labels is not None,
-            "trainingSamples": len(self.train) if self.train is not self.validation else 0,
-            "validationSamples": len(self.validation),
-        }
+        return self.evaluation.measure(path)

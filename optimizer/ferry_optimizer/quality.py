@@ -5,8 +5,11 @@ cosine: mean over samples of the cosine similarity between a candidate's output 
         (original model's) output, each sample flattened; the lowest over the floating-point outputs.
 maxAbsError: the largest absolute difference from the reference over every floating-point output
         (lower is better).
-A candidate passes when it is worse than the baseline by at most maxDrop: for accuracy and cosine
-baseline - value <= maxDrop, for maxAbsError value - baseline <= maxDrop (the baseline's own error is 0).
+perplexity, agreement: a generative model's, computed in generative_quality.py (perplexity lower is
+        better, agreement higher).
+A candidate passes when it is worse than the baseline by at most the budget: for accuracy, cosine and
+agreement baseline - value <= maxDrop, for maxAbsError value - baseline <= maxDrop (the baseline's own
+error is 0), for perplexity the relative increase (value - baseline) / baseline <= maxIncrease.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ import numpy as np
 from ferry_optimizer.errors import InputError
 from ferry_optimizer.spec import MetricName
 
-HIGHER_IS_BETTER: dict[MetricName, bool] = {"accuracy": True, "cosine": True, "maxAbsError": False}
+HIGHER_IS_BETTER: dict[MetricName, bool] = {
+    "accuracy": True,
+    "cosine": True,
+    "maxAbsError": False,
+    "perplexity": False,
+    "agreement": True,
+}
 
 
 @dataclass(frozen=True)
@@ -66,8 +75,16 @@ def _mean_cosine(value: np.ndarray, reference: np.ndarray) -> float:
 
 
 def drop(metric: MetricName, baseline: float, value: float) -> float:
-    """How much worse `value` is than `baseline` (negative: better)."""
+    """How much worse `value` is than `baseline` (negative: better); relative for perplexity, whose
+    scale depends on the vocabulary and the text."""
+    if metric == "perplexity":
+        return (value - baseline) / baseline
     return baseline - value if HIGHER_IS_BETTER[metric] else value - baseline
+
+
+def budget_name(metric: MetricName) -> tuple[str, str]:
+    """How the gate's change and its budget read in a reason: ("drop", "maxDrop") or the increase's."""
+    return ("increase", "maxIncrease") if metric == "perplexity" else ("drop", "maxDrop")
 
 
 def passes(metric: MetricName, baseline: float, value: float, max_drop: float) -> bool:

@@ -14,6 +14,18 @@ _REASON_LIMIT = 1200
 
 
 @dataclass(frozen=True)
+class GenerationSpeed:
+    """A generative model's speed at batch 1 (generative_quality.py measures it)."""
+
+    prompt_tokens: int
+    decode_tokens: int
+    prefill_tokens_per_second: float
+    decode_tokens_per_second: float
+    time_to_first_token_ms: float
+    # The prefill of the prompt plus choosing the first token, as a client waits for it.
+
+
+@dataclass(frozen=True)
 class Measurement:
     size_bytes: int
     compressed_bytes: int | None
@@ -22,6 +34,9 @@ class Measurement:
     # Median ONNX Runtime latency; None for a model that is not ONNX (the source before conversion).
     load_ms: float | None
     metric: float | None
+    generation: GenerationSpeed | None = None
+    # A generative model's speeds (its latency_ms is then the decode time per token); None otherwise,
+    # and then absent from the JSON.
 
 
 @dataclass
@@ -80,12 +95,45 @@ class Report:
     output_uri: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        result: dict[str, Any] = _camel(asdict(self))
+        result: dict[str, Any] = _camel(_drop_absent_generation(asdict(self)))
         return result
+
+    @property
+    def generative(self) -> bool:
+        return any(c.measurement is not None and c.measurement.generation for c in self.candidates)
+
+    def scalars(self) -> dict[str, float]:
+        """The report's figures as TensorBoard scalars (tensorboard/report, beside training curves)."""
+        metric = self.metric["name"]
+        scalars: dict[str, float] = {}
+        for candidate in self.candidates:
+            m = candidate.measurement
+            if m is None:
+                continue
+            prefix = f"candidates/{candidate.name}"
+            scalars[f"{prefix}/size_bytes"] = float(m.size_bytes)
+            scalars[f"{prefix}/{metric}"] = float(m.metric or 0.0)
+            scalars[f"{prefix}/passed"] = float(candidate.passed)
+            if m.latency_ms is not None:
+                scalars[f"{prefix}/latency_ms"] = m.latency_ms
+            if m.compressed_bytes is not None:
+                scalars[f"{prefix}/compressed_bytes"] = float(m.compressed_bytes)
+            if m.generation is not None:
+                scalars[f"{prefix}/prefill_tokens_per_second"] = m.generation.prefill_tokens_per_second
+                scalars[f"{prefix}/decode_tokens_per_second"] = m.generation.decode_tokens_per_second
+                scalars[f"{prefix}/time_to_first_token_ms"] = m.generation.time_to_first_token_ms
+        for index, step in enumerate(self.steps):
+            if step.after is not None and step.after.latency_ms is not None:
+                scalars[f"steps/{index:02d}-{step.lineage}-{step.name}/latency_ms"] = step.after.latency_ms
+                scalars[f"steps/{index:02d}-{step.lineage}-{step.name}/size_bytes"] = float(
+                    step.after.size_bytes
+                )
+        return scalars
 
     def termination_message(self) -> str:
         """The compact summary for the termination log (the contract in docs/optimizer.md), < 4 KiB."""
-        onnx = next((a for a in self.artifacts if a.format == "onnx"), None)
+        # A generative model's artifact is the output folder itself (name "", so the URI ends in "/").
+        onnx = next((a for a in self.artifacts if a.format in ("onnx", "onnx-genai")), None)
         chosen = next((c for c in self.candidates if c.name == self.chosen), None)
         summary: dict[str, Any] = {
             "passed": self.passed,
@@ -130,8 +178,15 @@ class Report:
             )
         lines = ["Steps (before -> after)", *_format(rows), ""]
         rows = [["candidate", "size", "compressed", "latency ms", metric, "gate", "reason"]]
+        if self.generative:
+            rows = [
+                ["candidate", "size", "prefill tok/s", "decode tok/s", "TTFT ms", metric, "gate", "reason"]
+            ]
         for candidate in self.candidates:
             m = candidate.measurement
+            if self.generative:
+                rows.append(_generative_row(candidate, candidate.name == self.chosen))
+                continue
             rows.append(
                 [
                     ("* " if candidate.name == self.chosen else "  ") + candidate.name,
@@ -148,6 +203,32 @@ class Report:
         lines.append(f"{verdict}: chosen={self.chosen or 'none'}; {self.reason}")
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def _generative_row(candidate: Candidate, chosen: bool) -> list[str]:
+    m = candidate.measurement
+    speed = m.generation if m else None
+    return [
+        ("* " if chosen else "  ") + candidate.name,
+        _size(m.size_bytes) if m else "-",
+        f"{speed.prefill_tokens_per_second:.1f}" if speed else "-",
+        f"{speed.decode_tokens_per_second:.1f}" if speed else "-",
+        f"{speed.time_to_first_token_ms:.1f}" if speed else "-",
+        _metric(m.metric) if m else "-",
+        "pass" if candidate.passed else "REJECT",
+        candidate.reason,
+    ]
+
+
+def _drop_absent_generation(value: Any) -> Any:
+    """Measurements of tensor models keep their documented keys: no `generation: null`."""
+    if isinstance(value, dict):
+        return {
+            k: _drop_absent_generation(v) for k, v in value.items() if not (k == "generation" and v is None)
+        }
+    if isinstance(value, list):
+        return [_drop_absent_generation(v) for v in value]
+    return value
 
 
 def _brief(candidate: Candidate) -> dict[str, Any]:

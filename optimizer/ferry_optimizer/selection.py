@@ -25,9 +25,15 @@ BASELINE = "baseline"
 
 
 def gate(
-    candidates: Sequence[Candidate], metric: MetricName, baseline: float, validate: ValidateSpec | None
+    candidates: Sequence[Candidate],
+    metric: MetricName,
+    baseline: float,
+    validate: ValidateSpec | None,
+    reference: str = BASELINE,
 ) -> None:
-    """Set each candidate's passed and reason."""
+    """Set each candidate's passed and reason; `reference` names the candidate the others are scored
+    against (the converted baseline, or a generative model's fp32 build)."""
+    change_name, budget_name = quality.budget_name(metric)
     for candidate in candidates:
         m = candidate.measurement
         if m is None or m.metric is None:
@@ -35,23 +41,24 @@ def gate(
             candidate.reason = candidate.reason or "not built"
             continue
         change = quality.drop(metric, baseline, m.metric)
-        if candidate.name == BASELINE:
+        if candidate.name == reference:
             candidate.passed, candidate.reason = True, "reference"
         elif validate is None:
-            candidate.passed, candidate.reason = True, f"no gate ({metric} change {-change:+.4g})"
-        elif quality.passes(metric, baseline, m.metric, validate.max_drop):
+            sign = change if metric == "perplexity" else -change
+            candidate.passed, candidate.reason = True, f"no gate ({metric} change {sign:+.4g})"
+        elif quality.passes(metric, baseline, m.metric, validate.budget):
             candidate.passed = True
-            candidate.reason = f"{metric} drop {change:.4g} <= maxDrop {validate.max_drop:g}"
+            candidate.reason = f"{metric} {change_name} {change:.4g} <= {budget_name} {validate.budget:g}"
         else:
             candidate.passed = False
             candidate.reason = (
-                f"{metric} drop {change:.4g} > maxDrop {validate.max_drop:g} "
-                f"({m.metric:.4g} vs baseline {baseline:.4g})"
+                f"{metric} {change_name} {change:.4g} > {budget_name} {validate.budget:g} "
+                f"({m.metric:.4g} vs {reference} {baseline:.4g})"
             )
 
 
 def choose(
-    candidates: Sequence[Candidate], metric: MetricName, *, gated: bool
+    candidates: Sequence[Candidate], metric: MetricName, *, gated: bool, reference: str = BASELINE
 ) -> tuple[str | None, bool, str]:
     """(chosen candidate name or None, passed, reason)."""
     requested = [c for c in candidates if c.requested]
@@ -77,9 +84,9 @@ def choose(
     if gated:
         return None, False, f"rejected by the gate, nothing rolled out: {rejected}"
     return (
-        BASELINE,
+        reference,
         False,
-        f"no requested candidate could be built ({rejected}); the converted baseline is written",
+        f"no requested candidate could be built ({rejected}); the reference {reference} is written",
     )
 
 

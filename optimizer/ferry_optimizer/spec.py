@@ -18,18 +18,24 @@ from typing import Any, Literal, cast
 from ferry_optimizer.errors import InputError
 
 GraphLevel = Literal["disabled", "basic", "extended", "all"]
-Quantization = Literal["none", "dynamic", "static", "fp16"]
+# dynamic/static/fp16 quantize a tensor model's ONNX graph; int4/int8 are weight-only quantization of a
+# generative model by onnxruntime-genai's model builder (generative.py).
+Quantization = Literal["none", "dynamic", "static", "fp16", "int4", "int8"]
 PruneMethod = Literal["magnitude", "structured"]
 Schedule = Literal["constant", "cosine", "exponential"]
 ExportFormat = Literal["onnx", "tflite", "tflite-int8"]
-MetricName = Literal["accuracy", "cosine", "maxAbsError"]
+# perplexity and agreement score generative models (generative_quality.py), the others tensor models.
+MetricName = Literal["accuracy", "cosine", "maxAbsError", "perplexity", "agreement"]
 
 GRAPH_LEVELS: tuple[GraphLevel, ...] = ("disabled", "basic", "extended", "all")
-QUANTIZATIONS: tuple[Quantization, ...] = ("none", "dynamic", "static", "fp16")
+QUANTIZATIONS: tuple[Quantization, ...] = ("none", "dynamic", "static", "fp16", "int4", "int8")
+WEIGHT_ONLY: tuple[Quantization, ...] = ("int4", "int8")
 PRUNE_METHODS: tuple[PruneMethod, ...] = ("magnitude", "structured")
 SCHEDULES: tuple[Schedule, ...] = ("constant", "cosine", "exponential")
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("onnx", "tflite", "tflite-int8")
-METRICS: tuple[MetricName, ...] = ("accuracy", "cosine", "maxAbsError")
+METRICS: tuple[MetricName, ...] = ("accuracy", "cosine", "maxAbsError", "perplexity", "agreement")
+# The MatMulNBits block sizes and accuracy levels onnxruntime-genai's builder accepts.
+BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -73,16 +79,38 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class WeightOnlySpec:
+    """How int4/int8 weight-only quantization is done (MatMulNBits, onnxruntime-genai's model builder)."""
+
+    block_size: int = 32
+    # Weights per quantization scale: smaller blocks are more accurate and slightly larger.
+    accuracy_level: int = 4
+    # The precision MatMulNBits computes in: 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (fastest on CPU).
+
+
+@dataclass(frozen=True)
 class ValidateSpec:
     metric: MetricName = "accuracy"
-    max_drop: float = 0.01
-    # Accuracy/cosine: largest accepted loss below the baseline (0-1); maxAbsError: largest accepted error.
+    max_drop: float | None = 0.01
+    # Accuracy/cosine/agreement: largest accepted loss below the baseline (0-1); maxAbsError: largest
+    # accepted error. None for perplexity, which is gated by max_increase.
+    max_increase: float | None = None
+    # Perplexity only: largest accepted relative increase over the baseline's (0.05 = 5% higher).
+
+    @property
+    def budget(self) -> float:
+        """The accepted change: maxIncrease for perplexity, maxDrop otherwise (parse sets exactly one)."""
+        value = self.max_increase if self.metric == "perplexity" else self.max_drop
+        assert value is not None
+        return value
 
 
 @dataclass(frozen=True)
 class OptimizeSpec:
     graph: GraphLevel = "extended"
     quantize: Quantization = "none"
+    weight_only: WeightOnlySpec | None = None
+    # Set (defaults filled in) exactly when quantize is int4 or int8, so one spec has one content key.
     prune: PruneSpec | None = None
     distill: DistillSpec | None = None
     training: TrainingSpec = field(default_factory=TrainingSpec)
@@ -171,12 +199,25 @@ class _Fields:
 def parse(raw: object) -> OptimizeSpec:
     """Validate and default one `optimize` mapping; raises InputError naming the first bad field."""
     top = _Fields(
-        raw, "", ("graph", "quantize", "prune", "distill", "training", "export", "data", "validate")
+        raw,
+        "",
+        ("graph", "quantize", "weightOnly", "prune", "distill", "training", "export", "data", "validate"),
     )
     data = _data(top.raw["data"], top.name("data")) if top.has("data") else None
+    quantize = cast(Quantization, top.choice("quantize", QUANTIZATIONS, "none"))
+    if top.has("weightOnly") and quantize not in WEIGHT_ONLY:
+        raise InputError(
+            top.name("weightOnly"), f"only with quantize {' or '.join(WEIGHT_ONLY)}", f"quantize {quantize}"
+        )
+    weight_only = (
+        _weight_only(top.raw.get("weightOnly") or {}, top.name("weightOnly"))
+        if quantize in WEIGHT_ONLY
+        else None
+    )
     return OptimizeSpec(
         graph=cast(GraphLevel, top.choice("graph", GRAPH_LEVELS, "extended")),
-        quantize=cast(Quantization, top.choice("quantize", QUANTIZATIONS, "none")),
+        quantize=quantize,
+        weight_only=weight_only,
         prune=_prune(top.raw["prune"], top.name("prune")) if top.has("prune") else None,
         distill=_distill(top.raw["distill"], top.name("distill")) if top.has("distill") else None,
         training=_training(top.raw.get("training") or {}, top.name("training")),
@@ -274,16 +315,38 @@ def _export(raw: object, path: str) -> tuple[ExportFormat, ...]:
     return tuple(f for f in EXPORT_FORMATS if f in raw)
 
 
+def _weight_only(raw: object, path: str) -> WeightOnlySpec:
+    fields = _Fields(raw, path, ("blockSize", "accuracyLevel"))
+    block_size = cast(int, fields.integer("blockSize", 32, 16, 256))
+    if block_size not in BLOCK_SIZES:
+        raise InputError(fields.name("blockSize"), f"one of {list(BLOCK_SIZES)}", block_size)
+    return WeightOnlySpec(
+        block_size=block_size, accuracy_level=cast(int, fields.integer("accuracyLevel", 4, 1, 4))
+    )
+
+
 def _data(raw: object, path: str) -> DataSpec:
     fields = _Fields(raw, path, ("uri", "samples"))
     uri = fields.raw.get("uri")
     if not isinstance(uri, str) or not uri:
-        raise InputError(fields.name("uri"), "a URI of an .npz file", uri)
+        raise InputError(
+            fields.name("uri"), "a URI of an .npz file (a text or JSONL file for a generative model)", uri
+        )
     return DataSpec(uri=uri, samples=cast(int, fields.integer("samples", 512, 1, 10_000_000)))
 
 
 def _validate(raw: object, path: str) -> ValidateSpec:
-    fields = _Fields(raw, path, ("metric", "maxDrop"))
+    fields = _Fields(raw, path, ("metric", "maxDrop", "maxIncrease"))
     metric = cast(MetricName, fields.choice("metric", METRICS, "accuracy"))
+    if metric == "perplexity":
+        if fields.has("maxDrop"):
+            raise InputError(
+                fields.name("maxDrop"), "maxIncrease for perplexity (lower is better)", fields.raw["maxDrop"]
+            )
+        # Greater than 0: a zero budget would reject every quantized model on rounding alone.
+        increase = fields.number("maxIncrease", 0.05, 0.0, 10.0, open_low=True)
+        return ValidateSpec(metric=metric, max_drop=None, max_increase=increase)
+    if fields.has("maxIncrease"):
+        raise InputError(fields.name("maxIncrease"), f"maxDrop for {metric}", fields.raw["maxIncrease"])
     high = float("inf") if metric == "maxAbsError" else 1.0
     return ValidateSpec(metric=metric, max_drop=fields.number("maxDrop", 0.01, 0.0, high))

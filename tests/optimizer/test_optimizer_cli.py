@@ -81,7 +81,7 @@ def test_cli_end_to_end(digits: Digits, digits_models: DigitsModels, tmp_path: P
 
 def test_bad_spec_exits_2_and_says_why_in_the_termination_log(tmp_path: Path) -> None:
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"quantize": "int4"}))
+    spec.write_text(json.dumps({"quantize": "int2"}))
     termination = tmp_path / "termination-log"
     model = tmp_path / "model.onnx"
     model.write_bytes(b"not used")
@@ -90,7 +90,8 @@ def test_bad_spec_exits_2_and_says_why_in_the_termination_log(tmp_path: Path) ->
         "--termination-log", termination,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "quantize: expected one of ['none', 'dynamic', 'static', 'fp16'], got 'int4'" in result.stderr
+    expected = "['none', 'dynamic', 'static', 'fp16', 'int4', 'int8']"
+    assert f"quantize: expected one of {expected}, got 'int2'" in result.stderr
     summary = json.loads(termination.read_text())
     assert set(summary) == CONTRACT_KEYS
     assert summary["passed"] is False

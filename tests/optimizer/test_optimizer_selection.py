@@ -89,3 +89,18 @@ def test_conversion_only_chooses_the_requested_baseline() -> None:
     baseline.requested = True
     selection.gate([baseline], "accuracy", 0.97, GATE)
     assert selection.choose([baseline], "accuracy", gated=True)[:2] == ("baseline", True)
+
+
+def test_perplexity_is_gated_on_its_relative_increase_over_the_named_reference() -> None:
+    """A generative model's gate: lower perplexity is better, the budget is relative (maxIncrease)."""
+    candidates = [
+        Candidate("fp32", "fp32", [], Measurement(1000, None, 10.0, 1.0, 20.0), requested=False),
+        Candidate("int4", "int4", [], Measurement(150, None, 3.0, 1.0, 21.2), requested=True),
+        Candidate("int8", "int8", [], Measurement(280, None, 5.0, 1.0, 20.1), requested=True),
+    ]
+    budget = ValidateSpec(metric="perplexity", max_drop=None, max_increase=0.05)
+    selection.gate(candidates, "perplexity", 20.0, budget, reference="fp32")
+    assert [c.passed for c in candidates] == [True, False, True]
+    assert candidates[1].reason == "perplexity increase 0.06 > maxIncrease 0.05 (21.2 vs fp32 20)"
+    assert candidates[2].reason == "perplexity increase 0.005 <= maxIncrease 0.05"
+    assert selection.choose(candidates, "perplexity", gated=True, reference="fp32")[:2] == ("int8", True)

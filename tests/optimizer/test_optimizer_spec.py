@@ -45,7 +45,14 @@ def test_normalized_spec_matches_the_operator_api_defaults(raw: dict[str, object
     ("raw", "field", "fragment"),
     [
         ({"graph": "max"}, "graph", "one of ['disabled', 'basic', 'extended', 'all']"),
-        ({"quantize": "int4"}, "quantize", "'int4'"),
+        ({"quantize": "int2"}, "quantize", "'int2'"),
+        ({"weightOnly": {"blockSize": 32}}, "weightOnly", "only with quantize int4 or int8"),
+        ({"quantize": "int4", "weightOnly": {"blockSize": 48}}, "weightOnly.blockSize", "one of [16, 32"),
+        ({"quantize": "int8", "weightOnly": {"accuracyLevel": 0}}, "weightOnly.accuracyLevel", "1 to 4"),
+        ({"validate": {"metric": "perplexity", "maxIncrease": 0}}, "validate.maxIncrease", "greater than 0"),
+        ({"validate": {"metric": "perplexity", "maxIncrease": -1}}, "validate.maxIncrease", "greater than 0"),
+        ({"validate": {"metric": "perplexity", "maxDrop": 0.1}}, "validate.maxDrop", "maxIncrease"),
+        ({"validate": {"metric": "accuracy", "maxIncrease": 0.1}}, "validate.maxIncrease", "maxDrop"),
         ({"prune": {"sparsity": 0.99}}, "prune.sparsity", "from 0.0 to 0.95"),
         ({"prune": {}}, "prune.sparsity", "missing"),
         ({"prune": {"sparsity": 0.5, "method": "random"}}, "prune.method", "'random'"),
@@ -68,6 +75,25 @@ def test_bad_spec_names_the_field_and_what_was_expected(
         spec.parse(raw)
     assert caught.value.where == field
     assert fragment in str(caught.value)
+
+
+def test_weight_only_quantization_fills_its_defaults_so_one_spec_has_one_key() -> None:
+    parsed = spec.parse({"quantize": "int4"})
+    assert parsed.weight_only == spec.WeightOnlySpec(block_size=32, accuracy_level=4)
+    assert parsed.to_dict()["weightOnly"] == {"blockSize": 32, "accuracyLevel": 4}
+    spelled = spec.parse({"quantize": "int4", "weightOnly": {"blockSize": 32, "accuracyLevel": 4}})
+    assert key.content_key("a" * 64, spelled, "0.1.0") == key.content_key("a" * 64, parsed, "0.1.0")
+    # A tensor spec's normalized form (and so its key) does not change: no weightOnly, no maxIncrease.
+    tensor = spec.parse({"quantize": "dynamic", "validate": {}}).to_dict()
+    assert "weightOnly" not in tensor
+    assert tensor["validate"] == {"metric": "accuracy", "maxDrop": 0.01}
+
+
+def test_perplexity_is_gated_by_a_relative_increase() -> None:
+    parsed = spec.parse({"validate": {"metric": "perplexity"}})
+    assert parsed.validate == spec.ValidateSpec(metric="perplexity", max_drop=None, max_increase=0.05)
+    assert parsed.validate.budget == 0.05
+    assert parsed.to_dict()["validate"] == {"metric": "perplexity", "maxIncrease": 0.05}
 
 
 def test_max_abs_error_accepts_drops_above_one() -> None:

@@ -124,6 +124,12 @@ class DecoderEngine:
         """Run prompt tokens into a slot that holds the first `past` tokens of the prompt (0: an empty
         slot; slots before it hold running sequences); the logits of the last position. A prompt can so
         be prefilled in chunks between decode steps."""
+        last: npt.NDArray[np.float32] = self.prefill_logits(slot, tokens, past)[-1]
+        return last
+
+    def prefill_logits(self, slot: int, tokens: Sequence[int], past: int = 0) -> npt.NDArray[np.float32]:
+        """`prefill`, returning the logits of every prompt position, [len(tokens), vocab] (the decoder
+        computes them all anyway): what a perplexity needs (the optimizer's quality gate)."""
         count = len(tokens)
         total = past + count
         self._fit(max(total, self.span if slot else 0), slot + (1 if past else 0))
@@ -131,8 +137,8 @@ class DecoderEngine:
         mask = np.ones((1, total), dtype=np.int64)
         logits = np.empty((1, count, self.config.vocab_size), np.float32)
         self._run(slot, 1, ids, mask, logits)
-        last: npt.NDArray[np.float32] = logits[0, -1]
-        return last
+        every: npt.NDArray[np.float32] = logits[0]
+        return every
 
     def decode(
         self, tokens: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64], partial: int = 0
