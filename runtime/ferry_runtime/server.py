@@ -82,7 +82,9 @@ class Runtime:
                 initial_stream_window_bytes=settings.http2_initial_stream_window_bytes,
                 max_message_bytes=settings.max_body_bytes,
             )
-            grpc_server = GrpcServer(InferenceService(self.dataplane, self.metrics), http2_limits, self.metrics)
+            grpc_server = GrpcServer(
+                InferenceService(self.dataplane, self.metrics), http2_limits, self.metrics
+            )
             self.grpc_port = await grpc_server.start(settings.host, settings.grpc_port)
         log.info(
             "listening: REST on %s:%d, gRPC on %s",
