@@ -69,8 +69,11 @@ def corpus() -> list[str]:
     return [source.encode("ascii", "ignore").decode() for source in sources]
 
 
-def make_hf_llama(directory: Path, shape: LlamaShape = TINY, seed: int = 0) -> Path:
-    """Write a Hugging Face Llama folder (config, safetensors, tokenizer, chat template) and return it."""
+def make_hf_llama(
+    directory: Path, shape: LlamaShape = TINY, seed: int = 0, texts: list[str] | None = None
+) -> Path:
+    """Write a Hugging Face Llama folder (config, safetensors, tokenizer, chat template) and return it;
+    the tokenizer is trained on `texts` (default: `corpus()`), the weights are random."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -84,7 +87,7 @@ def make_hf_llama(directory: Path, shape: LlamaShape = TINY, seed: int = 0) -> P
         special_tokens=SPECIAL_TOKENS,
         show_progress=False,
     )
-    bpe.train_from_iterator(corpus(), trainer=trainer)
+    bpe.train_from_iterator(corpus() if texts is None else texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         eos_token="<|endoftext|>",

@@ -10,8 +10,11 @@ put it on a PersistentVolumeClaim; apply a ModelDeployment that asks for INT8 qu
 accuracy gate; the operator runs the optimization Job (the optimizer image), then serving pods start from
 the chosen artifact; wait for Ready; start a Prometheus on the host that scrapes what the ServiceMonitor
 describes, and prometheus-adapter over it (the custom metrics API, for HPAs on in-flight requests or
-requests per second: spec.serving.autoscaling.metric); make a real prediction through the Service and print
-where to send requests.
+requests per second: spec.serving.autoscaling.metric); make a real prediction through the Service. Then the
+generative half: a small Llama trained here on Debian's fortunes (examples/llm/train.py, cached under
+~/.cache/ferry/demo), built into an int4 onnxruntime-genai folder, served as ModelDeployment `llm` (format
+onnx-genai, autoscaled on waiting requests), and a completion streamed through its Service with the
+official `openai` client. Print where to send requests.
 
 Environment: FERRY_DEVCLUSTER_DIR / FERRY_DEVCLUSTER_PORT_BASE select the cluster (docs/devcluster.md),
 FERRY_DEMO_OUT the scratch directory (default out/demo). tests/e2e/test_demo_e2e.py runs this script.
@@ -44,6 +47,7 @@ MODEL = "digits"
 VERSION = "0.1.0"
 IMAGES = {"operator": f"ferry-operator:{VERSION}", "runtime": f"ferry-runtime:{VERSION}"}
 IMAGES["optimizer"] = f"ferry-optimizer:{VERSION}"
+LLM = "llm"
 MODEL_CLAIM = "models"
 ARTIFACT_CLAIM = "ferry-artifacts"
 READY_TIMEOUT_SECONDS = 900
@@ -101,6 +105,76 @@ def model_deployment(model_path: str = f"{MODEL}/model.keras") -> dict[str, Any]
             },
         },
     }
+
+
+def llm_deployment() -> dict[str, Any]:
+    """The generative ModelDeployment: an onnxruntime-genai folder served as it is, scaled on its queue."""
+    return {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": LLM, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"uri": f"pvc://{MODEL_CLAIM}/{LLM}/", "format": "onnx-genai"},
+            "serving": {
+                # Four sequences per pod: beyond them requests wait, which is what metric: queue scales on.
+                "generation": {"maxSequences": 4},
+                "autoscaling": {
+                    "minReplicas": 1,
+                    "maxReplicas": 2,
+                    "metric": "queue",
+                    "target": 2,
+                    "scaleDown": {"stabilizationWindowSeconds": 20},
+                },
+                "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                "nodeSelector": ON_THE_REAL_NODE,
+            },
+        },
+    }
+
+
+def llm_model() -> Path:
+    """The demo's generative model as an int4 onnxruntime-genai folder, made on this machine once: trained
+    on Debian's fortunes (minutes on two cores), then built by onnxruntime-genai's model builder. Cached
+    under FERRY_CACHE by the content of the training script, so only a changed script trains again."""
+    import hashlib
+    import inspect
+
+    sys.path.insert(0, str(ROOT))
+    from bench.generative_models import build_genai_model, make_hf_llama
+
+    script = ROOT / "examples" / "llm" / "train.py"
+    # What makes the model: the training script and the two functions it and this one call.
+    made_by = [inspect.getsource(function) for function in (make_hf_llama, build_genai_model)]
+    key = hashlib.sha256(script.read_bytes() + "".join(made_by).encode())
+    cache = Path(os.environ.get("FERRY_CACHE", Path.home() / ".cache" / "ferry")) / "demo"
+    folder = cache / f"llm-{key.hexdigest()[:12]}"
+    built = folder / "int4"
+    if (built / "genai_config.json").exists():
+        return built
+    step("Train the generative model: a small Llama on Debian's fortunes (a few minutes, cached after)")
+    run(sys.executable, script, folder / "trained")
+    step("Build it into an int4 onnxruntime-genai folder (onnxruntime-genai's model builder)")
+    build_genai_model(folder / "trained" / "hf", folder / "building", precision="int4")
+    (folder / "building").rename(built)
+    return built
+
+
+def stream_completion(address: str, prompt: str) -> str:
+    """A completion streamed through the Service with the official openai client, printed as it comes."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://{address}:8080/v1", api_key="unused", max_retries=0)
+    text = []
+    print(f"prompt: {prompt}\nreply:  ", end="", flush=True)
+    stream = client.completions.create(
+        model=LLM, prompt=prompt, max_tokens=48, temperature=0.7, seed=1, stream=True
+    )
+    for chunk in stream:
+        piece = chunk.choices[0].text if chunk.choices else ""
+        text.append(piece)
+        print(piece, end="", flush=True)
+    print()
+    return "".join(text)
 
 
 def step(message: str) -> None:
@@ -252,8 +326,8 @@ def train(model_dir: Path) -> None:
         run(sys.executable, ROOT / "examples" / "digits" / "train.py", model_dir)
 
 
-def service_address() -> str:
-    return str(kubectl_json("get", "service", MODEL, "-n", NAMESPACE)["spec"]["clusterIP"])
+def service_address(name: str = MODEL) -> str:
+    return str(kubectl_json("get", "service", name, "-n", NAMESPACE)["spec"]["clusterIP"])
 
 
 def wait_for_service(address: str, timeout: float = 120) -> None:
@@ -374,7 +448,28 @@ def up() -> None:
             }
         )
     )
-    lap("prometheus and first prediction", mark)
+    mark = lap("prometheus and first prediction", mark)
+
+    llm_dir = llm_model()
+    mark = lap("generative model made", mark)
+    step(
+        "kubectl apply the generative ModelDeployment: an int4 Llama, OpenAI-compatible, scaled on its queue"
+    )
+    put_on_claim(MODEL_CLAIM, llm_dir, LLM)
+    apply(llm_deployment())
+    kubectl(
+        "wait",
+        "--for=condition=Ready",
+        f"modeldeployment/{LLM}",
+        "-n",
+        NAMESPACE,
+        f"--timeout={READY_TIMEOUT_SECONDS}s",
+    )
+    llm_address = service_address(LLM)
+    wait_for_service(llm_address)
+    step("A completion streamed through the Service with the official openai client")
+    stream_completion(llm_address, "A man walks into a bar and")
+    lap("generative model Ready and streamed", mark)
     timings["total"] = round(time.monotonic() - started, 1)
     (OUT / "timings.json").write_text(json.dumps(timings, indent=2))
 
@@ -395,6 +490,11 @@ through the Service's ClusterIP (kube-proxy), or from pods at {status.get("url",
   Prometheus: {prometheus_url}/graph?g0.expr=sum(rate(ferry_requests_total[1m]))%20by%20(pod)
   Custom metrics (spec.serving.autoscaling.metric concurrency or rps scales on them), e.g.:
     kubectl get --raw /apis/custom.metrics.k8s.io/v1beta1/namespaces/{NAMESPACE}/pods/*/{in_flight}
+
+The generative model (OpenAI-compatible: /v1/models, /v1/completions, /v1/chat/completions, stream: true):
+  curl -sN http://{llm_address}:8080/v1/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{LLM}", "prompt": "The meaning of life is", "max_tokens": 40, "stream": true}}'
+  or any OpenAI client with base_url http://{llm_address}:8080/v1 and model {LLM!r} (README: "Generative").
 
 Watch the cluster:
   export KUBECONFIG={config.admin_kubeconfig}

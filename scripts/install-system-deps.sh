@@ -2,7 +2,7 @@
 # Installs the Debian packages Ferry's build, tests and demo need, only where they are missing, so a warm
 # machine never touches apt. One list, one place: add a package here, never by hand on a machine.
 set -euo pipefail
-# command-name:debian-package
+# command-name (or /path/of/a/file it installs):debian-package
 needed=(
   "openssl:openssl"      # devcluster PKI
   "make:make"            # the README's commands
@@ -14,10 +14,16 @@ needed=(
   "iptables:iptables"    # devcluster --real-node: kube-proxy (iptables mode), CNI portmap/masquerade
   "conntrack:conntrack"  # devcluster --real-node: kube-proxy clears stale UDP (DNS) conntrack entries
   "ip:iproute2"          # devcluster --real-node: removes the CNI bridge on `down`
+  "/usr/share/games/fortunes/fortunes:fortunes"  # the demo's text-generation model learns English from it
 )
 missing=()
 for pair in "${needed[@]}"; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+  probe="${pair%%:*}"
+  if [[ $probe == /* ]]; then  # a data package: the file it installs
+    [[ -e $probe ]] || missing+=("${pair##*:}")
+  else
+    command -v "$probe" >/dev/null 2>&1 || missing+=("${pair##*:}")
+  fi
 done
 if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}"

@@ -12,6 +12,10 @@ then everything the demo promises, checked with real clients against real pods.
      API over the demo's Prometheus) and back in after.
 6.   A model update rolls out under steady load with no failed request.
 7.   `helm test` passes.
+8.   The generative model (ModelDeployment `llm`, format onnx-genai, trained here on Debian's fortunes):
+     completions and chat stream through its Service with the official `openai` client, in words of
+     its corpus; Prometheus has its time-to-first-token series; concurrent streams scale it out on
+     its queue (waiting requests per pod, through the custom metrics API) and back in, none failing.
 
 The tests run in file order and share one cluster (module fixture); each step's figures (timings, replicas
 over time, success rates) are written to $FERRY_E2E_REPORT (default out/e2e/report.json) for the status
@@ -23,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -41,7 +46,7 @@ import pytest
 
 from ferry_devcluster import build, prometheus, real_node
 from ferry_devcluster.config import ClusterConfig
-from ferry_devcluster.prometheus_adapter import CONCURRENCY_METRIC
+from ferry_devcluster.prometheus_adapter import CONCURRENCY_METRIC, QUEUE_METRIC
 from ferry_devcluster.testing import (
     Kube,
     custom_metric_per_pod,
@@ -263,8 +268,9 @@ def input_name(the_demo: Demo) -> str:
 class ReplicaRecorder:
     """The serving Deployment's replicas over time (seconds since start: spec, ready)."""
 
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, name: str = demo.MODEL) -> None:
         self.kube = kube
+        self.name = name
         self.samples: list[tuple[float, int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -273,7 +279,7 @@ class ReplicaRecorder:
     def _run(self) -> None:
         while not self._stop.is_set():
             result = self.kube.kubectl(
-                "get", "deployment", demo.MODEL, "-n", demo.NAMESPACE, "-o", "json", check=False
+                "get", "deployment", self.name, "-n", demo.NAMESPACE, "-o", "json", check=False
             )
             if result.returncode == 0:
                 status = json.loads(result.stdout)
@@ -815,3 +821,210 @@ def test_broken_update_is_rolled_back_automatically_while_the_previous_revision_
     assert template_hashes(cluster) == old_hashes
     assert load.ok > 0
     assert not load.failures, load.summary()
+
+
+# ----------------------------------------------------------------------------------- the generative model
+
+
+PROMPT = "A man walks into a bar and"
+
+
+def llm_address(cluster: Demo) -> str:
+    return str(
+        cluster.kube.kubectl_json("get", "service", demo.LLM, "-n", demo.NAMESPACE)["spec"]["clusterIP"]
+    )
+
+
+def openai_client(address: str) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=f"http://{address}:8080/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+class Streams:
+    """Clients streaming completions from the generative model's Service with the official openai client,
+    a new client (connection) per stream so kube-proxy spreads them, counting streams by outcome."""
+
+    def __init__(self, address: str, clients: int, max_tokens: int) -> None:
+        self.address = address
+        self.max_tokens = max_tokens
+        self.completed = 0
+        self.tokens = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        import openai
+
+        while not self._stop.is_set():
+            client = openai_client(self.address)
+            try:
+                stream = client.completions.create(
+                    model=demo.LLM,
+                    prompt=PROMPT,
+                    max_tokens=self.max_tokens,
+                    temperature=0.8,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                usage = None
+                for chunk in stream:
+                    usage = chunk.usage or usage
+                tokens = usage.completion_tokens if usage is not None else 0
+                failure = "" if tokens > 0 else "a stream without usage or tokens"
+            except (openai.APIError, OSError) as error:
+                tokens, failure = 0, f"{type(error).__name__}: {error}"
+            finally:
+                client.close()
+            with self._lock:
+                if failure:
+                    self.failures.append(failure)
+                else:
+                    self.completed += 1
+                    self.tokens += tokens
+
+    def __enter__(self) -> Streams:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=180)
+
+    def summary(self) -> dict[str, Any]:
+        return {"completed": self.completed, "tokens": self.tokens, "failures": self.failures[:5]}
+
+
+def fortune_words() -> set[str]:
+    """Every word of the corpus the demo's model learned from (Debian's fortunes)."""
+    words: set[str] = set()
+    for path in Path("/usr/share/games/fortunes").iterdir():
+        if path.is_file() and not path.suffix and not path.is_symlink():
+            words.update(re.findall(r"[a-z]+", path.read_text(encoding="latin-1").lower()))
+    return words
+
+
+def test_the_generative_model_streams_through_its_service_with_the_openai_client(cluster: Demo) -> None:
+    assert "reply:" in cluster.output, cluster.output[-3000:]
+    client = openai_client(llm_address(cluster))
+    try:
+        assert [model.id for model in client.models.list()] == [demo.LLM]
+        pieces = []
+        usage = None
+        for chunk in client.completions.create(
+            model=demo.LLM,
+            prompt=PROMPT,
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        ):
+            pieces += [choice.text for choice in chunk.choices]
+            usage = chunk.usage or usage
+        whole = client.completions.create(model=demo.LLM, prompt=PROMPT, max_tokens=40, temperature=0)
+        chat = client.chat.completions.create(
+            model=demo.LLM, messages=[{"role": "user", "content": "Tell me a fortune."}], max_tokens=40
+        )
+    finally:
+        client.close()
+    streamed = "".join(pieces)
+    # Greedy is deterministic: the stream concatenates to the one-shot completion.
+    assert streamed == whole.choices[0].text
+    assert usage is not None
+    assert usage.completion_tokens == whole.usage.completion_tokens > 0
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].message.content
+    # Language, not noise: far more of what it writes are words of its corpus than of what random tokens of
+    # the same tokenizer spell (many of its 2,048 tokens are whole words, so noise scores ~0.4, not 0).
+    known = fortune_words()
+
+    def known_share(text: str) -> float:
+        words = re.findall(r"[a-z]+", text.lower())
+        return sum(word in known for word in words) / max(1, len(words))
+
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(demo.llm_model() / "tokenizer.json"))
+    rng = np.random.default_rng(0)
+    noise = float(
+        np.mean([known_share(tokenizer.decode(rng.integers(3, 2048, 48).tolist())) for _ in range(50)])
+    )
+    reply = streamed + " " + chat.choices[0].message.content
+    share = known_share(reply)
+    cluster.record(
+        "generative_reply",
+        {"prompt": PROMPT, "greedy": streamed, "known_word_share": share, "random_token_share": noise},
+    )
+    assert len(re.findall(r"[a-z]+", reply)) >= 5, reply
+    assert share >= noise + 0.15, (share, noise, reply)
+
+
+def test_prometheus_has_the_generative_models_first_token_and_token_series(cluster: Demo) -> None:
+    selector = f'namespace="{demo.NAMESPACE}", model="{demo.LLM}"'
+    for series in (
+        f"sum(ferry_generation_time_to_first_token_seconds_count{{{selector}}})",
+        f"sum(ferry_generation_tokens_total{{{selector}}})",
+    ):
+        wait_for(
+            f"Prometheus to have samples of {series}",
+            lambda series=series: any(float(s["value"][1]) > 0 for s in cluster.query(series)),
+            timeout=120,
+            interval=5,
+        )
+
+
+def test_concurrent_streams_scale_the_generative_model_out_on_its_queue_and_back_in(cluster: Demo) -> None:
+    # The demo's llm: 4 sequences per pod, metric queue, target 2 waiting per pod, at most 2 pods. Twelve
+    # looping clients keep about 8 requests waiting on one pod, so the HPA wants the second.
+    wait_for(
+        "the custom metrics API to serve the generative pod's waiting requests",
+        lambda: custom_metric_per_pod(cluster.kube, demo.NAMESPACE, QUEUE_METRIC),
+        timeout=180,
+        interval=5,
+    )
+    started = time.monotonic()
+    readings: list[tuple[int, float | None]] = []
+
+    def waiting_per_pod() -> float | None:
+        hpa = cluster.kube.kubectl_json("get", "hpa", demo.LLM, "-n", demo.NAMESPACE)
+        for metric in hpa.get("status", {}).get("currentMetrics") or []:
+            value = metric.get("pods", {}).get("current", {}).get("averageValue")
+            if value is not None:
+                return quantity(value)
+        return None
+
+    with ReplicaRecorder(cluster.kube, demo.LLM) as replicas:
+        with Streams(llm_address(cluster), clients=12, max_tokens=96) as streams:
+
+            def scaled_out() -> bool:
+                readings.append((round(time.monotonic() - started), waiting_per_pod()))
+                return bool(replicas.samples) and replicas.samples[-1][2] > 1
+
+            wait_for(
+                "the HPA to scale the generative model out on its queue", scaled_out, timeout=420, interval=5
+            )
+            time.sleep(15)  # the second pod takes streams under load
+
+        def scaled_in() -> bool:
+            readings.append((round(time.monotonic() - started), waiting_per_pod()))
+            return replicas.samples[-1][1] == 1
+
+        wait_for("the HPA to scale the generative model back in to 1", scaled_in, timeout=420, interval=5)
+    cluster.record(
+        "hpa_queue",
+        {
+            "replicas_over_time": [
+                {"t": t, "replicas": r, "ready": ready} for t, r, ready in replicas.samples
+            ],
+            "waiting_per_pod_over_time": [{"t": t, "average": v} for t, v in readings],
+            "streams": streams.summary(),
+        },
+    )
+    assert max(sample[2] for sample in replicas.samples) == 2
+    assert max(v for _, v in readings if v is not None) > 2
+    assert streams.completed > 0
+    assert not streams.failures, streams.summary()
