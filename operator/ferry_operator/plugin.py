@@ -137,6 +137,16 @@ def report_rows(report: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def artifact_row(artifact: Mapping[str, Any]) -> list[str]:
+    """status.optimization.artifact as a table row: where it is, its size, its digest."""
+    size = artifact.get("sizeBytes")
+    return [
+        str(artifact.get("uri", "")),
+        f"{int(size) / 1e6:.2f} MB" if size is not None else "",
+        str(artifact.get("sha256", "")),
+    ]
+
+
 # --------------------------------------------------------------------------------------------------
 # Cluster access.
 
@@ -273,8 +283,9 @@ def cmd_report(api: Any, args: argparse.Namespace, out: TextIO) -> int:
             file=out,
         )
     print(f"chosen: {report.get('chosen') or 'none'} ({report.get('reason', '')})", file=out)
-    if optimization.get("artifact"):
-        print(f"artifact: {optimization['artifact']}", file=out)
+    artifact = optimization.get("artifact")
+    if artifact:
+        print("\n" + table(["ARTIFACT", "SIZE", "SHA256"], [artifact_row(artifact)]), file=out)
     if args.plot:
         plot_report(report, Path(args.plot))
         print(f"wrote {args.plot}", file=out)

@@ -87,6 +87,14 @@ def test_report_marks_the_chosen_candidate_and_rejections() -> None:
     assert rows[1][2] == "1.00 MB"
 
 
+def test_the_artifact_is_a_table_row_not_a_python_dict() -> None:
+    artifact = {"uri": "pvc://ferry-artifacts/ab12/model.onnx", "sha256": "f" * 64, "sizeBytes": 1_250_000}
+    assert plugin.artifact_row(artifact) == ["pvc://ferry-artifacts/ab12/model.onnx", "1.25 MB", "f" * 64]
+    rendered = plugin.table(["ARTIFACT", "SIZE", "SHA256"], [plugin.artifact_row(artifact)])
+    assert "{" not in rendered
+    assert rendered.splitlines()[1].startswith("pvc://ferry-artifacts/ab12/model.onnx")
+
+
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     target = tmp_path / "report.png"
