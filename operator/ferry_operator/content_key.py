@@ -66,8 +66,20 @@ def normalized_optimize(optimize: models.Optimize | None) -> dict[str, Any]:
         }
     if spec.data is not None:
         result["data"] = {"uri": spec.data.uri, "samples": int(spec.data.samples)}
+    if spec.quantize in ("int4", "int8"):
+        weight_only = spec.weight_only or models.WeightOnly()
+        result["weightOnly"] = {
+            "blockSize": int(weight_only.block_size),
+            "accuracyLevel": int(weight_only.accuracy_level),
+        }
     if spec.validate_ is not None:
-        result["validate"] = {"metric": spec.validate_.metric, "maxDrop": float(spec.validate_.max_drop)}
+        validate = spec.validate_
+        if validate.metric == "perplexity":
+            increase = validate.max_increase if validate.max_increase is not None else 0.05
+            result["validate"] = {"metric": validate.metric, "maxIncrease": float(increase)}
+        else:
+            drop = validate.max_drop if validate.max_drop is not None else 0.01
+            result["validate"] = {"metric": validate.metric, "maxDrop": float(drop)}
     return result
 
 

@@ -908,6 +908,33 @@ def fortune_words() -> set[str]:
     return words
 
 
+def test_the_generative_model_was_quantized_in_a_job_behind_its_perplexity_gate(cluster: Demo) -> None:
+    md = cluster.kube.kubectl_json("get", "modeldeployment", demo.LLM, "-n", demo.NAMESPACE)
+    status = md["status"]
+    optimization = status["optimization"]
+    report = optimization["report"]
+    cluster.record("generative_optimization", optimization)
+    assert report["passed"] is True, report
+    assert report["metric"]["name"] == "perplexity"
+    candidates = {c["name"]: c for c in report["candidates"]}
+    assert set(candidates) == {"given", "int4", "int8"}, candidates
+    assert report["chosen"] in ("int4", "int8")
+    assert candidates[report["chosen"]]["sizeBytes"] < candidates["given"]["sizeBytes"] / 2
+    # Held-out fortunes: the chosen model's perplexity is within maxIncrease of the fp32 folder's.
+    budget = demo.LLM_OPTIMIZE["validate"]["maxIncrease"]
+    assert report["metric"]["value"] <= report["metric"]["baseline"] * (1 + budget)
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Optimized"]["status"] == "True", conditions
+    # The serving pods fetch the folder the Job wrote to the artifact store.
+    assert status["model"]["uri"] == optimization["artifact"]["uri"]
+    assert status["model"]["uri"].startswith(f"pvc://{demo.ARTIFACT_CLAIM}/")
+    assert status["model"]["format"] == "onnx-genai"
+    jobs = cluster.kube.kubectl_json(
+        "get", "jobs", "-n", demo.NAMESPACE, "-l", f"ferry.dev/modeldeployment={demo.LLM}"
+    )["items"]
+    assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]
+
+
 def test_the_generative_model_streams_through_its_service_with_the_openai_client(cluster: Demo) -> None:
     assert "reply:" in cluster.output, cluster.output[-3000:]
     client = openai_client(llm_address(cluster))
@@ -948,7 +975,7 @@ def test_the_generative_model_streams_through_its_service_with_the_openai_client
 
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(demo.llm_model() / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(demo.llm_model() / "fp32" / "tokenizer.json"))
     rng = np.random.default_rng(0)
     noise = float(
         np.mean([known_share(tokenizer.decode(rng.integers(3, 2048, 48).tolist())) for _ in range(50)])
@@ -1028,3 +1055,39 @@ def test_concurrent_streams_scale_the_generative_model_out_on_its_queue_and_back
     assert max(v for _, v in readings if v is not None) > 2
     assert streams.completed > 0
     assert not streams.failures, streams.summary()
+
+
+def test_kubectl_ferry_reaches_both_models_through_the_api_servers_service_proxy(cluster: Demo) -> None:
+    # The default path of `kubectl ferry predict` and `chat` (no --url): the API server's service proxy,
+    # with the kubeconfig's credentials, as a user outside the cluster network would call it.
+    plugin = [
+        sys.executable,
+        "-m",
+        "ferry_operator.plugin",
+        "--kubeconfig",
+        str(cluster.config.admin_kubeconfig),
+    ]
+    predicted = subprocess.run(
+        [*plugin, "predict", demo.MODEL, "-n", demo.NAMESPACE, "--input", str(cluster.out / "request.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    outputs = cluster.kube.kubectl_json(
+        "get",
+        "--raw",
+        f"/api/v1/namespaces/{demo.NAMESPACE}/services/{demo.MODEL}:http/proxy/v2/models/{demo.MODEL}",
+    )["outputs"]
+    assert predicted.stdout.startswith(outputs[0]["name"]), predicted.stdout
+    chat = subprocess.run(
+        [*plugin, "chat", demo.LLM, "-n", demo.NAMESPACE, "-m", "Tell me a fortune.", "--max-tokens", "24"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert chat.returncode == 0, chat.stderr
+    assert re.search(r"[a-z]{2,}", chat.stdout), chat.stdout
+    cluster.record("kubectl_ferry_proxy", {"predict": predicted.stdout[:300], "chat": chat.stdout[:300]})

@@ -167,12 +167,69 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
         "an onnx-genai model is a folder",
     ),
     InvalidSpec(
-        "genai-optimized",
+        "genai-tensor-quantization",
         spec_with(
             model={"uri": "pvc://models/llm/", "format": "onnx-genai"}, optimize={"quantize": "dynamic"}
         ),
         "spec.optimize",
-        "served as it is",
+        "quantize int4, int8 or none only",
+    ),
+    InvalidSpec(
+        "genai-pruned",
+        spec_with(
+            model={"uri": "pvc://models/llm/", "format": "onnx-genai"},
+            optimize={"quantize": "int4", "prune": {"sparsity": 0.5}},
+        ),
+        "spec.optimize",
+        "no dynamic/static/fp16, prune",
+    ),
+    InvalidSpec(
+        "int4-on-a-tensor-model",
+        spec_with(optimize={"quantize": "int4"}),
+        "spec.optimize.quantize",
+        "for generative models",
+    ),
+    InvalidSpec(
+        "perplexity-on-a-tensor-model",
+        spec_with(optimize={"validate": {"metric": "perplexity"}}),
+        "spec.optimize.validate.metric",
+        "perplexity and agreement are for generative models",
+    ),
+    InvalidSpec(
+        "accuracy-on-a-generative-model",
+        spec_with(
+            model={"uri": "pvc://models/llm/", "format": "onnx-genai"},
+            optimize={"quantize": "int4", "validate": {"maxDrop": 0.1}},
+        ),
+        "spec.optimize.validate.metric",
+        "perplexity and agreement are for generative models",
+    ),
+    InvalidSpec(
+        "perplexity-with-max-drop",
+        spec_with(
+            model={"uri": "pvc://models/llm/", "format": "onnx-genai"},
+            optimize={"quantize": "int4", "validate": {"metric": "perplexity", "maxDrop": 0.1}},
+        ),
+        "spec.optimize.validate.maxDrop",
+        "gated by maxIncrease",
+    ),
+    InvalidSpec(
+        "weight-only-without-int4",
+        spec_with(
+            model={"uri": "pvc://models/llm/", "format": "onnx-genai"},
+            optimize={"weightOnly": {"blockSize": 64}},
+        ),
+        "spec.optimize.weightOnly",
+        "needs quantize int4 or int8",
+    ),
+    InvalidSpec(
+        "weight-only-block-size",
+        spec_with(
+            model={"uri": "pvc://models/llm/", "format": "onnx-genai"},
+            optimize={"quantize": "int4", "weightOnly": {"blockSize": 48}},
+        ),
+        "spec.optimize.weightOnly.blockSize",
+        "48",
     ),
     InvalidSpec(
         "genai-no-sequences",

@@ -119,3 +119,25 @@ def test_the_documented_example_spec_round_trips() -> None:
     }
     model = {"uri": "pvc://models/m.keras", "format": "keras", "sha256": SHA}
     assert operator_key(model, copy.deepcopy(example)) == optimizer_side(SHA, example)
+
+
+GENERATIVE_SPECS: dict[str, dict[str, Any]] = {
+    "int4-defaults": {"quantize": "int4"},
+    "int8-block-64": {"quantize": "int8", "weightOnly": {"blockSize": 64, "accuracyLevel": 2}},
+    "perplexity-gate": {
+        "quantize": "int4",
+        "data": {"uri": "pvc://models/llm-data/heldout.txt"},
+        "validate": {"metric": "perplexity", "maxIncrease": 0.1},
+    },
+    "perplexity-default-budget": {"quantize": "int4", "validate": {"metric": "perplexity"}},
+    "agreement-gate": {"quantize": "int8", "validate": {"metric": "agreement", "maxDrop": 0.2}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(GENERATIVE_SPECS))
+def test_a_generative_models_key_and_spec_are_the_optimizers(case: str) -> None:
+    raw = GENERATIVE_SPECS[case]
+    uri = "pvc://models/llm/"
+    assert operator_key({"uri": uri, "format": "onnx-genai"}, raw) == optimizer_side(uri, raw)
+    parsed = models.Optimize.model_validate(raw)
+    assert content_key.normalized_optimize(parsed) == optimizer_spec.parse(raw).to_dict()

@@ -210,15 +210,22 @@ class OptimizeData(ApiModel):
 
 
 class Validate(ApiModel):
-    """The accuracy gate: a candidate that loses more than maxDrop is not rolled out."""
+    """The quality gate: a candidate that loses more than maxDrop (or, for perplexity, whose perplexity
+    grows by more than maxIncrease) is not rolled out."""
 
-    metric: Literal["accuracy", "cosine", "maxAbsError"] = "accuracy"
-    """accuracy (needs labels `y` in the data), cosine (output similarity with the original model) or
-    maxAbsError (largest absolute output difference)."""
+    metric: Literal["accuracy", "cosine", "maxAbsError", "perplexity", "agreement"] = "accuracy"
+    """Tensor models: accuracy (needs labels `y` in the data), cosine (output similarity with the original
+    model) or maxAbsError (largest absolute output difference). Generative models: perplexity on the
+    text in optimize.data, or agreement (greedy tokens equal to the original model's on built-in
+    prompts, when no text is given)."""
 
-    max_drop: float = Field(default=0.01, ge=0.0)
-    """Largest accepted loss: accuracy or cosine points (0 to 1) below the original model, or the largest
-    accepted absolute error for maxAbsError."""
+    max_drop: float | None = Field(default=None, ge=0.0)
+    """Largest accepted loss: accuracy, cosine or agreement points (0 to 1) below the original model, or
+    the largest accepted absolute error for maxAbsError; unset: 0.01. Not for perplexity."""
+
+    max_increase: float | None = Field(default=None, gt=0.0, le=10.0)
+    """perplexity only: largest accepted relative increase over the original model's (0.05: 5% higher);
+    unset: 0.05."""
 
     cel_rules = (
         CelRule(
@@ -226,9 +233,21 @@ class Validate(ApiModel):
                 "!has(self.maxDrop) || (has(self.metric) && self.metric == 'maxAbsError') || "
                 "self.maxDrop <= 1.0"
             ),
-            message="maxDrop must be between 0 and 1 for the accuracy and cosine metrics",
+            message="maxDrop must be between 0 and 1 for the accuracy, cosine and agreement metrics",
             field_path=".maxDrop",
-            holds=lambda m: m.metric == "maxAbsError" or m.max_drop <= 1.0,
+            holds=lambda m: m.metric == "maxAbsError" or m.max_drop is None or m.max_drop <= 1.0,
+        ),
+        CelRule(
+            cel="!has(self.maxDrop) || !has(self.metric) || self.metric != 'perplexity'",
+            message="perplexity is gated by maxIncrease (lower is better), not maxDrop",
+            field_path=".maxDrop",
+            holds=lambda m: m.max_drop is None or m.metric != "perplexity",
+        ),
+        CelRule(
+            cel="!has(self.maxIncrease) || (has(self.metric) && self.metric == 'perplexity')",
+            message="maxIncrease is the budget of metric: perplexity; other metrics use maxDrop",
+            field_path=".maxIncrease",
+            holds=lambda m: m.max_increase is None or m.metric == "perplexity",
         ),
     )
 
@@ -240,6 +259,17 @@ def _only_onnx() -> list[ExportFormat]:
     return ["onnx"]
 
 
+class WeightOnly(ApiModel):
+    """How int4/int8 weight-only quantization is done (ONNX Runtime's MatMulNBits)."""
+
+    block_size: Literal[16, 32, 64, 128, 256] = 32
+    """Weights per quantization scale: smaller blocks are more accurate and slightly larger."""
+
+    accuracy_level: int = Field(default=4, ge=1, le=4)
+    """The precision MatMulNBits computes in: 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (fastest on
+    CPU)."""
+
+
 class Optimize(ApiModel):
     """How to optimize the model before serving it. Absent: the model is served as it is (a model not in
     ONNX is still converted)."""
@@ -247,9 +277,15 @@ class Optimize(ApiModel):
     graph: Literal["disabled", "basic", "extended", "all"] = "extended"
     """ONNX Runtime offline graph optimization level applied to the served model."""
 
-    quantize: Literal["none", "dynamic", "static", "fp16"] = "none"
-    """Quantization: dynamic (int8 weights, activations quantized at run time), static (int8 weights and
-    activations; needs data for calibration), fp16 (half-precision weights) or none."""
+    quantize: Literal["none", "dynamic", "static", "fp16", "int4", "int8"] = "none"
+    """Quantization. Tensor models: dynamic (int8 weights, activations quantized at run time), static
+    (int8 weights and activations; needs data for calibration) or fp16 (half-precision weights).
+    Generative models: int4 or int8 weight-only quantization (MatMulNBits; int4 also tries int8, the
+    fallback when int4 fails the gate). none: no quantization."""
+
+    weight_only: WeightOnly | None = None
+    """Block size and accuracy level of int4/int8 weight-only quantization; unset: blockSize 32,
+    accuracyLevel 4."""
 
     prune: Prune | None = None
     """Weight pruning; absent: no pruning."""
@@ -279,6 +315,12 @@ class Optimize(ApiModel):
             message="quantize: static needs calibration samples: set optimize.data",
             field_path=".quantize",
             holds=lambda m: m.quantize != "static" or m.data is not None,
+        ),
+        CelRule(
+            cel="!has(self.weightOnly) || (has(self.quantize) && self.quantize in ['int4', 'int8'])",
+            message="weightOnly sets int4/int8 weight-only quantization: it needs quantize int4 or int8",
+            field_path=".weightOnly",
+            holds=lambda m: m.weight_only is None or m.quantize in ("int4", "int8"),
         ),
         CelRule(
             cel="!has(self.distill) || has(self.data)",
@@ -545,11 +587,56 @@ class ModelDeploymentSpec(ApiModel):
 
     cel_rules = (
         CelRule(
-            cel="!has(self.optimize) || self.model.format != 'onnx-genai'",
-            message="an onnx-genai model is served as it is: optimize is not supported for model.format "
-            "onnx-genai",
+            cel=(
+                "!has(self.optimize) || self.model.format != 'onnx-genai' || "
+                "((!has(self.optimize.quantize) || self.optimize.quantize in ['none', 'int4', 'int8']) && "
+                "!has(self.optimize.prune) && !has(self.optimize.distill) && "
+                "(!has(self.optimize.export) || self.optimize.export == ['onnx']))"
+            ),
+            message="a generative model (model.format onnx-genai) is optimized by quantize int4, int8 or "
+            "none only: no dynamic/static/fp16, prune, distill or TensorFlow Lite export",
             field_path=".optimize",
-            holds=lambda m: m.optimize is None or m.model.format != "onnx-genai",
+            holds=lambda m: (
+                m.optimize is None
+                or m.model.format != "onnx-genai"
+                or (
+                    m.optimize.quantize in ("none", "int4", "int8")
+                    and m.optimize.prune is None
+                    and m.optimize.distill is None
+                    and list(m.optimize.export) == ["onnx"]
+                )
+            ),
+        ),
+        CelRule(
+            cel=(
+                "!has(self.optimize) || !has(self.optimize.quantize) || "
+                "!(self.optimize.quantize in ['int4', 'int8']) || self.model.format == 'onnx-genai'"
+            ),
+            message="quantize int4/int8 (weight-only) is for generative models (model.format onnx-genai); "
+            "a tensor model uses dynamic, static or fp16",
+            field_path=".optimize.quantize",
+            holds=lambda m: (
+                m.optimize is None
+                or m.optimize.quantize not in ("int4", "int8")
+                or m.model.format == "onnx-genai"
+            ),
+        ),
+        CelRule(
+            cel=(
+                "!has(self.optimize) || !has(self.optimize.validate) || "
+                "((has(self.optimize.validate.metric) && "
+                "self.optimize.validate.metric in ['perplexity', 'agreement']) == "
+                "(self.model.format == 'onnx-genai'))"
+            ),
+            message="validate.metric perplexity and agreement are for generative models (model.format "
+            "onnx-genai); accuracy, cosine and maxAbsError for tensor models",
+            field_path=".optimize.validate.metric",
+            holds=lambda m: (
+                m.optimize is None
+                or m.optimize.validate_ is None
+                or (m.optimize.validate_.metric in ("perplexity", "agreement"))
+                == (m.model.format == "onnx-genai")
+            ),
         ),
         CelRule(
             cel=(

@@ -244,10 +244,19 @@ def served_from_status(status: Mapping[str, Any]) -> ServedArtifact | None:
     """What the serving pods run according to status.model (the last artifact the reconcile served)."""
     model = status.get("model") or {}
     uri = model.get("uri")
-    if not uri or model.get("format", "onnx") != "onnx":
+    served_format = str(model.get("format", "onnx"))
+    if not uri or served_format not in SERVED_AS_IS:
         return None
     digest = str(model.get("digest") or "")
-    return ServedArtifact(uri=str(uri), sha256=digest.removeprefix("sha256:") or None)
+    return ServedArtifact(uri=str(uri), sha256=digest.removeprefix("sha256:") or None, format=served_format)
+
+
+def optimized_artifact(artifact: models.Artifact, source_format: str) -> ServedArtifact:
+    """What serving pods run of a Job's artifact: an ONNX file checked by its digest, or, for a
+    generative source, the onnxruntime-genai folder the Job wrote (a folder has no single digest)."""
+    if source_format == "onnx-genai":
+        return ServedArtifact(uri=artifact.uri, sha256=None, format="onnx-genai")
+    return ServedArtifact(uri=artifact.uri, sha256=artifact.sha256)
 
 
 # --- decide -----------------------------------------------------------------------------------------------
@@ -314,7 +323,7 @@ def decide(situation: Situation) -> Decision:
             "FERRY_OPERATOR_ARTIFACT_STORE (the chart's artifactStore) to pvc://CLAIM/ or s3://BUCKET/"
         )
         verdict = Verdict("False", "NoArtifactStore", setting)
-        if s.model_format != "onnx":
+        if s.model_format not in SERVED_AS_IS:
             verdict = Verdict(
                 "False",
                 "ConversionRequired",
@@ -403,7 +412,7 @@ def _outcome(s: Situation, summary: Summary, result: Summary | None) -> Decision
     status = models.OptimizationStatus(job=s.job_name, key=s.key, artifact=summary.artifact, report=report)
     reason = report.reason or ""
     if report.passed and summary.artifact is not None:
-        artifact = ServedArtifact(uri=summary.artifact.uri, sha256=summary.artifact.sha256)
+        artifact = optimized_artifact(summary.artifact, s.model_format)
         metric = report.metric
         measured = (
             f" ({metric.name} {metric.baseline:.4g} -> {metric.value:.4g})" if metric is not None else ""
@@ -415,7 +424,7 @@ def _outcome(s: Situation, summary: Summary, result: Summary | None) -> Decision
     if summary.artifact is not None:
         # No gate was asked for and every requested candidate failed to build: the optimizer still
         # converted the model, so it can be served as it is.
-        artifact = ServedArtifact(uri=summary.artifact.uri, sha256=summary.artifact.sha256)
+        artifact = optimized_artifact(summary.artifact, s.model_format)
         verdict = Verdict(
             "False",
             "CandidatesFailed",
