@@ -721,15 +721,22 @@ def test_dashboard_queries_return_data_from_this_prometheus(cluster: Demo) -> No
         assert post(f"{pod}/infer", request) == 200
         assert post(f"{pod}/feedback", {"id": f"e2e-{index}", "label": int(y[index])}) == 200
     assert post(f"{pod}/feedback", {"id": "never-sent", "label": 1}) == 404
-    with Load(cluster.service_ip(), request_body(cluster, name, 8), clients=1):
+    # and generations of the generative model, for the Generation row
+    with (
+        Load(cluster.service_ip(), request_body(cluster, name, 8), clients=1),
+        Streams(llm_address(cluster), clients=2, max_tokens=32) as streams,
+    ):
         time.sleep(10)
+    assert streams.completed > 0, streams.summary()
+    assert not streams.failures, streams.summary()
 
     dashboard = json.loads(DASHBOARD.read_text())
     expressions = {
         target["expr"]
         .replace("$__rate_interval", "2m")
         .replace("$namespace", demo.NAMESPACE)
-        .replace("$model", demo.MODEL)
+        # the Model variable with both of the demo's models selected
+        .replace("$model", f"{demo.MODEL}|{demo.LLM}")
         for panel in dashboard["panels"]
         for target in panel.get("targets", [])
     }
