@@ -34,11 +34,20 @@ FULL = {
 def test_normalized_spec_matches_the_operator_api_defaults(raw: dict[str, object]) -> None:
     """The operator (pydantic, the CRD's source) and the optimizer (stdlib) default a spec identically,
     so a spec defaulted by the API server and the same spec typed for the CLI get the same content key."""
+    from ferry_operator import content_key
     from ferry_operator.api.models import Optimize
 
-    operator_view = Optimize.model_validate(raw).model_dump(by_alias=True, exclude_none=True, mode="json")
-    operator_view["export"] = [f for f in spec.EXPORT_FORMATS if f in operator_view["export"]]
+    # The operator's own normalized form: what it defaults that the schema leaves unset (validate.maxDrop
+    # is unset in the API since perplexity uses maxIncrease) is filled in as the optimizer fills it.
+    parsed = Optimize.model_validate(raw)
+    operator_view = content_key.normalized_optimize(parsed)
     assert spec.parse(raw).to_dict() == operator_view
+    # and every field the schema defaults is in it, with the same value
+    schema_view = parsed.model_dump(by_alias=True, exclude_none=True, mode="json")
+    schema_view["export"] = [f for f in spec.EXPORT_FORMATS if f in schema_view["export"]]
+    for name, value in schema_view.items():
+        expected = value if name != "validate" else {**value, **operator_view["validate"]}
+        assert operator_view[name] == expected, name
 
 
 @pytest.mark.parametrize(
