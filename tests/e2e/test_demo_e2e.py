@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pytest
@@ -193,19 +193,41 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
 # ----------------------------------------------------------------------------------------- load
 
 
-class Load:
+class ClientThreads:
+    """`clients` threads each running `_run` until the `with` block ends (then joined, each waited for at
+    most `join_timeout` seconds); `_lock` guards what they count."""
+
+    def __init__(self, clients: int, join_timeout: float) -> None:
+        self.failures: list[str] = []
+        self._join_timeout = join_timeout
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self._join_timeout)
+
+
+class Load(ClientThreads):
     """Clients sending v2 REST inference requests to the Service's ClusterIP, each on a new connection so
     that kube-proxy spreads them over the pods (a kept-alive connection stays on one pod), counting
     answers by outcome."""
 
     def __init__(self, address: str, body: bytes, clients: int) -> None:
+        super().__init__(clients, join_timeout=60)
         self.url = f"http://{address}:8080/v2/models/{demo.MODEL}/infer"
         self.body = body
         self.ok = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
     def _run(self) -> None:
         request = urllib.request.Request(
@@ -224,16 +246,6 @@ class Load:
                     self.ok += 1
                 else:
                     self.failures.append(failure)
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
 
     def summary(self) -> dict[str, Any]:
         total = self.ok + len(self.failures)
@@ -851,19 +863,16 @@ def openai_client(address: str) -> Any:
     return openai.OpenAI(base_url=f"http://{address}:8080/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-class Streams:
+class Streams(ClientThreads):
     """Clients streaming completions from the generative model's Service with the official openai client,
     a new client (connection) per stream so kube-proxy spreads them, counting streams by outcome."""
 
     def __init__(self, address: str, clients: int, max_tokens: int) -> None:
+        super().__init__(clients, join_timeout=180)
         self.address = address
         self.max_tokens = max_tokens
         self.completed = 0
         self.tokens = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
     def _run(self) -> None:
         import openai
@@ -894,16 +903,6 @@ class Streams:
                 else:
                     self.completed += 1
                     self.tokens += tokens
-
-    def __enter__(self) -> Streams:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=180)
 
     def summary(self) -> dict[str, Any]:
         return {"completed": self.completed, "tokens": self.tokens, "failures": self.failures[:5]}
