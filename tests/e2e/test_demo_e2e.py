@@ -107,10 +107,8 @@ class Demo:
         )
         return result
 
-    def service_ip(self) -> str:
-        return str(
-            self.kube.kubectl_json("get", "service", demo.MODEL, "-n", demo.NAMESPACE)["spec"]["clusterIP"]
-        )
+    def service_ip(self, name: str = demo.MODEL) -> str:
+        return str(self.kube.kubectl_json("get", "service", name, "-n", demo.NAMESPACE)["spec"]["clusterIP"])
 
     def query(self, expression: str) -> list[dict[str, Any]]:
         address = f"{prometheus.url(self.config)}/api/v1/query?" + urllib.parse.urlencode(
@@ -543,9 +541,9 @@ def test_load_scales_out_on_real_cpu_and_back_in_after(cluster: Demo) -> None:
     assert not cycle.load.failures, cycle.load.summary()
 
 
-def hpa_pods_metric(cluster: Demo) -> float | None:
+def hpa_pods_metric(cluster: Demo, name: str = demo.MODEL) -> float | None:
     """The HPA's current per-pod average of its Pods metric (a quantity: "3", "2500m")."""
-    hpa = cluster.kube.kubectl_json("get", "hpa", demo.MODEL, "-n", demo.NAMESPACE)
+    hpa = cluster.kube.kubectl_json("get", "hpa", name, "-n", demo.NAMESPACE)
     for metric in hpa.get("status", {}).get("currentMetrics") or []:
         value = metric.get("pods", {}).get("current", {}).get("averageValue")
         if value is not None:
@@ -736,7 +734,7 @@ def test_dashboard_queries_return_data_from_this_prometheus(cluster: Demo) -> No
     # and generations of the generative model, for the Generation row
     with (
         Load(cluster.service_ip(), request_body(cluster, name, 8), clients=1),
-        Streams(llm_address(cluster), clients=2, max_tokens=32) as streams,
+        Streams(cluster.service_ip(demo.LLM), clients=2, max_tokens=32) as streams,
     ):
         time.sleep(10)
     assert streams.completed > 0, streams.summary()
@@ -851,12 +849,6 @@ def test_broken_update_is_rolled_back_automatically_while_the_previous_revision_
 PROMPT = "A man walks into a bar and"
 
 
-def llm_address(cluster: Demo) -> str:
-    return str(
-        cluster.kube.kubectl_json("get", "service", demo.LLM, "-n", demo.NAMESPACE)["spec"]["clusterIP"]
-    )
-
-
 def openai_client(address: str) -> Any:
     import openai
 
@@ -946,7 +938,7 @@ def test_the_generative_model_was_quantized_in_a_job_behind_its_perplexity_gate(
 
 def test_the_generative_model_streams_through_its_service_with_the_openai_client(cluster: Demo) -> None:
     assert "reply:" in cluster.output, cluster.output[-3000:]
-    client = openai_client(llm_address(cluster))
+    client = openai_client(cluster.service_ip(demo.LLM))
     try:
         assert [model.id for model in client.models.list()] == [demo.LLM]
         pieces = []
@@ -1025,19 +1017,11 @@ def test_concurrent_streams_scale_the_generative_model_out_on_its_queue_and_back
     started = time.monotonic()
     readings: list[tuple[int, float | None]] = []
 
-    def waiting_per_pod() -> float | None:
-        hpa = cluster.kube.kubectl_json("get", "hpa", demo.LLM, "-n", demo.NAMESPACE)
-        for metric in hpa.get("status", {}).get("currentMetrics") or []:
-            value = metric.get("pods", {}).get("current", {}).get("averageValue")
-            if value is not None:
-                return quantity(value)
-        return None
-
     with ReplicaRecorder(cluster.kube, demo.LLM) as replicas:
-        with Streams(llm_address(cluster), clients=12, max_tokens=96) as streams:
+        with Streams(cluster.service_ip(demo.LLM), clients=12, max_tokens=96) as streams:
 
             def scaled_out() -> bool:
-                readings.append((round(time.monotonic() - started), waiting_per_pod()))
+                readings.append((round(time.monotonic() - started), hpa_pods_metric(cluster, demo.LLM)))
                 return bool(replicas.samples) and replicas.samples[-1][2] > 1
 
             wait_for(
@@ -1046,7 +1030,7 @@ def test_concurrent_streams_scale_the_generative_model_out_on_its_queue_and_back
             time.sleep(15)  # the second pod takes streams under load
 
         def scaled_in() -> bool:
-            readings.append((round(time.monotonic() - started), waiting_per_pod()))
+            readings.append((round(time.monotonic() - started), hpa_pods_metric(cluster, demo.LLM)))
             return replicas.samples[-1][1] == 1
 
         wait_for("the HPA to scale the generative model back in to 1", scaled_in, timeout=420, interval=5)
