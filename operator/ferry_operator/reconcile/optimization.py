@@ -650,10 +650,9 @@ class OptimizationResolver:
         """ferry_operator_optimizations_total and the duration histogram, once per finished Job."""
         outcome = job_outcome(decision)
         job = next((j for j in situation.jobs if j.name == situation.job_name), None)
-        counted = self._counted_jobs.setdefault(md.uid, set())
-        if outcome is None or job is None or job.uid in counted:
+        if outcome is None or job is None or job.uid in self._counted_jobs.get(md.uid, ()):
             return
-        counted.add(job.uid)
+        self._counted_jobs.setdefault(md.uid, set()).add(job.uid)
         labels = {"namespace": md.namespace, "modeldeployment": md.name, "outcome": outcome}
         metrics.OPTIMIZATIONS.labels(**labels).inc()
         if job.started_at and job.finished_at:
