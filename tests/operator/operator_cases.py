@@ -167,6 +167,36 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
         "an onnx-genai model is a folder",
     ),
     InvalidSpec(
+        "huggingface-not-a-folder",
+        spec_with(model={"uri": "pvc://models/llm/model.safetensors", "format": "huggingface"}),
+        "spec.model.uri",
+        "a huggingface model is a folder",
+    ),
+    InvalidSpec(
+        "huggingface-tensor-quantization",
+        spec_with(model={"uri": "pvc://models/llm/", "format": "huggingface"}, optimize={"quantize": "fp16"}),
+        "spec.optimize",
+        "quantize int4, int8 or none only",
+    ),
+    InvalidSpec(
+        "huggingface-pruned",
+        spec_with(
+            model={"uri": "pvc://models/llm/", "format": "huggingface"},
+            optimize={"quantize": "int4", "prune": {"sparsity": 0.5}},
+        ),
+        "spec.optimize",
+        "no dynamic/static/fp16, prune",
+    ),
+    InvalidSpec(
+        "huggingface-gated-on-accuracy",
+        spec_with(
+            model={"uri": "pvc://models/llm/", "format": "huggingface"},
+            optimize={"quantize": "int8", "validate": {"maxDrop": 0.01}},
+        ),
+        "spec.optimize.validate.metric",
+        "perplexity and agreement are for generative models",
+    ),
+    InvalidSpec(
         "genai-tensor-quantization",
         spec_with(
             model={"uri": "pvc://models/llm/", "format": "onnx-genai"}, optimize={"quantize": "dynamic"}

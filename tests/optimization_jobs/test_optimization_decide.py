@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import ferry_operator
-from ferry_operator import kinds
+from ferry_operator import content_key, kinds
 from ferry_operator.api import models
 from ferry_operator.builders.inputs import ServedArtifact
 from ferry_operator.reconcile import optimization
@@ -140,6 +140,30 @@ def test_a_passing_result_is_served_and_recorded() -> None:
     assert status["report"]["metric"] == {"name": "accuracy", "baseline": 0.977728, "value": 0.979955}
     # The status is valid against the API's schema.
     models.OptimizationStatus.model_validate(status)
+
+
+@pytest.mark.parametrize("source_format", ["huggingface", "onnx-genai"])
+def test_a_generative_sources_result_is_served_as_an_onnx_genai_folder(source_format: str) -> None:
+    # A Hugging Face folder is never served itself: the Job's artifact is the onnxruntime-genai folder it
+    # built, served without a single-file digest; the same as for a re-quantized onnx-genai folder.
+    decision = optimization.decide(
+        situation(
+            model_uri="pvc://models/llm/",
+            model_format=source_format,
+            jobs=(job("succeeded"),),
+            pods=(finished_pod(summary()),),
+        )
+    )
+    assert decision.artifact == ServedArtifact(uri=ARTIFACT["uri"], sha256=None, format="onnx-genai")
+
+
+def test_a_huggingface_model_needs_a_job_even_without_an_optimize_block() -> None:
+    spec = models.ModelDeploymentSpec.model_validate(
+        {"model": {"uri": "pvc://models/llm/", "format": "huggingface"}}
+    )
+    assert optimization.needs_optimization(spec)
+    # The Job builds the unquantized model only: quantize none, as the optimizer's own default.
+    assert content_key.normalized_optimize(spec.optimize)["quantize"] == "none"
 
 
 def test_a_recorded_result_is_reused_without_any_job() -> None:

@@ -29,6 +29,10 @@ SHORT_NAMES = ("md",)
 URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+|s3://[a-z0-9][-a-z0-9.]*[a-z0-9]/.+|https?://[^/]+/.+|file:///.+)$"
 URI_HELP = "pvc://CLAIM/PATH, s3://BUCKET/KEY, http(s)://HOST/PATH or file:///PATH (development clusters)"
 
+# Text-generation formats: served with the OpenAI-compatible API once they are an onnxruntime-genai folder
+# (huggingface always goes through an optimization Job that builds one).
+GENERATIVE_FORMATS = ("onnx-genai", "huggingface")
+
 # Requests of a serving container when spec.serving.resources is not given.
 DEFAULT_REQUESTS: dict[str, int | str] = {"cpu": "500m", "memory": "512Mi"}
 
@@ -99,12 +103,13 @@ class ModelSource(ApiModel):
     http(s)://HOST/PATH or file:///PATH (development only). A URI ending in "/" is a directory (a
     TensorFlow SavedModel, or a model with external data files)."""
 
-    format: Literal["onnx", "tensorflow", "keras", "tflite", "onnx-genai"]
+    format: Literal["onnx", "tensorflow", "keras", "tflite", "onnx-genai", "huggingface"]
     """The model's format: onnx, tensorflow (a SavedModel directory), keras (a .keras or .h5 file),
-    tflite, or onnx-genai (a text-generation model: an onnxruntime-genai folder with genai_config.json,
-    the decoder's ONNX files and the tokenizer, served with the OpenAI-compatible API; see
-    docs/generative.md). Models not in ONNX are converted by an optimization Job before they are
-    served."""
+    tflite, or a text-generation model served with the OpenAI-compatible API (docs/generative.md):
+    onnx-genai (an onnxruntime-genai folder with genai_config.json, the decoder's ONNX files and the
+    tokenizer) or huggingface (a Hugging Face causal-LM folder: config.json, *.safetensors, the
+    tokenizer files; built into an onnxruntime-genai folder by the optimization Job). Models not in
+    ONNX are converted by an optimization Job before they are served."""
 
     credentials_secret: DnsSubdomain | None = None
     """Name of a Secret in this namespace whose keys are exposed to the model fetcher as environment
@@ -129,6 +134,13 @@ class ModelSource(ApiModel):
             "must end with '/'",
             field_path=".uri",
             holds=lambda m: m.format != "onnx-genai" or m.uri.endswith("/"),
+        ),
+        CelRule(
+            cel="self.format != 'huggingface' || self.uri.endsWith('/')",
+            message="a huggingface model is a folder (config.json, *.safetensors, the tokenizer files): uri "
+            "must end with '/'",
+            field_path=".uri",
+            holds=lambda m: m.format != "huggingface" or m.uri.endswith("/"),
         ),
         CelRule(
             cel="!has(self.sha256) || !self.uri.endsWith('/')",
@@ -506,7 +518,8 @@ class Serving(ApiModel):
     """ONNX Runtime intra-op threads per pod; unset: derived by the runtime from its CPU allowance."""
 
     generation: Generation = Field(default_factory=Generation, json_schema_extra={"default": {}})
-    """Continuous batching of a text-generation model (model.format onnx-genai); ignored otherwise."""
+    """Continuous batching of a text-generation model (model.format onnx-genai or huggingface); ignored
+    otherwise."""
 
     cel_rules = (
         CelRule(
@@ -588,17 +601,17 @@ class ModelDeploymentSpec(ApiModel):
     cel_rules = (
         CelRule(
             cel=(
-                "!has(self.optimize) || self.model.format != 'onnx-genai' || "
+                "!has(self.optimize) || !(self.model.format in ['onnx-genai', 'huggingface']) || "
                 "((!has(self.optimize.quantize) || self.optimize.quantize in ['none', 'int4', 'int8']) && "
                 "!has(self.optimize.prune) && !has(self.optimize.distill) && "
                 "(!has(self.optimize.export) || self.optimize.export == ['onnx']))"
             ),
-            message="a generative model (model.format onnx-genai) is optimized by quantize int4, int8 or "
-            "none only: no dynamic/static/fp16, prune, distill or TensorFlow Lite export",
+            message="a generative model (model.format onnx-genai or huggingface) is optimized by quantize "
+            "int4, int8 or none only: no dynamic/static/fp16, prune, distill or TensorFlow Lite export",
             field_path=".optimize",
             holds=lambda m: (
                 m.optimize is None
-                or m.model.format != "onnx-genai"
+                or m.model.format not in GENERATIVE_FORMATS
                 or (
                     m.optimize.quantize in ("none", "int4", "int8")
                     and m.optimize.prune is None
@@ -610,15 +623,16 @@ class ModelDeploymentSpec(ApiModel):
         CelRule(
             cel=(
                 "!has(self.optimize) || !has(self.optimize.quantize) || "
-                "!(self.optimize.quantize in ['int4', 'int8']) || self.model.format == 'onnx-genai'"
+                "!(self.optimize.quantize in ['int4', 'int8']) || "
+                "self.model.format in ['onnx-genai', 'huggingface']"
             ),
-            message="quantize int4/int8 (weight-only) is for generative models (model.format onnx-genai); "
-            "a tensor model uses dynamic, static or fp16",
+            message="quantize int4/int8 (weight-only) is for generative models (model.format onnx-genai or "
+            "huggingface); a tensor model uses dynamic, static or fp16",
             field_path=".optimize.quantize",
             holds=lambda m: (
                 m.optimize is None
                 or m.optimize.quantize not in ("int4", "int8")
-                or m.model.format == "onnx-genai"
+                or m.model.format in GENERATIVE_FORMATS
             ),
         ),
         CelRule(
@@ -626,16 +640,16 @@ class ModelDeploymentSpec(ApiModel):
                 "!has(self.optimize) || !has(self.optimize.validate) || "
                 "((has(self.optimize.validate.metric) && "
                 "self.optimize.validate.metric in ['perplexity', 'agreement']) == "
-                "(self.model.format == 'onnx-genai'))"
+                "(self.model.format in ['onnx-genai', 'huggingface']))"
             ),
             message="validate.metric perplexity and agreement are for generative models (model.format "
-            "onnx-genai); accuracy, cosine and maxAbsError for tensor models",
+            "onnx-genai or huggingface); accuracy, cosine and maxAbsError for tensor models",
             field_path=".optimize.validate.metric",
             holds=lambda m: (
                 m.optimize is None
                 or m.optimize.validate_ is None
                 or (m.optimize.validate_.metric in ("perplexity", "agreement"))
-                == (m.model.format == "onnx-genai")
+                == (m.model.format in GENERATIVE_FORMATS)
             ),
         ),
         CelRule(

@@ -254,7 +254,7 @@ def served_from_status(status: Mapping[str, Any]) -> ServedArtifact | None:
 def optimized_artifact(artifact: models.Artifact, source_format: str) -> ServedArtifact:
     """What serving pods run of a Job's artifact: an ONNX file checked by its digest, or, for a
     generative source, the onnxruntime-genai folder the Job wrote (a folder has no single digest)."""
-    if source_format == "onnx-genai":
+    if source_format in models.GENERATIVE_FORMATS:
         return ServedArtifact(uri=artifact.uri, sha256=None, format="onnx-genai")
     return ServedArtifact(uri=artifact.uri, sha256=artifact.sha256)
 
