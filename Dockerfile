@@ -3,7 +3,8 @@
 # entry point:
 #   operator   kopf + the Kubernetes client, no ML libraries (import-linter enforces it)
 #   runtime    ONNX Runtime and the server, no TensorFlow; also the storage initializer (ferry-fetch)
-#   optimizer  TensorFlow, tf2onnx and ONNX Runtime for the optimization Jobs
+#   optimizer  TensorFlow, tf2onnx and ONNX Runtime for the optimization Jobs; torch (CPU use only),
+#              transformers and onnxruntime-genai's model builder for generative models
 # Build from the repository root:
 #   podman build --target runtime --build-arg COMPONENT=runtime -t ferry-runtime:0.1.0 .
 # BASE_IMAGE defaults to the official Python image; with no registry (the devcluster),
@@ -19,16 +20,30 @@ ARG PIP_CERT=""
 # A virtual environment is the unit we copy into the final stage: no compilers or pip caches ship.
 RUN test -n "$COMPONENT" || { echo "set --build-arg COMPONENT=operator|runtime|optimizer" >&2; exit 2; } \
  && python3 -m venv /opt/ferry
-COPY pyproject.toml constraints.txt /src/
+COPY pyproject.toml constraints.txt scripts/image_requirements.py scripts/cuda_stubs.py /src/
 # Only the dependencies, from pyproject.toml's lists, live in this stage: it is reused until they change.
 # Ferry's own code is added in the final stage as one small layer on top of this one, so a code change
 # neither re-downloads ONNX Runtime or TensorFlow nor stores another copy of them (a copy of the optimizer's
-# 1.8 GB environment per source change once filled a CI machine's disk).
-RUN /opt/ferry/bin/python -c "import sys, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-print('\\n'.join(p['dependencies'] + p['optional-dependencies'][sys.argv[1]]))" "$COMPONENT" > /src/requirements.txt \
+# 1.8 GB environment per source change once filled a CI machine's disk). image_requirements.py says which
+# extras each image carries; what it lists in no-deps.txt (torch, for the optimizer's generative builds) is
+# installed without its GPU-only dependencies, then with its CPU ones, and cuda_stubs.py (compiled here,
+# with Debian's gcc, which stays in this stage) writes stubs of the CUDA libraries it links but never calls.
+RUN /opt/ferry/bin/python /src/image_requirements.py "$COMPONENT" /src/pyproject.toml /src \
  && /opt/ferry/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-cache-dir --upgrade pip \
  && /opt/ferry/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-cache-dir -c /src/constraints.txt \
     -r /src/requirements.txt \
+ && if [ -s /src/no-deps.txt ]; then \
+      /opt/ferry/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-cache-dir --no-deps -c /src/constraints.txt \
+        -r /src/no-deps.txt \
+   && for dist in $(sed 's/[^A-Za-z0-9._-].*//' /src/no-deps.txt); do \
+        /opt/ferry/bin/python /src/image_requirements.py --cpu-dependencies "$dist"; done > /src/cpu-deps.txt \
+   && /opt/ferry/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-cache-dir -c /src/constraints.txt \
+        -r /src/cpu-deps.txt \
+   && DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+   && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev binutils \
+   && /opt/ferry/bin/python /src/cuda_stubs.py /opt/ferry/lib/python3.11/site-packages/torch/lib \
+   && /opt/ferry/bin/python -c "import torch; assert not torch.cuda.is_available(); print('torch', torch.__version__)"; \
+    fi \
  && find /opt/ferry -name __pycache__ -prune -exec rm -rf {} +
 
 FROM deps AS wheel
