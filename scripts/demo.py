@@ -12,9 +12,10 @@ the chosen artifact; wait for Ready; start a Prometheus on the host that scrapes
 describes, and prometheus-adapter over it (the custom metrics API, for HPAs on in-flight requests or
 requests per second: spec.serving.autoscaling.metric); make a real prediction through the Service. Then the
 generative half: a small Llama trained here on Debian's fortunes (examples/llm/train.py, cached under
-~/.cache/ferry/demo), built into an int4 onnxruntime-genai folder, served as ModelDeployment `llm` (format
-onnx-genai, autoscaled on waiting requests), and a completion streamed through its Service with the
-official `openai` client. Print where to send requests.
+~/.cache/ferry/demo), its Hugging Face folder deployed as ModelDeployment `llm` (format huggingface: the
+Job builds it into onnxruntime-genai folders and chooses int4 behind a perplexity gate; autoscaled on
+waiting requests), and a completion streamed through its Service with the official `openai` client. Print
+where to send requests.
 
 Environment: FERRY_DEVCLUSTER_DIR / FERRY_DEVCLUSTER_PORT_BASE select the cluster (docs/devcluster.md),
 FERRY_DEMO_OUT the scratch directory (default out/demo). tests/e2e/test_demo_e2e.py runs this script.
@@ -115,14 +116,15 @@ LLM_OPTIMIZE = {
 
 
 def llm_deployment() -> dict[str, Any]:
-    """The generative ModelDeployment: an fp32 onnxruntime-genai folder, quantized to int4 in a Job behind
-    a perplexity gate on held-out fortunes (int8 is the fallback), then served and scaled on its queue."""
+    """The generative ModelDeployment: the Hugging Face folder training wrote, built into onnxruntime-genai
+    folders (fp32, int4, int8) in a Job, int4 chosen behind a perplexity gate on held-out fortunes (int8 is
+    the fallback), then served and scaled on its queue."""
     return {
         "apiVersion": "ferry.dev/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": LLM, "namespace": NAMESPACE},
         "spec": {
-            "model": {"uri": f"pvc://{MODEL_CLAIM}/{LLM}/", "format": "onnx-genai"},
+            "model": {"uri": f"pvc://{MODEL_CLAIM}/{LLM}/", "format": "huggingface"},
             "optimize": LLM_OPTIMIZE,
             "serving": {
                 # Four sequences per pod: beyond them requests wait, which is what metric: queue scales on.
@@ -142,31 +144,24 @@ def llm_deployment() -> dict[str, Any]:
 
 
 def llm_model() -> Path:
-    """The demo's generative model, made on this machine once: trained on Debian's fortunes (minutes on
-    two cores), then built into an fp32 onnxruntime-genai folder by onnxruntime-genai's model builder (the
-    optimization Job quantizes it). Returns the folder that holds `fp32/` and `trained/heldout.txt`.
-    Cached under FERRY_CACHE by the code that makes it, so only a change of that code trains again."""
+    """The demo's generative model, made on this machine once: a Hugging Face folder trained on Debian's
+    fortunes (minutes on two cores); the optimization Job builds and quantizes it, as it would a user's.
+    Returns the folder that holds `hf/` and `heldout.txt`. Cached under FERRY_CACHE by the code that makes
+    it, so only a change of that code trains again."""
     import hashlib
     import inspect
 
     sys.path.insert(0, str(ROOT))
-    from bench.generative_models import build_genai_model, make_hf_llama
+    from bench.generative_models import make_hf_llama
 
     script = ROOT / "examples" / "llm" / "train.py"
-    # What makes the model: the training script and the two functions it and this one call.
-    made_by = [inspect.getsource(function) for function in (make_hf_llama, build_genai_model)]
-    key = hashlib.sha256(script.read_bytes() + "".join(made_by).encode())
+    # What makes the model: the training script and the function it calls to make the untrained Llama.
+    key = hashlib.sha256(script.read_bytes() + inspect.getsource(make_hf_llama).encode())
     cache = Path(os.environ.get("FERRY_CACHE", Path.home() / ".cache" / "ferry")) / "demo"
     folder = cache / f"llm-{key.hexdigest()[:12]}"
-    built = folder / "fp32"
-    if (built / "genai_config.json").exists():
-        return folder
-    if not (folder / "trained" / "train.json").exists():  # written when training finished
+    if not (folder / "train.json").exists():  # written when training finished
         step("Train the generative model: a small Llama on Debian's fortunes (a few minutes, cached after)")
-        run(sys.executable, script, folder / "trained")
-    step("Build it into an fp32 onnxruntime-genai folder (onnxruntime-genai's model builder)")
-    build_genai_model(folder / "trained" / "hf", folder / "building", precision="fp32")
-    (folder / "building").rename(built)
+        run(sys.executable, script, folder)
     return folder
 
 
@@ -464,13 +459,13 @@ def up() -> None:
     llm_dir = llm_model()
     mark = lap("generative model made", mark)
     step(
-        "kubectl apply the generative ModelDeployment: int4 in a Job behind a perplexity gate, then served "
-        "(OpenAI-compatible) and scaled on its queue"
+        "kubectl apply the generative ModelDeployment: its Hugging Face folder built and quantized to int4 "
+        "in a Job behind a perplexity gate, then served (OpenAI-compatible) and scaled on its queue"
     )
-    put_on_claim(MODEL_CLAIM, llm_dir / "fp32", LLM)
+    put_on_claim(MODEL_CLAIM, llm_dir / "hf", LLM)
     data = OUT / "llm-data"
     data.mkdir(parents=True, exist_ok=True)
-    (data / "heldout.txt").write_bytes((llm_dir / "trained" / "heldout.txt").read_bytes())
+    (data / "heldout.txt").write_bytes((llm_dir / "heldout.txt").read_bytes())
     put_on_claim(MODEL_CLAIM, data, f"{LLM}-data")
     apply(llm_deployment())
     kubectl(
