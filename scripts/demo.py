@@ -136,7 +136,8 @@ def llm_deployment() -> dict[str, Any]:
                     "target": 2,
                     "scaleDown": {"stabilizationWindowSeconds": 20},
                 },
-                "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                # No memory request: the operator sizes it from the model and its KV cache.
+                "resources": {"requests": {"cpu": "200m"}, "limits": {"memory": "1Gi"}},
                 "nodeSelector": ON_THE_REAL_NODE,
             },
         },

@@ -34,6 +34,8 @@ from ferry_optimizer.pipeline import Progress, Request
 from ferry_optimizer.report import Artifact, Candidate, Measurement, Report, Step
 from ferry_optimizer.spec import MetricName, OptimizeSpec
 from ferry_runtime import storage
+from ferry_runtime.generative.config import load_decoder_config
+from ferry_runtime.generative.engine import kv_bytes_per_token
 
 FORMATS = ("huggingface", "onnx-genai")
 # The gate's reference: the unquantized build of a Hugging Face folder, or a given folder as it is.
@@ -333,6 +335,7 @@ def _write(request: Request, chosen: _Built | None, report: Report) -> None:
         shutil.copyfile(path, output / path.name)
         digests[path.name] = locations.digest(output / path.name)
     measurement = next(c.measurement for c in report.candidates if c.name == chosen.name)
+    decoder = load_decoder_config(output)
     report.artifacts.append(
         Artifact(
             "",
@@ -340,6 +343,8 @@ def _write(request: Request, chosen: _Built | None, report: Report) -> None:
             storage.manifest_digest(digests),
             sum((output / name).stat().st_size for name in digests),
             measurement.metric if measurement else None,
+            kv_cache_bytes_per_token=kv_bytes_per_token(decoder),
+            context_length=decoder.context_length,
         )
     )
 

@@ -74,6 +74,10 @@ class Artifact:
     sha256: str
     size_bytes: int
     metric: float | None
+    # A generative folder's KV cache per token of one sequence (float32, all layers) and context length:
+    # the operator sizes the serving pods' memory from them. None for other models.
+    kv_cache_bytes_per_token: int | None = None
+    context_length: int | None = None
 
 
 @dataclass
@@ -146,6 +150,14 @@ class Report:
                 "uri": f"{self.output_uri.rstrip('/')}/{onnx.name}",
                 "sha256": onnx.sha256,
                 "sizeBytes": onnx.size_bytes,
+                **(
+                    {}
+                    if onnx.kv_cache_bytes_per_token is None or onnx.context_length is None
+                    else {
+                        "kvCacheBytesPerToken": onnx.kv_cache_bytes_per_token,
+                        "contextLength": onnx.context_length,
+                    }
+                ),
             },
             "metric": None
             if chosen is None or chosen.measurement is None or chosen.measurement.metric is None

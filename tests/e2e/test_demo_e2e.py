@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import subprocess
@@ -1010,6 +1011,48 @@ def test_prometheus_has_the_generative_models_first_token_and_token_series(clust
         )
 
 
+def test_the_generative_pods_memory_request_is_sized_from_the_model_and_its_kv_cache(cluster: Demo) -> None:
+    # The demo's llm sets no memory request: the operator sizes it from what the Job measured (status.model)
+    # as weights + maxSequences full-context KV caches + the runtime's 256Mi.
+    model = cluster.md(demo.LLM)["status"]["model"]
+    assert model["format"] == "onnx-genai"
+    sequences = demo.llm_deployment()["spec"]["serving"]["generation"]["maxSequences"]
+    kv_pool = model["kvCacheBytesPerToken"] * model["contextLength"] * sequences
+    expected = math.ceil((model["sizeBytes"] + kv_pool + 256 * 2**20) / 2**20)
+    deployment = cluster.kube.kubectl_json("get", "deployment", demo.LLM, "-n", demo.NAMESPACE)
+    runtime = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "runtime")
+    assert runtime["resources"]["requests"]["memory"] == f"{expected}Mi", runtime["resources"]
+
+
+def generative_pod_memory(cluster: Demo) -> list[dict[str, Any]]:
+    """Each serving pod of the llm: its runtime container's working set (metrics-server) and request."""
+    from ferry_operator.builders.sizing import quantity_bytes
+
+    pods = cluster.kube.kubectl_json(
+        "get", "pods", "-n", demo.NAMESPACE, "-l", f"ferry.dev/modeldeployment={demo.LLM}"
+    )["items"]
+    requests = {
+        pod["metadata"]["name"]: next(
+            c["resources"]["requests"]["memory"] for c in pod["spec"]["containers"] if c["name"] == "runtime"
+        )
+        for pod in pods
+    }
+    usage = cluster.kube.kubectl_json(
+        "get", "pods.metrics.k8s.io", "-n", demo.NAMESPACE, "-l", f"ferry.dev/modeldeployment={demo.LLM}"
+    )["items"]
+    return [
+        {
+            "pod": item["metadata"]["name"],
+            "workingSetBytes": quantity_bytes(container["usage"]["memory"]),
+            "requestBytes": quantity_bytes(requests[item["metadata"]["name"]]),
+        }
+        for item in usage
+        if item["metadata"]["name"] in requests
+        for container in item["containers"]
+        if container["name"] == "runtime"
+    ]
+
+
 def test_concurrent_streams_scale_the_generative_model_out_on_its_queue_and_back_in(cluster: Demo) -> None:
     # The demo's llm: 4 sequences per pod, metric queue, target 2 waiting per pod, at most 2 pods. Twelve
     # looping clients keep about 8 requests waiting on one pod, so the HPA wants the second.
@@ -1033,6 +1076,8 @@ def test_concurrent_streams_scale_the_generative_model_out_on_its_queue_and_back
                 "the HPA to scale the generative model out on its queue", scaled_out, timeout=420, interval=5
             )
             time.sleep(15)  # the second pod takes streams under load
+            # metrics-server's working set of each busy pod, against the request the operator sized.
+            memory = generative_pod_memory(cluster)
 
         def scaled_in() -> bool:
             readings.append((round(time.monotonic() - started), hpa_pods_metric(cluster, demo.LLM)))
@@ -1047,8 +1092,12 @@ def test_concurrent_streams_scale_the_generative_model_out_on_its_queue_and_back
             ],
             "waiting_per_pod_over_time": [{"t": t, "average": v} for t, v in readings],
             "streams": streams.summary(),
+            "memory": memory,
         },
     )
+    assert memory, "metrics-server reported no generative pod"
+    for pod in memory:
+        assert pod["workingSetBytes"] <= pod["requestBytes"], memory
     assert max(sample[2] for sample in replicas.samples) == 2
     assert max(v for _, v in readings if v is not None) > 2
     assert streams.completed > 0

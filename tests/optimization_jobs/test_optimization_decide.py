@@ -27,6 +27,15 @@ ARTIFACT = {
     "sizeBytes": 21867,
 }
 
+# A generative folder's artifact: the output folder, with its KV-cache figures (docs/optimizer.md).
+GENERATIVE_ARTIFACT = {
+    "uri": f"pvc://ferry-artifacts/ml/llm/{KEY}/",
+    "sha256": "5d33" * 16,
+    "sizeBytes": 3_000_000,
+    "kvCacheBytesPerToken": 4096,
+    "contextLength": 256,
+}
+
 
 def summary(**fields: Any) -> str:
     """A termination message as ferry-optimize writes it (docs/optimizer.md's example)."""
@@ -128,7 +137,9 @@ def test_a_pod_that_cannot_start_is_named_in_the_optimizing_message() -> None:
 
 def test_a_passing_result_is_served_and_recorded() -> None:
     decision = optimization.decide(situation(jobs=(job("succeeded"),), pods=(finished_pod(summary()),)))
-    assert decision.artifact == ServedArtifact(uri=ARTIFACT["uri"], sha256=ARTIFACT["sha256"])
+    assert decision.artifact == ServedArtifact(
+        uri=ARTIFACT["uri"], sha256=ARTIFACT["sha256"], size_bytes=ARTIFACT["sizeBytes"]
+    )
     assert (decision.optimized.status, decision.optimized.reason) == ("True", "Passed")
     assert "accuracy 0.9777 -> 0.98" in decision.optimized.message
     assert decision.result is not None
@@ -151,10 +162,20 @@ def test_a_generative_sources_result_is_served_as_an_onnx_genai_folder(source_fo
             model_uri="pvc://models/llm/",
             model_format=source_format,
             jobs=(job("succeeded"),),
-            pods=(finished_pod(summary()),),
+            pods=(finished_pod(summary(artifact=GENERATIVE_ARTIFACT)),),
         )
     )
-    assert decision.artifact == ServedArtifact(uri=ARTIFACT["uri"], sha256=None, format="onnx-genai")
+    # With what the memory request is sized from (the folder's size, its KV cache per token, its context).
+    assert decision.artifact == ServedArtifact(
+        uri=GENERATIVE_ARTIFACT["uri"],
+        sha256=None,
+        format="onnx-genai",
+        size_bytes=3_000_000,
+        kv_cache_bytes_per_token=4096,
+        context_length=256,
+    )
+    status = decision.resolution().status["optimization"]
+    assert status["artifact"] == GENERATIVE_ARTIFACT
 
 
 def test_a_huggingface_model_needs_a_job_even_without_an_optimize_block() -> None:

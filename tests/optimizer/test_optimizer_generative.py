@@ -117,6 +117,16 @@ def test_int4_over_the_budget_is_rejected_and_int8_chosen(gated: Run) -> None:
     assert gated.termination["chosen"] == "int8"
     assert gated.termination["artifact"]["uri"] == f"{gated.output}/"
     assert [c["name"] for c in gated.termination["candidates"]] == ["fp32", "int4", "int8"]
+    # What the operator sizes the serving pods' memory from, read here from the folder's own config.
+    decoder = json.loads((gated.output / "genai_config.json").read_text())["model"]
+    layer = decoder["decoder"]
+    kv_per_token = 2 * layer["num_hidden_layers"] * layer["num_key_value_heads"] * layer["head_size"] * 4
+    assert gated.termination["artifact"]["kvCacheBytesPerToken"] == kv_per_token
+    assert gated.termination["artifact"]["contextLength"] == decoder["context_length"]
+    served = [
+        p for p in gated.output.iterdir() if p.is_file() and p.name not in ("report.json", "reference.json")
+    ]
+    assert gated.termination["artifact"]["sizeBytes"] == sum(p.stat().st_size for p in served)
 
 
 @pytest.mark.slow

@@ -33,8 +33,9 @@ URI_HELP = "pvc://CLAIM/PATH, s3://BUCKET/KEY, http(s)://HOST/PATH or file:///PA
 # (huggingface always goes through an optimization Job that builds one).
 GENERATIVE_FORMATS = ("onnx-genai", "huggingface")
 
-# Requests of a serving container when spec.serving.resources is not given.
-DEFAULT_REQUESTS: dict[str, int | str] = {"cpu": "500m", "memory": "512Mi"}
+# Requests of a serving container when spec.serving.resources is not given. Memory is not defaulted in the
+# schema: the operator sizes it (builders/sizing.py), from the served model for a generative one.
+DEFAULT_REQUESTS: dict[str, int | str] = {"cpu": "500m"}
 
 # A Kubernetes quantity ("500m", "2Gi", 4): the API server checks the syntax when the Deployment is applied.
 Quantity = Annotated[
@@ -438,7 +439,10 @@ class ResourceRequirements(ApiModel):
 
     requests: dict[str, Quantity] | None = None
     """Resources the scheduler reserves, e.g. {cpu: 500m, memory: 1Gi}. The cpu autoscaling metric is a
-    percentage of the CPU request."""
+    percentage of the CPU request. Without a memory request the operator sets one: for a generative model
+    served from an optimization Job, its weights plus a full KV cache (maxSequences sequences of the
+    model's context length) plus the runtime's own 256Mi (docs/generative.md, "Memory"); 512Mi
+    otherwise. Capped at limits.memory when that is set."""
 
     limits: dict[str, Quantity] | None = None
     """Upper bounds, e.g. {memory: 2Gi}. Use serving.gpu for GPUs."""
@@ -710,6 +714,13 @@ class ModelInfo(ApiModel):
     size_bytes: int | None = Field(default=None, ge=0)
     """Size of the served artifact in bytes when known."""
 
+    kv_cache_bytes_per_token: int | None = Field(default=None, ge=0)
+    """A generative model's KV cache per token of one sequence, when known (the memory request is sized
+    from it)."""
+
+    context_length: int | None = Field(default=None, ge=1)
+    """A generative model's context length in tokens, when known."""
+
     uri: str | None = None
     """Where the serving pods fetch the artifact from."""
 
@@ -774,7 +785,14 @@ class Artifact(ApiModel):
     """SHA-256 of the artifact's model file."""
 
     size_bytes: int = Field(ge=0)
-    """Size of the artifact's model file in bytes."""
+    """Size of the artifact's model file in bytes (a generative model: all files of its folder)."""
+
+    kv_cache_bytes_per_token: int | None = Field(default=None, ge=0)
+    """A generative model's KV cache per token of one sequence, across its layers (float32 keys and
+    values, as the runtime holds them)."""
+
+    context_length: int | None = Field(default=None, ge=1)
+    """A generative model's context length in tokens (its longest prompt + output)."""
 
 
 class MetricResult(ApiModel):

@@ -32,6 +32,12 @@ class ServedArtifact:
     sha256: str | None = None
     # The format the runtime loads: onnx, or onnx-genai (a text-generation folder); also status.model.
     format: str = "onnx"
+    # Bytes of the model (a folder: all its files), when known (an optimization Job measured it).
+    size_bytes: int | None = None
+    # A generative model's KV cache per token of one sequence and its context length, when known: the
+    # memory request is sized from them (builders/sizing.py).
+    kv_cache_bytes_per_token: int | None = None
+    context_length: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

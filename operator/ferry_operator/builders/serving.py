@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ferry_operator import kinds
+from ferry_operator.builders import sizing
 from ferry_operator.builders.artifact_store import DRIFT_REFERENCE_FILE
 from ferry_operator.builders.common import Manifest, digest, metadata, with_input_hash
 from ferry_operator.builders.inputs import BuildInputs
@@ -59,6 +60,8 @@ def container_resources(inputs: BuildInputs) -> dict[str, Any]:
     serving = inputs.spec.serving
     requests = dict(serving.resources.requests or {})
     limits = dict(serving.resources.limits or {})
+    if "memory" not in requests:
+        requests["memory"] = sizing.memory_request(inputs)
     if serving.gpu:
         # Extended resources must be requested and limited alike; the limit is what the scheduler counts.
         limits["nvidia.com/gpu"] = serving.gpu
@@ -88,6 +91,9 @@ def runtime_env(inputs: BuildInputs) -> list[dict[str, str]]:
     if inputs.artifact.format == "onnx-genai":
         env["FERRY_RUNTIME_MAX_SEQUENCES"] = str(serving.generation.max_sequences)
         env["FERRY_RUNTIME_MAX_WAITING_SEQUENCES"] = str(serving.generation.max_waiting)
+        budget = sizing.kv_cache_budget(inputs)
+        if budget is not None:
+            env["FERRY_RUNTIME_KV_CACHE_BYTES"] = str(budget)
     return [{"name": name, "value": value} for name, value in env.items()]
 
 

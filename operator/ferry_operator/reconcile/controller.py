@@ -535,6 +535,14 @@ class Controller:
             model_info = {"format": artifact.format, "uri": artifact.uri}
             if artifact.sha256:
                 model_info["digest"] = f"sha256:{artifact.sha256}"
+            # What the memory request was sized from: a later reconcile (and a rollback) sizes the same.
+            for field, value in (
+                ("sizeBytes", artifact.size_bytes),
+                ("kvCacheBytesPerToken", artifact.kv_cache_bytes_per_token),
+                ("contextLength", artifact.context_length),
+            ):
+                if value is not None:
+                    model_info[field] = value
         url = service_url(md.name, md.namespace, self.defaults.cluster_domain)
         new = status.compose(
             current,

@@ -247,16 +247,34 @@ def served_from_status(status: Mapping[str, Any]) -> ServedArtifact | None:
     served_format = str(model.get("format", "onnx"))
     if not uri or served_format not in SERVED_AS_IS:
         return None
+    try:
+        info = models.ModelInfo.model_validate(model)
+    except ValidationError:
+        info = models.ModelInfo()
     digest = str(model.get("digest") or "")
-    return ServedArtifact(uri=str(uri), sha256=digest.removeprefix("sha256:") or None, format=served_format)
+    return ServedArtifact(
+        uri=str(uri),
+        sha256=digest.removeprefix("sha256:") or None,
+        format=served_format,
+        size_bytes=info.size_bytes,
+        kv_cache_bytes_per_token=info.kv_cache_bytes_per_token,
+        context_length=info.context_length,
+    )
 
 
 def optimized_artifact(artifact: models.Artifact, source_format: str) -> ServedArtifact:
     """What serving pods run of a Job's artifact: an ONNX file checked by its digest, or, for a
     generative source, the onnxruntime-genai folder the Job wrote (a folder has no single digest)."""
     if source_format in models.GENERATIVE_FORMATS:
-        return ServedArtifact(uri=artifact.uri, sha256=None, format="onnx-genai")
-    return ServedArtifact(uri=artifact.uri, sha256=artifact.sha256)
+        return ServedArtifact(
+            uri=artifact.uri,
+            sha256=None,
+            format="onnx-genai",
+            size_bytes=artifact.size_bytes,
+            kv_cache_bytes_per_token=artifact.kv_cache_bytes_per_token,
+            context_length=artifact.context_length,
+        )
+    return ServedArtifact(uri=artifact.uri, sha256=artifact.sha256, size_bytes=artifact.size_bytes)
 
 
 # --- decide -----------------------------------------------------------------------------------------------

@@ -190,7 +190,14 @@ def last_ready_from_status(status: Mapping[str, Any]) -> LastReady | None:
     if not uri:
         return None
     digest = (recorded.model.digest or "").removeprefix("sha256:") or None
-    artifact = ServedArtifact(uri=uri, sha256=digest, format=recorded.model.format or "onnx")
+    artifact = ServedArtifact(
+        uri=uri,
+        sha256=digest,
+        format=recorded.model.format or "onnx",
+        size_bytes=recorded.model.size_bytes,
+        kv_cache_bytes_per_token=recorded.model.kv_cache_bytes_per_token,
+        context_length=recorded.model.context_length,
+    )
     return LastReady(recorded.revision, recorded.generation, spec, artifact)
 
 
