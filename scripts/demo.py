@@ -115,16 +115,21 @@ LLM_OPTIMIZE = {
 }
 
 
-def llm_deployment() -> dict[str, Any]:
+def llm_deployment(sha256: str | None = None) -> dict[str, Any]:
     """The generative ModelDeployment: the Hugging Face folder training wrote, built into onnxruntime-genai
     folders (fp32, int4, int8) in a Job, int4 chosen behind a perplexity gate on held-out fortunes (int8 is
-    the fallback), then served and scaled on its queue."""
+    the fallback), then served and scaled on its queue. `sha256`: the folder's manifest digest, which pins
+    its content (the Job refuses other files, and the optimization's content key is made from it)."""
     return {
         "apiVersion": "ferry.dev/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": LLM, "namespace": NAMESPACE},
         "spec": {
-            "model": {"uri": f"pvc://{MODEL_CLAIM}/{LLM}/", "format": "huggingface"},
+            "model": {
+                "uri": f"pvc://{MODEL_CLAIM}/{LLM}/",
+                "format": "huggingface",
+                **({"sha256": sha256} if sha256 else {}),
+            },
             "optimize": LLM_OPTIMIZE,
             "serving": {
                 # Four sequences per pod: beyond them requests wait, which is what metric: queue scales on.
@@ -468,7 +473,9 @@ def up() -> None:
     data.mkdir(parents=True, exist_ok=True)
     (data / "heldout.txt").write_bytes((llm_dir / "heldout.txt").read_bytes())
     put_on_claim(MODEL_CLAIM, data, f"{LLM}-data")
-    apply(llm_deployment())
+    from ferry_runtime.storage import directory_digest
+
+    apply(llm_deployment(sha256=directory_digest(claim_directory(MODEL_CLAIM) / LLM)))
     kubectl(
         "wait",
         "--for=condition=Ready",

@@ -39,6 +39,11 @@ def parser() -> argparse.ArgumentParser:
         choices=(*FORMATS, *generative.FORMATS),
         help="the model's format (huggingface and onnx-genai: a generative model's folder)",
     )
+    p.add_argument(
+        "--model-sha256",
+        help="the model's expected digest (a file's SHA-256, or a directory's manifest digest as ferry-fetch "
+        "computes it): a model with another digest is refused, so a content key made from it is honest",
+    )
     p.add_argument("--spec", required=True, type=Path, help="the optimize spec, a JSON or YAML file")
     p.add_argument(
         "--data", help="data URI (.npz; text or JSONL for a generative model); overrides optimize.data.uri"
@@ -102,6 +107,15 @@ def _request(args: argparse.Namespace, scratch: Path) -> Request:
         optimize = optimize.with_data_uri(args.data)
     spec.check_needs_data(optimize)
     model = locations.fetch(args.model, scratch / "fetched", "--model")
+    expected = (args.model_sha256 or "").strip().lower()
+    if expected and model.sha256 != expected:
+        # The operator's content key stands for `expected`: optimizing other bytes under it would serve a
+        # model no one asked for, and stay cached for the key.
+        raise InputError(
+            "--model",
+            f"the model whose digest is {expected} (spec.model.sha256)",
+            f"{args.model} with digest {model.sha256}",
+        )
     data = locations.fetch(optimize.data.uri, scratch / "fetched", "--data").path if optimize.data else None
     return Request(
         model=model.path,

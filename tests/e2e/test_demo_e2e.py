@@ -940,6 +940,10 @@ def test_the_generative_model_was_quantized_in_a_job_behind_its_perplexity_gate(
     # One Job took the Hugging Face folder itself: the builder ran in the optimizer image.
     arguments = jobs[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert arguments[arguments.index("--format") + 1] == "huggingface", arguments
+    # The folder is pinned by its manifest digest (the demo computed it on the claim): the Job succeeded
+    # with --model-sha256, so the files it built from are those (it exits 2 on another digest).
+    pinned = md["spec"]["model"]["sha256"]
+    assert arguments[arguments.index("--model-sha256") + 1] == pinned, arguments
 
 
 def test_the_generative_model_streams_through_its_service_with_the_openai_client(cluster: Demo) -> None:

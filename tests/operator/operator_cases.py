@@ -48,12 +48,6 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
         "spec.model.uri",
         "must end with '/'",
     ),
-    InvalidSpec(
-        "sha256-on-directory",
-        spec_with(model={"uri": "pvc://models/dir/", "sha256": "a" * 64}),
-        "spec.model.sha256",
-        "single file",
-    ),
     InvalidSpec("sha256-malformed", spec_with(model={"sha256": "abc"}), "spec.model.sha256", "should match"),
     InvalidSpec(
         "credentials-secret-name",

@@ -229,3 +229,17 @@ def test_the_job_changes_only_with_its_inputs() -> None:
     assert other_store["metadata"]["annotations"][hash_of] != first["metadata"]["annotations"][hash_of]
     # Same key (same content), other Job inputs: same name, other input hash.
     assert other_store["metadata"]["name"] == first["metadata"]["name"]
+
+
+def test_a_pinned_model_digest_reaches_the_job_and_the_key() -> None:
+    # A folder pinned by its manifest digest: the key is made from the digest, and the Job refuses other
+    # content at the URI, so the key covers the folder's files.
+    pinned = {"model": {"uri": "pvc://models/llm/", "format": "huggingface", "sha256": "c" * 64}}
+    (container,) = optimization_job.job(inputs(pinned, PVC_STORE))["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--model-sha256") + 1] == "c" * 64
+    other = {"model": {**pinned["model"], "sha256": "d" * 64}}
+    assert inputs(pinned, PVC_STORE).key != inputs(other, PVC_STORE).key
+    unpinned = {"model": {"uri": "pvc://models/llm/", "format": "huggingface"}}
+    unpinned_job = optimization_job.job(inputs(unpinned, PVC_STORE))
+    assert "--model-sha256" not in unpinned_job["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -125,3 +126,33 @@ def test_missing_model_names_the_flag(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "--model: expected an existing file or directory" in result.stderr
+
+
+def test_a_model_whose_digest_is_not_the_pinned_one_is_refused(tmp_path: Path, minilm: Path) -> None:
+    # A folder, as the operator passes spec.model.sha256 for one: its manifest digest, as ferry-fetch and
+    # `find . -type f | sort | xargs sha256sum | sha256sum` compute it.
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(minilm.read_bytes())
+    manifest = f"{hashlib.sha256((folder / 'model.onnx').read_bytes()).hexdigest()}  ./model.onnx\n"
+    digest = hashlib.sha256(manifest.encode()).hexdigest()
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"export": ["onnx"]}')
+    wrong = "0" * 64
+    termination = tmp_path / "termination-log"
+    result = ferry_optimize(
+        "--model", f"{folder}/", "--format", "onnx", "--model-sha256", wrong, "--spec", spec,
+        "--output", tmp_path / "out", "--termination-log", termination,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"the model whose digest is {wrong} (spec.model.sha256)" in result.stderr
+    assert f"with digest {digest}" in result.stderr
+    assert json.loads(termination.read_text())["reason"].startswith("bad input: --model:")
+    # The same folder with its own digest is taken (the request carries the digest the key stands for).
+    from ferry_optimizer import cli
+
+    arguments = cli.parser().parse_args(
+        ["--model", f"{folder}/", "--format", "onnx", "--model-sha256", digest.upper(), "--spec", str(spec),
+         "--output", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert cli._request(arguments, tmp_path / "scratch").model_sha256 == digest

@@ -118,8 +118,11 @@ class ModelSource(ApiModel):
     operator never reads it; only the serving and optimization pods mount it."""
 
     sha256: Annotated[str, Field(pattern=r"^[a-f0-9]{64}$")] | None = None
-    """Expected SHA-256 of the model file (64 lowercase hex digits). The fetcher refuses a file with a
-    different digest, so a changed or corrupted file is never served."""
+    """Expected digest of the model (64 lowercase hex digits): of a file, its SHA-256; of a directory
+    (uri ending in "/"), the SHA-256 of its manifest, the sorted lines "<file sha256>  ./<path>" that
+    `find . -type f | sort | xargs sha256sum | sha256sum` prints in it. The fetcher and the optimization
+    Job refuse a model with another digest, so a changed or corrupted model is never served, and the
+    optimization's content key covers the model's bytes (without it, only its URI)."""
 
     cel_rules = (
         _uri_rule("uri"),
@@ -142,12 +145,6 @@ class ModelSource(ApiModel):
             "must end with '/'",
             field_path=".uri",
             holds=lambda m: m.format != "huggingface" or m.uri.endswith("/"),
-        ),
-        CelRule(
-            cel="!has(self.sha256) || !self.uri.endsWith('/')",
-            message="sha256 verifies a single file; it cannot be used with a directory uri (ending in '/')",
-            field_path=".sha256",
-            holds=lambda m: m.sha256 is None or not m.uri.endswith("/"),
         ),
     )
 

@@ -126,6 +126,9 @@ def pod_labels(model_deployment: str) -> dict[str, str]:
 def arguments(inputs: OptimizationInputs) -> list[str]:
     spec = inputs.spec
     args = ["--model", spec.model.uri, "--format", spec.model.format, "--spec", SPEC_FILE]
+    if spec.model.sha256 is not None:
+        # The content key is made from it: the Job refuses a model at the URI with other content.
+        args += ["--model-sha256", spec.model.sha256]
     if spec.optimize is not None and spec.optimize.data is not None:
         args += ["--data", spec.optimize.data.uri]
     output = artifact_directory(
