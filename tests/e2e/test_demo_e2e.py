@@ -103,10 +103,8 @@ class Demo:
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         REPORT.write_text(json.dumps(self.report, indent=2))
 
-    def md(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.kube.kubectl_json(
-            "get", "modeldeployment", demo.MODEL, "-n", demo.NAMESPACE
-        )
+    def md(self, name: str = demo.MODEL) -> dict[str, Any]:
+        result: dict[str, Any] = self.kube.kubectl_json("get", "modeldeployment", name, "-n", demo.NAMESPACE)
         return result
 
     def service_ip(self, name: str = demo.MODEL) -> str:
