@@ -35,8 +35,9 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ferry_optimizer import spec
+from ferry_optimizer.context import Request, Settings
 from ferry_optimizer.onnxtools import cpu_name
-from ferry_optimizer.pipeline import Pipeline, Request, Settings
+from ferry_optimizer.pipeline import Pipeline
 from ferry_optimizer.report import Report
 from optimizer_sentences import SENTENCES, encode
 

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ferry_optimizer import __version__, generative, locations, spec
+from ferry_optimizer.context import Request, Settings
 from ferry_optimizer.errors import InputError, OptimizerError
-from ferry_optimizer.pipeline import FORMATS, Pipeline, Request, Settings
+from ferry_optimizer.pipeline import FORMATS, Pipeline
 from ferry_runtime import termination
 
 DEFAULT_TERMINATION_LOG = termination.TERMINATION_LOG

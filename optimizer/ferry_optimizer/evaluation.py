@@ -19,7 +19,7 @@ from ferry_optimizer.report import Measurement
 from ferry_optimizer.spec import MetricName, OptimizeSpec
 
 if TYPE_CHECKING:
-    from ferry_optimizer.pipeline import Settings
+    from ferry_optimizer.context import Settings
 
 # Fraction of the data kept for validation when a step learns from data (fine-tuning, calibration).
 HOLDOUT = 0.25

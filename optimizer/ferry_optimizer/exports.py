@@ -18,7 +18,7 @@ from ferry_optimizer.key import file_sha256
 from ferry_optimizer.report import Artifact, Measurement, Report, Step
 
 if TYPE_CHECKING:
-    from ferry_optimizer.pipeline import Lineage, Progress, Request
+    from ferry_optimizer.context import Lineage, Progress, Request
 
 MODEL_FILES = ("model.onnx", "model.tflite", "model.int8.tflite")
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry_optimizer import __version__, generative_quality, locations, selection
+from ferry_optimizer.context import Progress, Request
 from ferry_optimizer.errors import InputError, OptimizerError, StepError
 from ferry_optimizer.key import content_key
-from ferry_optimizer.pipeline import Progress, Request
 from ferry_optimizer.report import Artifact, Candidate, Measurement, Report, Step
 from ferry_optimizer.spec import MetricName, OptimizeSpec
 from ferry_runtime import storage

@@ -15,7 +15,8 @@ import pytest
 from optimizer_cases import VALIDATION, Digits, DigitsModels
 
 from ferry_optimizer import key, spec
-from ferry_optimizer.pipeline import Pipeline, Request, Settings
+from ferry_optimizer.context import Request, Settings
+from ferry_optimizer.pipeline import Pipeline
 from ferry_optimizer.report import Report, Step
 
 pytestmark = pytest.mark.slow

@@ -22,8 +22,8 @@ from optimizer_cases import ROOT
 from test_optimizer_cli import ferry_optimize
 
 from ferry_optimizer import generative, spec
+from ferry_optimizer.context import Request
 from ferry_optimizer.errors import InputError
-from ferry_optimizer.pipeline import Request
 
 sys.path.insert(0, str(ROOT / "bench"))
 import generative_models

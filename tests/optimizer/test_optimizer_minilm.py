@@ -15,7 +15,8 @@ import onnxruntime as ort
 import pytest
 
 from ferry_optimizer import spec
-from ferry_optimizer.pipeline import Pipeline, Request, Settings
+from ferry_optimizer.context import Request, Settings
+from ferry_optimizer.pipeline import Pipeline
 from optimizer_sentences import SENTENCES, encode  # bench/, put on sys.path by optimizer_cases
 
 pytestmark = pytest.mark.slow
