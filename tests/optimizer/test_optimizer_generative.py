@@ -142,7 +142,9 @@ def test_reported_perplexity_is_recomputed_independently(gated: Run, hf_llama: P
     int8 = candidates(gated)["int8"]["measurement"]["metric"]
     assert int8 == pytest.approx(onnx_perplexity(gated.output, records), rel=1e-5)
     increase = (int8 - fp32) / fp32
-    assert abs(increase) < MAX_INCREASE / 4
+    # Well inside the budget. Accuracy level 4 quantizes activations to int8 in ONNX Runtime's CPU kernels,
+    # which differ by instruction set: 5.6e-5 on an AVX2-only EPYC, under 5e-5 where this was first run.
+    assert abs(increase) < MAX_INCREASE / 2
     # int4's increase, from its reported perplexity, clearly exceeds the budget (not by rounding).
     int4 = candidates(gated)["int4"]["measurement"]["metric"]
     assert (int4 - fp32) / fp32 > 2 * MAX_INCREASE
