@@ -37,7 +37,34 @@ class InvalidSpec:
     fragment: str
 
 
+# Pruning and distillation edit Keras layers: their cases use a Keras source.
+KERAS_MODEL = {"uri": "pvc://models/m.keras", "format": "keras"}
+
 INVALID_SPECS: tuple[InvalidSpec, ...] = (
+    InvalidSpec(
+        "prune-not-keras",
+        spec_with(optimize={"prune": {"sparsity": 0.5}}),
+        "spec.optimize.prune",
+        "it needs model.format keras",
+    ),
+    InvalidSpec(
+        "distill-not-keras",
+        spec_with(
+            model={"uri": "s3://models/saved/", "format": "tensorflow"},
+            optimize={"distill": {}, "data": DATA},
+        ),
+        "spec.optimize.distill",
+        "it needs model.format keras",
+    ),
+    InvalidSpec(
+        "tflite-int8-from-tflite",
+        spec_with(
+            model={"uri": "pvc://models/m.tflite", "format": "tflite"},
+            optimize={"export": ["onnx", "tflite-int8"], "data": DATA},
+        ),
+        "spec.optimize.export",
+        "a tflite source cannot be",
+    ),
     InvalidSpec(
         "uri-scheme", spec_with(model={"uri": "ftp://host/model.onnx"}), "spec.model.uri", "uri must be"
     ),
@@ -63,13 +90,13 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
     ),
     InvalidSpec(
         "distill-without-data",
-        spec_with(optimize={"distill": {"epochs": 2}}),
+        spec_with(model=KERAS_MODEL, optimize={"distill": {"epochs": 2}}),
         "spec.optimize.distill",
         "set optimize.data",
     ),
     InvalidSpec(
         "sparsity-too-high",
-        spec_with(optimize={"prune": {"sparsity": 0.99}}),
+        spec_with(model=KERAS_MODEL, optimize={"prune": {"sparsity": 0.99}}),
         "spec.optimize.prune.sparsity",
         "0.95",
     ),
@@ -93,7 +120,7 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
     ),
     InvalidSpec(
         "distill-temperature-zero",
-        spec_with(optimize={"data": DATA, "distill": {"temperature": 0}}),
+        spec_with(model=KERAS_MODEL, optimize={"data": DATA, "distill": {"temperature": 0}}),
         "spec.optimize.distill.temperature",
         "greater than 0",
     ),

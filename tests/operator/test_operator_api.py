@@ -36,7 +36,12 @@ def test_optimize_defaults_match_the_optimizer_contract() -> None:
 
 def test_camel_case_round_trip() -> None:
     raw = spec_with(
-        model={"credentialsSecret": "s3-creds", "sha256": "0" * 64},
+        model={
+            "uri": "s3://models/m.keras",
+            "format": "keras",
+            "credentialsSecret": "s3-creds",
+            "sha256": "0" * 64,
+        },
         optimize={
             "quantize": "static",
             "prune": {"sparsity": 0.5, "method": "structured", "epochs": 2},

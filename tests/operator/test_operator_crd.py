@@ -105,12 +105,18 @@ def apply_schema_defaults(value: Any, node: dict[str, Any]) -> Any:
     return value
 
 
+# Pruning and distillation need a Keras source.
+KERAS = {"uri": "pvc://models/m.keras", "format": "keras"}
+
+
 @pytest.mark.parametrize(
     "spec",
     [
         VALID_SPEC,
-        spec_with(optimize={"distill": {}, "data": {"uri": "file:///d.npz"}, "validate": {}}),
-        spec_with(serving={"autoscaling": {"maxReplicas": 3}}, optimize={"prune": {"sparsity": 0.3}}),
+        spec_with(model=KERAS, optimize={"distill": {}, "data": {"uri": "file:///d.npz"}, "validate": {}}),
+        spec_with(
+            model=KERAS, serving={"autoscaling": {"maxReplicas": 3}}, optimize={"prune": {"sparsity": 0.3}}
+        ),
     ],
 )
 def test_schema_defaults_equal_model_defaults(version: dict[str, Any], spec: dict[str, Any]) -> None:

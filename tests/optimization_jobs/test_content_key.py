@@ -66,8 +66,8 @@ def test_keys_equal_the_optimizers_with_a_pinned_digest(case: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(OPTIMIZE_SPECS))
 def test_without_a_digest_the_uri_stands_for_the_model(case: str) -> None:
-    uri = "s3://models/digits/saved_model/"
-    model = {"uri": uri, "format": "tensorflow"}
+    uri = "s3://models/digits/model.keras"  # keras: the specs prune and distill, which need it
+    model = {"uri": uri, "format": "keras"}
     assert operator_key(model, OPTIMIZE_SPECS[case]) == optimizer_side(uri, OPTIMIZE_SPECS[case])
 
 

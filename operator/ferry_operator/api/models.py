@@ -667,6 +667,32 @@ class ModelDeploymentSpec(ApiModel):
                 or m.model.format in ("tensorflow", "keras", "tflite")
             ),
         ),
+        # The optimizer refuses these too (pipeline.check_request); here the API server refuses them at
+        # apply time, naming the field, instead of a Job failing minutes later.
+        CelRule(
+            cel="!has(self.optimize) || !has(self.optimize.prune) || self.model.format == 'keras'",
+            message="prune edits Keras layers: it needs model.format keras",
+            field_path=".optimize.prune",
+            holds=lambda m: m.optimize is None or m.optimize.prune is None or m.model.format == "keras",
+        ),
+        CelRule(
+            cel="!has(self.optimize) || !has(self.optimize.distill) || self.model.format == 'keras'",
+            message="distill derives the student from the model's Keras layers: it needs model.format keras",
+            field_path=".optimize.distill",
+            holds=lambda m: m.optimize is None or m.optimize.distill is None or m.model.format == "keras",
+        ),
+        CelRule(
+            cel=(
+                "!has(self.optimize) || !has(self.optimize.export) || "
+                "!('tflite-int8' in self.optimize.export) || self.model.format != 'tflite'"
+            ),
+            message="export tflite-int8 re-quantizes the model, which a tflite source cannot be: export onnx "
+            "or tflite",
+            field_path=".optimize.export",
+            holds=lambda m: (
+                m.optimize is None or "tflite-int8" not in m.optimize.export or m.model.format != "tflite"
+            ),
+        ),
     )
 
 
