@@ -110,10 +110,9 @@ class Cluster:
 
     def per_object_state(self) -> dict[str, int]:
         controller, resolver = self.controller, self.resolver
-        held = {
-            name: len(getattr(controller, name))
-            for name in ("_applied", "_written_status", "_desired", "_phases", "_deleted_uids", "_uids")
-        }
+        held = {name: len(getattr(controller, name)) for name in ("_desired", "_uids")}
+        held |= {name: len(getattr(controller.applier, name)) for name in ("_applied", "_deleted_uids")}
+        held |= {name: len(getattr(controller.reporter, name)) for name in ("_written_status", "_phases")}
         held |= {name: len(getattr(resolver, name)) for name in ("_results", "_served", "_counted_jobs")}
         held["replica series"] = sum(
             1

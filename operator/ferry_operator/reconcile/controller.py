@@ -4,6 +4,10 @@ Watch events (from the informers and kopf handlers) only enqueue the owning Mode
 take keys from the queue and reconcile from what the watch caches hold at that moment, so the result never
 depends on which event arrived or in what order, and an operator restarted at any point converges to the
 same children.
+
+The Controller orders one reconcile: resolve the artifact, build the desired children, decide what to
+serve (rollout.py), plan against what is observed (plan.py); applier.py applies the plan and reporter.py
+writes the status, events and metrics.
 """
 
 from __future__ import annotations
@@ -11,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import logging
-import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -22,16 +24,15 @@ from pydantic import ValidationError
 
 from ferry_operator import builders, informer, kinds, kube, metrics
 from ferry_operator.api import models
-from ferry_operator.builders import monitoring
 from ferry_operator.builders.artifact_store import ArtifactStore
 from ferry_operator.builders.common import Manifest
 from ferry_operator.builders.inputs import BuildInputs, Owner, ServedArtifact, ServingDefaults
-from ferry_operator.builders.network import url as service_url
 from ferry_operator.builders.serving import deployment as deployment_manifest
 from ferry_operator.config import OperatorConfig
 from ferry_operator.informer import Informer
 from ferry_operator.kube import ApiError, KubeClient
-from ferry_operator.reconcile import conditions, plan, rollout, status
+from ferry_operator.reconcile import conditions, plan, rollout
+from ferry_operator.reconcile.applier import ChildApplier
 from ferry_operator.reconcile.artifacts import ArtifactResolver, Resolution, ServeAsIs
 from ferry_operator.reconcile.conditions import ApplyFailure, Observation
 from ferry_operator.reconcile.observe import (
@@ -39,14 +40,11 @@ from ferry_operator.reconcile.observe import (
     ModelDeploymentSnapshot,
     OwnerKey,
     PodSnapshot,
-    child_snapshot,
 )
+from ferry_operator.reconcile.reporter import StatusReporter, utc_now
 from ferry_operator.reconcile.workqueue import WorkQueue
 
 logger = logging.getLogger("ferry_operator.reconcile")
-
-# Phases whose arrival is worth a Warning event.
-WARNING_PHASES = frozenset({"Degraded", "Failed"})
 
 
 @dataclasses.dataclass
@@ -78,10 +76,6 @@ class _Serving:
     revision: str | None
     artifact: ServedArtifact | None
     decision: rollout.Decision
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Controller:
@@ -116,18 +110,14 @@ class Controller:
                 config.artifact_credentials_secret,
             ),
         )
-        # In-memory knowledge that the watch may not reflect yet (it lags our own writes).
-        self._applied: dict[OwnerKey, dict[kinds.Kind, plan.AppliedRecord]] = {}
-        self._written_status: dict[OwnerKey, tuple[str, dict[str, Any]]] = {}
+        # Applying the plan and reporting the result each have their home; the controller orders them.
+        self.applier = ChildApplier(client, self.rediscover_monitoring)
+        self.reporter = StatusReporter(client, config.cluster_domain)
         self._desired: dict[OwnerKey, _Desired] = {}
-        self._phases: dict[OwnerKey, str] = {}
-        # Children deleted by a prune, by owner, until the watch shows them gone (see _execute).
-        self._deleted_uids: dict[OwnerKey, set[str]] = {}
         # The uid of the ModelDeployment under each key, so its resolver state goes when it does.
         self._uids: dict[OwnerKey, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._optional_caches: list[Informer] = []
-        self._instance = socket.gethostname()
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -272,25 +262,25 @@ class Controller:
         except ValidationError as error:
             # The API server validated the spec with the same rules; this only happens with a CRD older
             # than the operator (or the other way round).
-            return await self._report_invalid_spec(md, error)
+            return await self.reporter.report_invalid_spec(md, error)
 
         resolution = await self.resolver.resolve(md, spec)
         desired = self._desired_children(md, spec, resolution)
-        observed = self._observed_children(key)
+        observed = self.applier.observed_children(key, self.indices.children)
         pods = tuple(self.indices.pods.get(key, ()))
         serving = self._serving(md, spec, desired, resolution, observed, pods)
         failures: list[ApplyFailure] = []
         outcome = "noop"
         created_deployment = False
         if desired.inputs is not None:
-            the_plan = plan.plan(serving.children, observed, self._applied.get(key, {}))
+            the_plan = plan.plan(serving.children, observed, self.applier.applied(key))
             if not the_plan.empty:
                 outcome = "applied"
             created_deployment = kinds.DEPLOYMENT not in observed and any(
                 kind == kinds.DEPLOYMENT for kind, _ in the_plan.apply
             )
-            failures = await self._execute(key, desired.inputs, the_plan, observed)
-            if created_deployment and not failures and not self._current_status(md):
+            failures = await self.applier.execute(key, desired.inputs, the_plan, observed)
+            if created_deployment and not failures and not self.reporter.current(md):
                 # A brand-new object whose children were just created: its first status would only say
                 # "Deploying" and be replaced within a second, when the new Deployment's watch event
                 # (which always follows its creation) reconciles it again. At scale, not writing it halves
@@ -314,7 +304,14 @@ class Controller:
             optimized=resolution.optimized,
         )
         verdicts = conditions.evaluate(obs)
-        written = await self._write_status(md, obs, verdicts, resolution, serving)
+        written = await self.reporter.write(
+            md,
+            obs,
+            verdicts,
+            artifact=serving.artifact,
+            rolled_back=decision.rolled_back,
+            resolver_status=resolution.status,
+        )
         if written and outcome == "noop":
             outcome = "status"
         if any(not failure.permanent for failure in failures):
@@ -356,7 +353,7 @@ class Controller:
         pods: tuple[PodSnapshot, ...],
     ) -> _Serving:
         """What to serve: the spec's revision, or the last Ready one when its rollout failed (rollout.py)."""
-        current = self._current_status(md)
+        current = self.reporter.current(md)
         if desired.inputs is None or desired.revision is None:
             # Nothing deployable now (an optimization runs): the Deployment is left as it is, and a
             # rollback of this generation stays on record.
@@ -405,285 +402,15 @@ class Controller:
             {**desired.children, kinds.DEPLOYMENT: restored}, revision, last_ready.artifact, decision
         )
 
-    def _observed_children(self, key: OwnerKey) -> dict[kinds.Kind, ChildSnapshot]:
-        assert self.indices is not None
-        observed = {}
-        deleted = self._deleted_uids.get(key, set())
-        seen: set[str] = set()
-        for kind, index in self.indices.children.items():
-            children = tuple(index.get(key, ()))
-            seen.update(child.uid for child in children)
-            # Fixed names: a second object of a kind would be someone else's copy, not ours to manage.
-            child = _single(children)
-            if child is not None and child.name == key[1] and child.uid not in deleted:
-                observed[kind] = child
-        if deleted:
-            # A deletion the watch has shown needs no remembering any more.
-            deleted &= seen
-            if not deleted:
-                del self._deleted_uids[key]
-        return observed
-
-    async def _execute(
-        self,
-        key: OwnerKey,
-        inputs: BuildInputs,
-        the_plan: plan.Plan,
-        observed: dict[kinds.Kind, ChildSnapshot],
-    ) -> list[ApplyFailure]:
-        failures: list[ApplyFailure] = []
-        # Independent children go together (one round trip instead of three for a new object); those
-        # that refer to the Deployment (the autoscaler, the monitoring objects) after it.
-        first = [(kind, manifest) for kind, manifest in the_plan.apply if kind in kinds.FIRST_WAVE]
-        later = [(kind, manifest) for kind, manifest in the_plan.apply if kind not in kinds.FIRST_WAVE]
-        for wave in (first, later):
-            results = await asyncio.gather(
-                *(self._apply_child(key, inputs, kind, manifest, observed) for kind, manifest in wave)
-            )
-            failures += [failure for failure in results if failure is not None]
-        for child in the_plan.prune:
-            try:
-                await self.client.delete(child.kind, key[0], child.name, child.uid)
-                # Gone (or already gone: a 404 counts). A watch cache that never saw the deletion (its
-                # CRD was removed with the object) must not make every reconcile delete it again.
-                self._deleted_uids.setdefault(key, set()).add(child.uid)
-            except ApiError as error:
-                failures.append(
-                    ApplyFailure(child.kind.kind, child.name, f"cannot delete: {error.message}", False)
-                )
-                continue
-            observed.pop(child.kind, None)
-            self._applied.get(key, {}).pop(child.kind, None)
-        return failures
-
-    async def _apply_child(
-        self,
-        key: OwnerKey,
-        inputs: BuildInputs,
-        kind: kinds.Kind,
-        manifest: Manifest,
-        observed: dict[kinds.Kind, ChildSnapshot],
-    ) -> ApplyFailure | None:
-        try:
-            if kind == kinds.DEPLOYMENT:
-                await self._hand_replicas_to_autoscaler(inputs, observed.get(kind))
-            body = await self.client.apply(kind, manifest, kinds.FIELD_MANAGER)
-        except ApiError as error:
-            if error.status == 404 and kind in kinds.MONITORING_KINDS:
-                # The CRD is gone (or not there yet); discovery decides again, and for `auto` the
-                # child is then simply not wanted.
-                self.rediscover_monitoring()
-                if monitoring.mode(kind, inputs) == "auto":
-                    return None
-            return ApplyFailure(
-                kind.kind, manifest["metadata"]["name"], _describe(kind, error), error.permanent
-            )
-        except (OSError, TimeoutError) as error:
-            why = str(error) or (
-                "no answer in time" if isinstance(error, TimeoutError) else type(error).__name__
-            )
-            return ApplyFailure(kind.kind, manifest["metadata"]["name"], why, permanent=False)
-        snapshot = child_snapshot(kind, body)
-        observed[kind] = snapshot
-        self._applied.setdefault(key, {})[kind] = plan.AppliedRecord(
-            snapshot.uid, snapshot.input_hash, snapshot.generation, snapshot.resource_version
-        )
-        if kind == kinds.DEPLOYMENT:
-            await self._set_initial_autoscaled_replicas(inputs, snapshot)
-        return None
-
-    async def _hand_replicas_to_autoscaler(self, inputs: BuildInputs, seen: ChildSnapshot | None) -> None:
-        """Before the operator stops stating spec.replicas (autoscaling turned on), another field manager
-        takes the field over at its current value. Otherwise server-side apply would remove the field and
-        the Deployment would drop to its default of one replica until the autoscaler reacts."""
-        if inputs.spec.serving.autoscaling is None or seen is None or seen.deployment is None:
-            return
-        if not seen.deployment.replicas_owned_by_operator:
-            return
-        await self._apply_replicas(inputs, seen.deployment.spec_replicas or 1)
-
-    async def _set_initial_autoscaled_replicas(self, inputs: BuildInputs, created: ChildSnapshot) -> None:
-        """A new autoscaled Deployment starts at minReplicas rather than the API default of one."""
-        autoscaling = inputs.spec.serving.autoscaling
-        state = created.deployment
-        if autoscaling is None or state is None or state.generation != 1 or autoscaling.min_replicas <= 1:
-            return
-        if state.spec_replicas is None or state.spec_replicas < autoscaling.min_replicas:
-            await self._apply_replicas(inputs, autoscaling.min_replicas)
-
-    async def _apply_replicas(self, inputs: BuildInputs, replicas: int) -> None:
-        manifest = {
-            "apiVersion": kinds.DEPLOYMENT.api_version,
-            "kind": kinds.DEPLOYMENT.kind,
-            "metadata": {"name": inputs.owner.name, "namespace": inputs.owner.namespace},
-            "spec": {"replicas": replicas},
-        }
-        await self.client.apply(kinds.DEPLOYMENT, manifest, kinds.REPLICAS_HANDOVER_MANAGER)
-
-    async def _write_status(
-        self,
-        md: ModelDeploymentSnapshot,
-        obs: Observation,
-        verdicts: dict[models.ConditionType, conditions.Verdict],
-        resolution: Resolution,
-        serving: _Serving,
-    ) -> bool:
-        current = self._current_status(md)
-        artifact = serving.artifact
-        model_info: dict[str, Any] = {}
-        if artifact is not None:
-            model_info = {"format": artifact.format, "uri": artifact.uri}
-            if artifact.sha256:
-                model_info["digest"] = f"sha256:{artifact.sha256}"
-            # What the memory request was sized from: a later reconcile (and a rollback) sizes the same.
-            for field, value in (
-                ("sizeBytes", artifact.size_bytes),
-                ("kvCacheBytesPerToken", artifact.kv_cache_bytes_per_token),
-                ("contextLength", artifact.context_length),
-            ):
-                if value is not None:
-                    model_info[field] = value
-        url = service_url(md.name, md.namespace, self.defaults.cluster_domain)
-        new = status.compose(
-            current,
-            obs,
-            verdicts,
-            now=utc_now(),
-            url=url,
-            selector=kinds.selector_string(md.name),
-            model=model_info,
-            extra={
-                **resolution.status,
-                "rollback": serving.decision.rolled_back.as_status()
-                if serving.decision.rolled_back
-                else None,
-                "lastReadyRevision": rollout.last_ready_status(
-                    current.get("lastReadyRevision"),
-                    ready=verdicts["Ready"].status == "True",
-                    revision=obs.desired_revision,
-                    generation=md.generation,
-                    spec=md.spec,
-                    model=model_info,
-                ),
-            },
-        )
-        self._track_phase(md.key, new["phase"])
-        self._track_replicas(md.key, new["replicas"], new["readyReplicas"])
-        self._track_rollout(md.key, verdicts["Progressing"])
-        patch = status.diff(current, new)
-        if patch is None:
-            return False
-        response = await self.client.patch_status(md.namespace, md.name, patch)
-        written = status.applied(current, patch)
-        self._written_status[md.key] = (str(response.get("metadata", {}).get("resourceVersion", "")), written)
-        if _worth_an_event(current.get("phase"), new["phase"]):
-            await self._post_phase_event(md, new, verdicts)
-        return True
-
-    def _current_status(self, md: ModelDeploymentSnapshot) -> Mapping[str, Any]:
-        """The status as the server holds it: our last write when the watch has not delivered it yet."""
-        remembered = self._written_status.get(md.key)
-        if remembered is not None and plan.older(md.resource_version, remembered[0]):
-            return remembered[1]
-        return md.status
-
-    async def _post_phase_event(
-        self,
-        md: ModelDeploymentSnapshot,
-        new: Mapping[str, Any],
-        verdicts: Mapping[models.ConditionType, conditions.Verdict],
-    ) -> None:
-        reason, message = _explain_phase(new["phase"], verdicts)
-        now = utc_now()
-        event = {
-            "metadata": {"generateName": f"{md.name}.", "namespace": md.namespace},
-            "involvedObject": {
-                "apiVersion": models.API_VERSION,
-                "kind": models.KIND,
-                "name": md.name,
-                "namespace": md.namespace,
-                "uid": md.uid,
-            },
-            "type": "Warning" if new["phase"] in WARNING_PHASES else "Normal",
-            "reason": reason,
-            "message": f"{new['phase']}: {message}"[:1024],
-            "source": {"component": "ferry-operator"},
-            "reportingComponent": "ferry.dev/operator",
-            "reportingInstance": self._instance,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            await self.client.create_event(md.namespace, event)
-        except ApiError as error:
-            # An event is informational; the status already says the same.
-            logger.warning("cannot post event for %s/%s: %s", md.namespace, md.name, error)
-
-    async def _report_invalid_spec(self, md: ModelDeploymentSnapshot, error: ValidationError) -> str:
-        message = "; ".join(
-            f"spec.{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}" for problem in error.errors()
-        )
-        verdict = conditions.Verdict("False", "InvalidSpec", f"the operator cannot read the spec: {message}")
-        current = self._current_status(md)
-        new = {
-            "observedGeneration": md.generation,
-            "phase": "Failed",
-            "conditions": conditions.merge(
-                current.get("conditions") or [], {"Ready": verdict}, utc_now(), md.generation
-            ),
-        }
-        patch = status.diff(current, {**dict(current), **new})
-        if patch:
-            await self.client.patch_status(md.namespace, md.name, patch)
-        return "status" if patch else "noop"
-
-    def _track_phase(self, key: OwnerKey, phase: str) -> None:
-        old = self._phases.get(key)
-        if old == phase:
-            return
-        if old is not None:
-            metrics.MODEL_DEPLOYMENTS.labels(phase=old).dec()
-        metrics.MODEL_DEPLOYMENTS.labels(phase=phase).inc()
-        self._phases[key] = phase
-
-    def _track_replicas(self, key: OwnerKey, desired: int, ready: int) -> None:
-        namespace, name = key
-        metrics.MODEL_DEPLOYMENT_REPLICAS.labels(namespace, name, "desired").set(desired)
-        metrics.MODEL_DEPLOYMENT_REPLICAS.labels(namespace, name, "ready").set(ready)
-
-    def _track_rollout(self, key: OwnerKey, progressing: conditions.Verdict) -> None:
-        # The alert on a stuck rollout reads this rather than kube-state-metrics' Deployment conditions.
-        stuck = progressing.status == "False" and progressing.reason == "ProgressDeadlineExceeded"
-        metrics.MODEL_DEPLOYMENT_ROLLOUT_STUCK.labels(*key).set(1 if stuck else 0)
-
     def _forget(self, key: OwnerKey) -> None:
         """Release everything kept for a ModelDeployment that is gone (memory must not grow with every
         ModelDeployment ever deleted)."""
         uid = self._uids.pop(key, None)
         if uid is not None:
             self.resolver.forget(uid)
-        self._deleted_uids.pop(key, None)
         self._desired.pop(key, None)
-        self._written_status.pop(key, None)
-        self._applied.pop(key, None)
-        old = self._phases.pop(key, None)
-        if old is not None:
-            metrics.MODEL_DEPLOYMENTS.labels(phase=old).dec()
-        for state in ("desired", "ready"):
-            with contextlib.suppress(KeyError):
-                metrics.MODEL_DEPLOYMENT_REPLICAS.remove(*key, state)
-        with contextlib.suppress(KeyError):
-            metrics.MODEL_DEPLOYMENT_ROLLOUT_STUCK.remove(*key)
-
-
-def _worth_an_event(old: str | None, new: str) -> bool:
-    """A phase transition a person wants in `kubectl describe`. The first phase of a new object (Pending or
-    Deploying) is not one: the object was just created, and at scale that event would be one more API
-    write per object for nothing; its first Ready, an optimization starting or a warning is."""
-    if old == new:
-        return False
-    return old is not None or new not in ("Pending", "Deploying")
+        self.applier.forget(key)
+        self.reporter.forget(key)
 
 
 def _single(values: Iterable[Any] | None) -> Any:
@@ -697,36 +424,3 @@ def _required_ready(spec: models.ModelDeploymentSpec) -> int:
     if serving.autoscaling is not None:
         return serving.autoscaling.min_replicas
     return serving.replicas if serving.replicas is not None else 1
-
-
-def _describe(kind: kinds.Kind, error: ApiError) -> str:
-    if error.status == 404 and kind in kinds.MONITORING_KINDS:
-        field = "serviceMonitor" if kind == kinds.SERVICE_MONITOR else "prometheusRule"
-        return (
-            f"the {kind.kind} CRD ({kind.api_version}) is not installed; install the Prometheus "
-            f"Operator CRDs or set spec.monitoring.{field} to auto or disabled"
-        )
-    return f"{error.status} {error.reason}: {error.message}"
-
-
-def _explain_phase(
-    phase: str, verdicts: Mapping[models.ConditionType, conditions.Verdict]
-) -> tuple[str, str]:
-    """The condition that best explains a phase: its reason and message become the event's."""
-    order: tuple[models.ConditionType, ...]
-    if phase in ("Failed", "Degraded"):
-        candidates: tuple[models.ConditionType, ...] = ("ModelResolved", "Optimized", "Deployed", "Degraded")
-        failing = [t for t in candidates if t in verdicts]
-        for condition_type in failing:
-            verdict = verdicts[condition_type]
-            if (condition_type == "Degraded") == (verdict.status == "True") and verdict.status != "Unknown":
-                return verdict.reason, verdict.message
-        order = ("Ready",)
-    elif phase == "Optimizing":
-        order = ("Optimized",)
-    else:
-        order = ("Ready", "Progressing")
-    for condition_type in order:
-        if condition_type in verdicts:
-            return verdicts[condition_type].reason, verdicts[condition_type].message
-    return phase, phase
