@@ -199,10 +199,12 @@ def test_optimize_serve_reuse_and_reject(
     assert {c["name"] for c in report["candidates"]} == {c["name"] for c in summary["candidates"]}
     assert init_args(cluster) == [artifact["uri"], "/mnt/models", "--sha256", artifact["sha256"]]
     md = wait_for("digits Ready", lambda: cluster.ready("digits"), timeout=120)
+    # With the artifact's size, which the Job measured (status.model.sizeBytes).
     assert md["status"]["model"] == {
         "format": "onnx",
         "uri": artifact["uri"],
         "digest": f"sha256:{artifact['sha256']}",
+        "sizeBytes": artifact["sizeBytes"],
     }
     served_revision = md["status"]["revision"]["current"]
 
