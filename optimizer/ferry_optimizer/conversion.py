@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from ferry_optimizer.evaluation import Evaluation
 
 
-def _tf() -> Any:
-    # TensorFlow loads only for sources that need it: an ONNX source never imports it.
+def tensorflow_models() -> Any:
+    """ferry_optimizer.tfmodels, imported on first use: an ONNX source never loads TensorFlow."""
     from ferry_optimizer import tfmodels
 
     return tfmodels
@@ -41,7 +41,7 @@ def convert(request: Request, target: Path) -> keras.Model | None:
             source = found[0]
         shutil.copyfile(source, target)
         return None
-    tfm = _tf()
+    tfm = tensorflow_models()
     if request.format == "keras":
         model = tfm.load_keras(request.model)
         tfm.keras_to_onnx(model, target)
@@ -58,7 +58,7 @@ def convert(request: Request, target: Path) -> keras.Model | None:
 def _source_outputs(
     request: Request, feeds: dict[str, np.ndarray], keras_model: keras.Model | None
 ) -> list[np.ndarray]:
-    tfm = _tf()
+    tfm = tensorflow_models()
     if keras_model is not None:
         return tfm.predict_keras(keras_model, feeds)  # type: ignore[no-any-return]
     if request.format == "tensorflow":

@@ -11,17 +11,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ferry_optimizer.context import Lineage, StepContext
+from ferry_optimizer.conversion import tensorflow_models
 from ferry_optimizer.errors import InputError, OptimizerError, StepError
 from ferry_optimizer.report import Measurement, Report, Step
 
 if TYPE_CHECKING:
     import keras
-
-
-def _tf() -> Any:
-    from ferry_optimizer import tfmodels
-
-    return tfmodels
 
 
 class KerasLineages:
@@ -76,7 +71,7 @@ class KerasLineages:
                     kernelWeightsBefore=result.parameters_before,
                     kernelWeightsAfter=result.parameters_after,
                 )
-                _tf().keras_to_onnx(result.model, target, self.context.evaluation.output_names)
+                tensorflow_models().keras_to_onnx(result.model, target, self.context.evaluation.output_names)
                 after = self.context.evaluation.measure(target)
                 lineage = Lineage("pruned", target, result.model, ["prune", "convert"])
                 notes.insert(0, f"sparsity {result.sparsity:.1%}")
@@ -117,7 +112,7 @@ class KerasLineages:
         with self.context.progress.step("distill student"):
             logits, served = distillation.student_of(teacher, spec.student)
             softmax = layers.ends_in_softmax(teacher)
-            teacher_out = _tf().predict_keras(teacher, self.context.evaluation.train.inputs)[0]
+            teacher_out = tensorflow_models().predict_keras(teacher, self.context.evaluation.train.inputs)[0]
             targets = [distillation.teacher_targets(teacher_out, softmax)]
             with_labels = self.context.evaluation.train.labels is not None and softmax
             if with_labels:
@@ -145,7 +140,7 @@ class KerasLineages:
             error = None
             after: Measurement | None = None
             try:
-                _tf().keras_to_onnx(served, target, self.context.evaluation.output_names)
+                tensorflow_models().keras_to_onnx(served, target, self.context.evaluation.output_names)
                 after = self.context.evaluation.measure(target)
             except StepError as failure:
                 error = failure.message
@@ -192,7 +187,7 @@ class KerasLineages:
                     )
                 )
         else:
-            targets = [_tf().predict_keras(original, self.context.evaluation.train.inputs)[0]]
+            targets = [tensorflow_models().predict_keras(original, self.context.evaluation.train.inputs)[0]]
 
             def loss(batch_targets: Any, output: tf.Tensor) -> tf.Tensor:
                 return tf.reduce_mean(tf.square(output - batch_targets[0]))
@@ -213,5 +208,5 @@ class KerasLineages:
         return [vars(epoch) for epoch in history]
 
     def _keras_quality(self, model: keras.Model) -> tuple[str, float]:
-        outputs = _tf().predict_keras(model, self.context.evaluation.validation.inputs)
+        outputs = tensorflow_models().predict_keras(model, self.context.evaluation.validation.inputs)
         return self.context.evaluation.metric_name, self.context.evaluation.score(outputs)

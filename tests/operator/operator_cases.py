@@ -39,6 +39,7 @@ class InvalidSpec:
 
 # Pruning and distillation edit Keras layers: their cases use a Keras source.
 KERAS_MODEL = {"uri": "pvc://models/m.keras", "format": "keras"}
+HUGGINGFACE_MODEL = {"uri": "pvc://models/llm/", "format": "huggingface"}
 
 INVALID_SPECS: tuple[InvalidSpec, ...] = (
     InvalidSpec(
@@ -195,14 +196,14 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
     ),
     InvalidSpec(
         "huggingface-tensor-quantization",
-        spec_with(model={"uri": "pvc://models/llm/", "format": "huggingface"}, optimize={"quantize": "fp16"}),
+        spec_with(model=HUGGINGFACE_MODEL, optimize={"quantize": "fp16"}),
         "spec.optimize",
         "quantize int4, int8 or none only",
     ),
     InvalidSpec(
         "huggingface-pruned",
         spec_with(
-            model={"uri": "pvc://models/llm/", "format": "huggingface"},
+            model=HUGGINGFACE_MODEL,
             optimize={"quantize": "int4", "prune": {"sparsity": 0.5}},
         ),
         "spec.optimize",
@@ -211,7 +212,7 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
     InvalidSpec(
         "huggingface-gated-on-accuracy",
         spec_with(
-            model={"uri": "pvc://models/llm/", "format": "huggingface"},
+            model=HUGGINGFACE_MODEL,
             optimize={"quantize": "int8", "validate": {"maxDrop": 0.01}},
         ),
         "spec.optimize.validate.metric",

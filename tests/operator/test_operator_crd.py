@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_cases import VALID_SPEC, spec_with
+from operator_cases import KERAS_MODEL, VALID_SPEC, spec_with
 
 from ferry_operator import crdgen
 from ferry_operator.api import models
@@ -105,17 +105,17 @@ def apply_schema_defaults(value: Any, node: dict[str, Any]) -> Any:
     return value
 
 
-# Pruning and distillation need a Keras source.
-KERAS = {"uri": "pvc://models/m.keras", "format": "keras"}
-
-
 @pytest.mark.parametrize(
     "spec",
     [
         VALID_SPEC,
-        spec_with(model=KERAS, optimize={"distill": {}, "data": {"uri": "file:///d.npz"}, "validate": {}}),
         spec_with(
-            model=KERAS, serving={"autoscaling": {"maxReplicas": 3}}, optimize={"prune": {"sparsity": 0.3}}
+            model=KERAS_MODEL, optimize={"distill": {}, "data": {"uri": "file:///d.npz"}, "validate": {}}
+        ),
+        spec_with(
+            model=KERAS_MODEL,
+            serving={"autoscaling": {"maxReplicas": 3}},
+            optimize={"prune": {"sparsity": 0.3}},
         ),
     ],
 )
