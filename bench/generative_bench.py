@@ -68,15 +68,21 @@ def cpu_description() -> str:
 # --- models ---
 
 
-def ensure_models(precision: str) -> dict[str, Path]:
+def ensure_models(*precisions: str) -> dict[str, Path]:
     hf = CACHE / "hf"
     if not (hf / "model.safetensors").is_file():
         generative_models.make_hf_llama(hf, generative_models.BENCH)
     folders = {"hf": hf}
-    for name in {precision, "fp32"}:
+    for name in dict.fromkeys(("fp32", *precisions)):
         folder = CACHE / f"genai-{name}"
         if not (folder / "genai_config.json").is_file():
-            generative_models.build_genai_model(hf, folder, name)
+            if name == "w8a8":
+                # What ferry-optimize's w8a8 candidate is: the fp32 build's MatMuls made W8A8.
+                from ferry_optimizer import w8a8
+
+                w8a8.quantize_folder(folders["fp32"] / "model.onnx", folder)
+            else:
+                generative_models.build_genai_model(hf, folder, name)
         folders[name] = folder
     return folders
 
@@ -441,7 +447,13 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--requests", type=int, default=2, help="requests each stream sends in a row")
-    parser.add_argument("--precision", default="int4", choices=("int4", "int8", "fp32"))
+    parser.add_argument("--precision", default="int4", choices=("int4", "int8", "w8a8", "fp32"))
+    parser.add_argument(
+        "--baseline-precision",
+        default="int4",
+        choices=("int4", "int8", "fp32"),
+        help="what onnxruntime-genai in-process runs (the single-stream target is against its int4)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--alternations", type=int, default=7, help="single-stream pairs timed in turn")
     parser.add_argument("--llamacpp-python", default="", help="a Python with llama-cpp-python[server]")
@@ -450,7 +462,7 @@ def main() -> int:
     streams = [int(value) for value in args.streams.split(",")]
 
     print(f"CPU: {cpu_description()}")
-    folders = ensure_models(args.precision)
+    folders = ensure_models(args.precision, args.baseline_precision)
     prompt = fixed_prompt(folders[args.precision], args.prompt_tokens)
     body: dict[str, object] = {
         "model": MODEL_NAME,
@@ -461,7 +473,8 @@ def main() -> int:
         "stream": True,
     }
     print(
-        f"model: {generative_models.BENCH}; {args.precision}; prompt {args.prompt_tokens} tokens, "
+        f"model: {generative_models.BENCH}; Ferry {args.precision}, onnxruntime-genai "
+        f"{args.baseline_precision}; prompt {args.prompt_tokens} tokens, "
         f"{args.output_tokens} output tokens, {args.requests} requests per stream, {args.threads} threads"
     )
     points: list[Point] = []
@@ -471,7 +484,9 @@ def main() -> int:
     _, outputs["genai-fp32"] = genai_in_process(
         genai_model(folders["fp32"], 0), prompt, args.output_tokens, 1, 0
     )
-    models = {threads: genai_model(folders[args.precision], threads) for threads in (0, args.threads)}
+    models = {
+        threads: genai_model(folders[args.baseline_precision], threads) for threads in (0, args.threads)
+    }
     for threads, model in models.items():
         for batch in streams:
             point, text = genai_in_process(model, prompt, args.output_tokens, batch, threads)
@@ -497,7 +512,10 @@ def main() -> int:
         ("ferry", lambda: start_ferry(folders[args.precision], args.threads, max(streams)))
     ]
     if args.llamacpp_python:
-        gguf = gguf_for(args.llamacpp_python, folders["hf"], args.precision)
+        # llama.cpp's nearest format: Q8_0 (int8 blocks) for both int8 kinds.
+        gguf = gguf_for(
+            args.llamacpp_python, folders["hf"], "int8" if args.precision == "w8a8" else args.precision
+        )
         servers.append(
             ("llama.cpp", lambda: start_llama_cpp(args.llamacpp_python, gguf, args.threads, max(streams)))
         )
@@ -534,7 +552,10 @@ def main() -> int:
             f"{1000 * percentile(point.itl, 0.5):>8.1f}m{1000 * percentile(point.itl, 0.99):>8.1f}m{cpu:>11}"
         )
     print()
-    print("quality: greedy output in agreement with onnxruntime-genai's (fp32 build / this build):")
+    print(
+        "quality: greedy output in agreement with onnxruntime-genai's (fp32 build / its "
+        f"{args.baseline_precision} build):"
+    )
     for name, text in outputs.items():
         if name != "genai-fp32":
             print(

@@ -3,8 +3,11 @@
 `--format huggingface`: onnxruntime-genai's model builder turns the folder into an fp32 model (the
 gate's reference) and, for `quantize: int4`, an int4 and an int8 weight-only candidate (int8 is the
 fallback when int4 does not pass: smaller than fp32, closer to it than int4), for `quantize: int8` an
-int8 one. `--format onnx-genai`: an already built folder, the reference `given`, served as it is or
-with its float MatMuls re-quantized to the same int4/int8 candidates (ONNX Runtime's quantizer).
+int8 one. Both also get `w8a8` (w8a8.py): the reference's float MatMuls as int8 weights times int8
+activations quantized per token, which integer GEMM kernels (AMX, VNNI) serve batches with several
+times faster than weight-only int4. `--format onnx-genai`: an already built folder, the reference
+`given`, served as it is or with its float MatMuls re-quantized to the same candidates (ONNX Runtime's
+quantizer).
 
 The builder imports torch and transformers, which abort a process that has loaded TensorFlow (an LLVM
 option registered twice), and the optimizer loads TensorFlow for its other formats and for TensorBoard:
@@ -12,8 +15,9 @@ so the builder always runs as a subprocess, and this process never imports torch
 
 Each candidate is measured (generative_quality.py), gated with selection.py against the fp32 model and
 the chosen one is written to the output as the folder `ferry-runtime` serves. The report is the tensor
-pipeline's (report.py), its latency the decode time per token, so the choice rule is the same: the
-fastest decoder (within 5%), then the smallest.
+pipeline's (report.py), its latency the time per generated token with several sequences in flight
+(generative_quality.BATCH_SEQUENCES), so the choice rule is the same: the fastest server under load
+(within 5%), then the smallest.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ FOLDER_FILES = (
 # Written beside the model but not part of it (the artifact digest leaves them out).
 NOT_MODEL = ("report.json", "tensorboard", "reference.json")
 BUILDER_TIMEOUT_S = 3600
+# The candidate made from the reference by w8a8.py (not by the builder).
+W8A8 = "w8a8"
 AGREEMENT_NOTE = (
     "no data given: quality is greedy-token agreement with the reference (fp32, or the given folder) "
     "on built-in prompts, a weak check; give optimize.data (text or JSONL) for perplexity on your own "
@@ -116,9 +122,11 @@ def optimize(request: Request, work: Path) -> Report:
     check(request)
     spec = request.spec
     reference = REFERENCE[request.format]
-    planned = {"none": [reference], "int8": [reference, "int8"], "int4": [reference, "int4", "int8"]}[
-        spec.quantize
-    ]
+    planned = {
+        "none": [reference],
+        "int8": [reference, "int8", W8A8],
+        "int4": [reference, "int4", "int8", W8A8],
+    }[spec.quantize]
     progress = Progress(total=1 + 2 * len(planned) + 1)
     try:
         return _optimize(request, work, planned, progress)
@@ -134,7 +142,7 @@ def _optimize(request: Request, work: Path, planned: list[str], progress: Progre
     built: list[_Built] = []
     for name in planned:
         with progress.step(f"build {name}"):
-            built.append(_build(request, name, work))
+            built.append(_w8a8(built[0], work) if name == W8A8 else _build(request, name, work))
     reference = built[0]
     if reference.folder is None:
         # The unquantized build failing is the source's fault (an architecture the builder lacks).
@@ -215,7 +223,9 @@ def _optimize(request: Request, work: Path, planned: list[str], progress: Progre
             "statistic": "median",
             "promptTokens": len(prompt),
             "decodeTokens": generative_quality.DECODE_TOKENS,
-            "latency": "decode milliseconds per token",
+            "latency": (
+                f"milliseconds per generated token, {generative_quality.BATCH_SEQUENCES} sequences in flight"
+            ),
             "provider": "CPUExecutionProvider",
             "engine": "ferry_runtime.generative.engine",
             "onnxruntime": _version("onnxruntime"),
@@ -227,7 +237,7 @@ def _optimize(request: Request, work: Path, planned: list[str], progress: Progre
         report.steps.append(
             Step(
                 build.name,
-                _step_name(request.format, build is reference),
+                _step_name(request.format, build, reference),
                 build.detail,
                 None if build is reference else baseline,
                 measured.get(build.name),
@@ -241,7 +251,7 @@ def _optimize(request: Request, work: Path, planned: list[str], progress: Progre
                 build.name,
                 []
                 if request.format == "onnx-genai" and build is reference
-                else [f"{_step_name(request.format, build is reference)}:{build.precision}"],
+                else [f"{_step_name(request.format, build, reference)}:{build.precision}"],
                 measured.get(build.name),
                 # fp32 competes only when nothing else was asked for; otherwise it is the reference.
                 requested=build is not reference or len(built) == 1,
@@ -349,6 +359,26 @@ def _write(request: Request, chosen: _Built | None, report: Report) -> None:
     )
 
 
+def _w8a8(reference: _Built, work: Path) -> _Built:
+    """The reference folder with its float MatMuls made W8A8 (w8a8.py): int8 weights per output
+    channel, int8 activations per token at run time."""
+    from ferry_optimizer import w8a8
+
+    detail = "int8 weights per channel x int8 activations per token (MatMulIntegerToFloat)"
+    started = time.perf_counter()
+    if reference.folder is None:
+        return _Built(W8A8, None, 0.0, W8A8, detail, "the reference did not build")
+    output = work / W8A8
+    try:
+        decoder = generative_quality.load_decoder_file(reference.folder)
+        rewritten = w8a8.quantize_folder(decoder, output, NOT_MODEL)
+    except (ValueError, OSError) as error:
+        shutil.rmtree(output, ignore_errors=True)
+        return _Built(W8A8, None, time.perf_counter() - started, W8A8, detail, str(error))
+    detail += f", {rewritten.matmuls} MatMuls"
+    return _Built(W8A8, output, time.perf_counter() - started, W8A8, detail)
+
+
 def _requantize(request: Request, name: str, work: Path) -> _Built:
     """The given folder with its float MatMul weights quantized to int4/int8 blocks (MatMulNBits), as the
     builder does it (symmetric, the spec's block size and accuracy level), by ONNX Runtime's quantizer in
@@ -386,11 +416,14 @@ def _requantize(request: Request, name: str, work: Path) -> _Built:
     return _Built(name, output, time.perf_counter() - started, name, detail)
 
 
-def _step_name(fmt: str, is_reference: bool) -> str:
-    """build (the model builder), load (a given folder as it is) or quantize (a given folder's MatMuls)."""
+def _step_name(fmt: str, build: _Built, reference: _Built) -> str:
+    """build (the model builder), load (a given folder as it is) or quantize (a given folder's MatMuls,
+    or the reference's for w8a8)."""
+    if build.name == W8A8:
+        return "quantize"
     if fmt == "huggingface":
         return "build"
-    return "load" if is_reference else "quantize"
+    return "load" if build is reference else "quantize"
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -15,7 +15,8 @@ _REASON_LIMIT = 1200
 
 @dataclass(frozen=True)
 class GenerationSpeed:
-    """A generative model's speed at batch 1 (generative_quality.py measures it)."""
+    """A generative model's speed alone (batch 1) and with `batch_sequences` sequences served together
+    (generative_quality.py measures it)."""
 
     prompt_tokens: int
     decode_tokens: int
@@ -23,6 +24,10 @@ class GenerationSpeed:
     decode_tokens_per_second: float
     time_to_first_token_ms: float
     # The prefill of the prompt plus choosing the first token, as a client waits for it.
+    batch_sequences: int
+    batch_tokens_per_second: float
+    # Generated tokens per second of `batch_sequences` sequences prefilled one after another and decoded
+    # in one batch, prefill time included: what continuous batching serves under load.
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ class Report:
                 scalars[f"{prefix}/prefill_tokens_per_second"] = m.generation.prefill_tokens_per_second
                 scalars[f"{prefix}/decode_tokens_per_second"] = m.generation.decode_tokens_per_second
                 scalars[f"{prefix}/time_to_first_token_ms"] = m.generation.time_to_first_token_ms
+                scalars[f"{prefix}/batch_tokens_per_second"] = m.generation.batch_tokens_per_second
         for index, step in enumerate(self.steps):
             if step.after is not None and step.after.latency_ms is not None:
                 scalars[f"steps/{index:02d}-{step.lineage}-{step.name}/latency_ms"] = step.after.latency_ms
@@ -192,7 +198,17 @@ class Report:
         rows = [["candidate", "size", "compressed", "latency ms", metric, "gate", "reason"]]
         if self.generative:
             rows = [
-                ["candidate", "size", "prefill tok/s", "decode tok/s", "TTFT ms", metric, "gate", "reason"]
+                [
+                    "candidate",
+                    "size",
+                    "prefill tok/s",
+                    "decode tok/s",
+                    "TTFT ms",
+                    "batch tok/s",
+                    metric,
+                    "gate",
+                    "reason",
+                ]
             ]
         for candidate in self.candidates:
             m = candidate.measurement
@@ -226,6 +242,7 @@ def _generative_row(candidate: Candidate, chosen: bool) -> list[str]:
         f"{speed.prefill_tokens_per_second:.1f}" if speed else "-",
         f"{speed.decode_tokens_per_second:.1f}" if speed else "-",
         f"{speed.time_to_first_token_ms:.1f}" if speed else "-",
+        f"{speed.batch_tokens_per_second:.1f}" if speed else "-",
         _metric(m.metric) if m else "-",
         "pass" if candidate.passed else "REJECT",
         candidate.reason,

@@ -921,8 +921,8 @@ def test_the_generative_model_was_quantized_in_a_job_behind_its_perplexity_gate(
     assert report["metric"]["name"] == "perplexity"
     candidates = {c["name"]: c for c in report["candidates"]}
     # The Hugging Face folder built by the Job: the fp32 build is the gate's reference.
-    assert set(candidates) == {"fp32", "int4", "int8"}, candidates
-    assert report["chosen"] in ("int4", "int8")
+    assert set(candidates) == {"fp32", "int4", "int8", "w8a8"}, candidates
+    assert report["chosen"] in ("int4", "int8", "w8a8")
     assert candidates[report["chosen"]]["sizeBytes"] < candidates["fp32"]["sizeBytes"] / 2
     # Held-out fortunes: the chosen model's perplexity is within maxIncrease of the fp32 folder's.
     budget = demo.LLM_OPTIMIZE["validate"]["maxIncrease"]
