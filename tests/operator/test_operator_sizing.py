@@ -1,4 +1,5 @@
-"""The serving container's memory request when the spec sets none (builders/sizing.py).
+"""The serving container's memory request and the download volume's size when the spec sets none
+(builders/sizing.py).
 
 The expected figures are computed here from the model's facts, not read back from the module.
 """
@@ -32,7 +33,7 @@ GENERATIVE = build_inputs.ServedArtifact(
 )
 
 
-def runtime_container(serving: dict[str, Any], artifact: build_inputs.ServedArtifact) -> dict[str, Any]:
+def pod_spec(serving: dict[str, Any], artifact: build_inputs.ServedArtifact) -> dict[str, Any]:
     spec = spec_with(model={"uri": "pvc://models/llm/", "format": "huggingface"}, serving=serving)
     inputs = build_inputs.BuildInputs(
         owner=OWNER,
@@ -41,8 +42,14 @@ def runtime_container(serving: dict[str, Any], artifact: build_inputs.ServedArti
         defaults=DEFAULTS,
     )
     deployment = builders.desired_children(inputs)[kinds.DEPLOYMENT]
-    containers = deployment["spec"]["template"]["spec"]["containers"]
-    container: dict[str, Any] = next(c for c in containers if c["name"] == "runtime")
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return pod
+
+
+def runtime_container(serving: dict[str, Any], artifact: build_inputs.ServedArtifact) -> dict[str, Any]:
+    container: dict[str, Any] = next(
+        c for c in pod_spec(serving, artifact)["containers"] if c["name"] == "runtime"
+    )
     return container
 
 
@@ -55,7 +62,12 @@ def test_a_generative_pod_requests_its_weights_a_full_kv_cache_and_the_runtime()
     # 82 MiB of weights + 8 sequences x 2048 tokens x 73728 bytes (1152 MiB) + 256 MiB of runtime.
     expected = math.ceil((WEIGHTS + 8 * CONTEXT * KV_PER_TOKEN + 256 * MIB) / MIB)
     assert expected == 82 + 1152 + 256
-    assert container["resources"]["requests"] == {"cpu": "500m", "memory": f"{expected}Mi"}
+    # The download volume: the weights + 5% + 64 MiB (82 * 1.05 + 64 = 150.1 MiB, rounded up).
+    assert container["resources"]["requests"] == {
+        "cpu": "500m",
+        "memory": f"{expected}Mi",
+        "ephemeral-storage": "151Mi",
+    }
     # The whole pool fits what is requested: the runtime gets no budget that would cut its sequences.
     assert "FERRY_RUNTIME_KV_CACHE_BYTES" not in env(container)
 
@@ -70,7 +82,28 @@ def test_more_sequences_request_more_memory() -> None:
 def test_a_memory_request_the_user_set_is_kept() -> None:
     resources = {"requests": {"cpu": "1", "memory": "3Gi"}}
     container = runtime_container({"resources": resources}, GENERATIVE)
-    assert container["resources"]["requests"] == {"cpu": "1", "memory": "3Gi"}
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "3Gi", "ephemeral-storage": "151Mi"}
+
+
+def test_a_known_model_size_bounds_the_download_volume_and_requests_its_disk() -> None:
+    pod = pod_spec({}, GENERATIVE)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"]["emptyDir"] == {"sizeLimit": "151Mi"}
+    # A 3 GiB model: 3072 * 1.05 + 64 = 3289.6 MiB.
+    large = build_inputs.ServedArtifact(uri="pvc://models/big/model.onnx", size_bytes=3 << 30)
+    volumes = {v["name"]: v for v in pod_spec({}, large)["volumes"]}
+    assert volumes["models"]["emptyDir"] == {"sizeLimit": "3290Mi"}
+    # The tmp volume is the runtime's own scratch, not the model's.
+    assert volumes["tmp"]["emptyDir"] == {}
+
+
+def test_an_ephemeral_storage_the_user_set_is_kept() -> None:
+    requested = runtime_container({"resources": {"requests": {"ephemeral-storage": "10Gi"}}}, GENERATIVE)
+    assert requested["resources"]["requests"]["ephemeral-storage"] == "10Gi"
+    # A limit alone: the API server defaults the request to it, so none is added below it.
+    limited = runtime_container({"resources": {"limits": {"ephemeral-storage": "100Mi"}}}, GENERATIVE)
+    assert "ephemeral-storage" not in limited["resources"]["requests"]
+    assert limited["resources"]["limits"]["ephemeral-storage"] == "100Mi"
 
 
 def test_a_memory_limit_below_the_full_pool_caps_the_request_and_budgets_the_kv_cache() -> None:
@@ -88,7 +121,9 @@ def test_a_memory_limit_below_the_full_pool_caps_the_request_and_budgets_the_kv_
 def test_tensor_models_and_folders_served_as_is_keep_the_flat_default() -> None:
     # Nothing measured the model: the operator does not read model files itself.
     as_is = build_inputs.ServedArtifact(uri="pvc://models/llm/", format="onnx-genai")
-    assert runtime_container({}, as_is)["resources"]["requests"]["memory"] == "512Mi"
+    assert runtime_container({}, as_is)["resources"]["requests"] == {"cpu": "500m", "memory": "512Mi"}
+    # ... and no size for the download volume either.
+    assert {v["name"]: v for v in pod_spec({}, as_is)["volumes"]}["models"]["emptyDir"] == {}
     tensor = build_inputs.ServedArtifact(uri="pvc://models/digits/model.onnx", size_bytes=21867)
     assert runtime_container({}, tensor)["resources"]["requests"]["memory"] == "512Mi"
     # ... and never above a smaller limit (a request above its limit is an invalid pod).

@@ -439,7 +439,9 @@ class ResourceRequirements(ApiModel):
     percentage of the CPU request. Without a memory request the operator sets one: for a generative model
     served from an optimization Job, its weights plus a full KV cache (maxSequences sequences of the
     model's context length) plus the runtime's own 256Mi (docs/generative.md, "Memory"); 512Mi
-    otherwise. Capped at limits.memory when that is set."""
+    otherwise. Capped at limits.memory when that is set. Without an ephemeral-storage request or limit,
+    a model whose size an optimization Job reported gets one for its download volume (the size + 5% +
+    64Mi, also that emptyDir's sizeLimit)."""
 
     limits: dict[str, Quantity] | None = None
     """Upper bounds, e.g. {memory: 2Gi}. Use serving.gpu for GPUs."""

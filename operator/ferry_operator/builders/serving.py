@@ -62,6 +62,10 @@ def container_resources(inputs: BuildInputs) -> dict[str, Any]:
     limits = dict(serving.resources.limits or {})
     if "memory" not in requests:
         requests["memory"] = sizing.memory_request(inputs)
+    download = sizing.download_volume(inputs)
+    # A limit without a request makes the API server default the request to it.
+    if download is not None and "ephemeral-storage" not in requests | limits:
+        requests["ephemeral-storage"] = download
     if serving.gpu:
         # Extended resources must be requested and limited alike; the limit is what the scheduler counts.
         limits["nvidia.com/gpu"] = serving.gpu
@@ -209,8 +213,9 @@ def runtime_container(inputs: BuildInputs, image: str) -> dict[str, Any]:
 def pod_template(inputs: BuildInputs) -> dict[str, Any]:
     serving = inputs.spec.serving
     image = serving.image or inputs.defaults.runtime_image
+    download = sizing.download_volume(inputs)
     volumes: list[dict[str, Any]] = [
-        {"name": "models", "emptyDir": {}},
+        {"name": "models", "emptyDir": {} if download is None else {"sizeLimit": download}},
         {"name": "tmp", "emptyDir": {}},
     ]
     volumes += [

@@ -1,4 +1,4 @@
-"""The serving container's memory request when the spec sets none.
+"""The serving container's memory request and the download volume's size when the spec sets none.
 
 A generative pod's memory is known before it starts: the weights it maps, the KV-cache pool it allocates
 up front (maxSequences slots of the model's context length, float32 keys and values: what
@@ -22,6 +22,9 @@ DEFAULT_MEMORY = "512Mi"
 # and the ONNX Runtime arena for one prefill chunk's activations (docs/generative.md "Memory" has the
 # measurement behind it).
 RUNTIME_OVERHEAD_BYTES = 256 * MIB
+# Room in the download volume beyond the model's bytes: the drift reference, a file being resumed and
+# the filesystem's own blocks.
+DOWNLOAD_HEADROOM_BYTES = 64 * MIB
 
 _SUFFIXES = {
     "": 1,
@@ -99,3 +102,14 @@ def memory_request(inputs: BuildInputs) -> int | str:
     if limit is not None and limit[1] < sized:
         return limit[0]
     return f"{math.ceil(sized / MIB)}Mi"
+
+
+def download_volume(inputs: BuildInputs) -> str | None:
+    """The download volume's size (the `models` emptyDir's sizeLimit and the runtime container's
+    ephemeral-storage request), when the model's size is known (status.model.sizeBytes, from the
+    optimization Job): the scheduler then places the pod on a node with the disk for it, and a download
+    that outgrows it evicts that pod rather than filling the node. None: unknown, no bound."""
+    size = inputs.artifact.size_bytes
+    if size is None:
+        return None
+    return f"{math.ceil((size * 1.05 + DOWNLOAD_HEADROOM_BYTES) / MIB)}Mi"
