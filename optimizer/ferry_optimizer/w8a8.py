@@ -9,9 +9,12 @@ takes one scale for the whole input, so one sequence's outlier would coarsen eve
 activations and a reply would depend on what else is in the batch. So each MatMul `x @ W` becomes:
 
 * W: int8, symmetric, one scale per output column (`W ~ Wq * ws`);
-* x: per row (token), `s = max|x| / 127`, `xq = round(x / s) + 128` as uint8 (`QuantizeLinear` with
-  scale 1 and zero point 128 does the rounding and saturation);
-* `y = MatMulIntegerToFloat(xq, Wq, 1, ws, 128) * s`.
+* x: per row (token), `m = max|x|`, `xq = round(127 x / m) + 128` as uint8 (`QuantizeLinear` of `x / m`
+  with scale 1/127 and zero point 128 does the rounding and saturation);
+* `y = MatMulIntegerToFloat(xq, Wq, 1/127, ws, 128) * m`.
+
+Five small operators per distinct input and two per MatMul: at one row their dispatch is most of what
+W8A8 adds, so none is spent that folding can save.
 
 The integer product is exact, and every row's scale is its own, so a row's result does not depend on
 the other rows: greedy decoding gives the same tokens alone or in any batch. MatMuls that share an input
@@ -57,10 +60,9 @@ def quantize(model: onnx.ModelProto) -> Rewritten:
         added.append(numpy_helper.from_array(value, f"{PREFIX}/{name}"))
         return f"{PREFIX}/{name}"
 
-    one = constant("one", np.array(1.0, np.float32))
     zero_point = constant("zero_point", np.array(128, np.uint8))
-    inverse_range = constant("inverse_range", np.array(1 / 127, np.float32))
-    smallest = constant("smallest_scale", np.array(1e-12, np.float32))
+    step_size = constant("step_size", np.array(1 / 127, np.float32))
+    smallest = constant("smallest_magnitude", np.array(1e-30, np.float32))
     axes = constant("last_axis", np.array([-1], np.int64)) if opset >= 18 else ""
     nodes: list[onnx.NodeProto] = []
     # input name -> (quantized activation, its per-row scale)
@@ -88,26 +90,27 @@ def quantize(model: onnx.ModelProto) -> Rewritten:
             reduce_attributes = {"keepdims": 1} if axes else {"keepdims": 1, "axes": [-1]}
             nodes += [
                 helper.make_node("Abs", [source], [f"{step}/abs"]),
-                helper.make_node("ReduceMax", reduce_inputs, [f"{step}/max"], **reduce_attributes),
-                helper.make_node("Mul", [f"{step}/max", inverse_range], [f"{step}/raw_scale"]),
-                # An all-zero row (padding) keeps a finite scale.
-                helper.make_node("Max", [f"{step}/raw_scale", smallest], [f"{step}/scale"]),
-                helper.make_node("Div", [source, f"{step}/scale"], [f"{step}/scaled"]),
-                helper.make_node("QuantizeLinear", [f"{step}/scaled", one, zero_point], [f"{step}/uint8"]),
+                helper.make_node("ReduceMax", reduce_inputs, [f"{step}/raw_max"], **reduce_attributes),
+                # An all-zero row (padding) divides by a tiny number, not by zero.
+                helper.make_node("Max", [f"{step}/raw_max", smallest], [f"{step}/max"]),
+                helper.make_node("Div", [source, f"{step}/max"], [f"{step}/unit"]),
+                helper.make_node(
+                    "QuantizeLinear", [f"{step}/unit", step_size, zero_point], [f"{step}/uint8"]
+                ),
             ]
-            quantized[source] = (f"{step}/uint8", f"{step}/scale")
-        activation, row_scale = quantized[source]
+            quantized[source] = (f"{step}/uint8", f"{step}/max")
+        activation, row_max = quantized[source]
         weights_name = constant(f"{matmuls - 1}/weight", integers)
         scales_name = constant(f"{matmuls - 1}/weight_scale", scales)
         nodes += [
             helper.make_node(
                 "MatMulIntegerToFloat",
-                [activation, weights_name, one, scales_name, zero_point],
+                [activation, weights_name, step_size, scales_name, zero_point],
                 [f"{name}/columns_scaled"],
                 domain="com.microsoft",
                 name=f"{node.name or name}/w8a8",
             ),
-            helper.make_node("Mul", [f"{name}/columns_scaled", row_scale], [node.output[0]], name=node.name),
+            helper.make_node("Mul", [f"{name}/columns_scaled", row_max], [node.output[0]], name=node.name),
         ]
     if not matmuls:
         return Rewritten(0, 0)
