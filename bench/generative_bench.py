@@ -439,6 +439,15 @@ def agreement(text: str, reference: str) -> str:
     return f"{same}/{len(reference)} chars"
 
 
+def point_row(point: Point) -> str:
+    cpu = f"{1000 * point.cpu_seconds / point.tokens:.1f}" if point.cpu_seconds is not None else "-"
+    return (
+        f"{point.server:<16}{point.streams:>8}{point.tokens_per_second:>9.1f}"
+        f"{percentile(point.ttft, 0.5):>10.3f}{percentile(point.ttft, 0.99):>10.3f}"
+        f"{1000 * percentile(point.itl, 0.5):>8.1f}m{1000 * percentile(point.itl, 0.99):>8.1f}m{cpu:>11}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -491,6 +500,7 @@ def main() -> int:
         for batch in streams:
             point, text = genai_in_process(model, prompt, args.output_tokens, batch, threads)
             points.append(point)
+            print(f"measured: {point_row(point)}", flush=True)
             outputs.setdefault("genai", text)
 
     # The single-stream comparison, timed in alternation so machine noise hits both alike: one
@@ -536,6 +546,11 @@ def main() -> int:
             for count in streams:
                 point, _ = run_point(name, server.port, server.process.pid, count, args.requests, request)
                 points.append(point)
+                print(f"measured: {point_row(point)}", flush=True)
+        except OSError as error:
+            # A peer that crashes (llama.cpp's server has, on an AMX Xeon) must not lose the other rows.
+            exited = server.process.poll()
+            print(f"{name}: not measured further: {error!r}; exit status {exited}; log {server.log}")
         finally:
             server.stop()
 
@@ -545,12 +560,7 @@ def main() -> int:
         f"{'ITL p50':>9}{'ITL p99':>9}{'CPU ms/tok':>11}"
     )
     for point in points:
-        cpu = f"{1000 * point.cpu_seconds / point.tokens:.1f}" if point.cpu_seconds is not None else "-"
-        print(
-            f"{point.server:<16}{point.streams:>8}{point.tokens_per_second:>9.1f}"
-            f"{percentile(point.ttft, 0.5):>10.3f}{percentile(point.ttft, 0.99):>10.3f}"
-            f"{1000 * percentile(point.itl, 0.5):>8.1f}m{1000 * percentile(point.itl, 0.99):>8.1f}m{cpu:>11}"
-        )
+        print(point_row(point))
     print()
     print(
         "quality: greedy output in agreement with onnxruntime-genai's (fp32 build / its "

@@ -4,7 +4,8 @@ Makes the benchmark Llama (generative_models.BENCH, ~113M parameters, random wei
 hub; cached under the work directory), writes held-out text (the source of standard library modules the
 tokenizer was not trained on), runs `ferry-optimize` with `quantize: int4` and a perplexity gate as the
 Job would, and prints: the wall time of the whole run, each candidate's decode and prefill tokens/s at
-batch 1, time to first token, perplexity and its increase over fp32, and int4's decode speed-up.
+batch 1, time to first token, generated tokens/s with 8 sequences in flight (what the choice ranks),
+perplexity and its increase over fp32, and the speed-ups over fp32.
 
     .venv/bin/python bench/generative_optimize.py [--shape bench|tiny] [--threads 1] [--max-increase 0.05]
 
@@ -89,7 +90,10 @@ def main() -> int:
             f"{name}: {m['sizeBytes'] / 2**20:.1f} MiB, decode {speed['decodeTokensPerSecond']:.1f} tok/s "
             f"({speed['decodeTokensPerSecond'] / fp32['generation']['decodeTokensPerSecond']:.2f}x fp32), "
             f"prefill {speed['prefillTokensPerSecond']:.1f} tok/s, "
-            f"TTFT {speed['timeToFirstTokenMs']:.1f} ms, perplexity {m['metric']:.4f} ({increase:+.4%})"
+            f"TTFT {speed['timeToFirstTokenMs']:.1f} ms, {speed['batchSequences']} in flight "
+            f"{speed['batchTokensPerSecond']:.1f} tok/s "
+            f"({speed['batchTokensPerSecond'] / fp32['generation']['batchTokensPerSecond']:.2f}x fp32), "
+            f"perplexity {m['metric']:.4f} ({increase:+.4%})"
         )
     print(f"chosen: {report['chosen']} ({report['reason']})")
     return 0

@@ -162,6 +162,23 @@ def test_seeded_sampling_repeats_and_stop_strings_cut(llm_server: RuntimeProcess
     assert cut.choices[0].finish_reason == "stop"
 
 
+def test_penalties_steer_greedy_decoding_away_from_repeated_tokens(llm_server: RuntimeProcess) -> None:
+    api = client(llm_server)
+    kwargs: dict[str, Any] = {"model": MODEL, "prompt": "def ", "max_tokens": 48, "temperature": 0}
+    plain = api.completions.create(**kwargs, logprobs=None)
+    penalized = api.completions.create(**kwargs, frequency_penalty=2.0, presence_penalty=2.0)
+
+    # A random tiny model's greedy text repeats itself; penalties over what it generated break that.
+    def distinct(text: str) -> int:
+        return len(set(text.split()))
+
+    assert penalized.choices[0].text != plain.choices[0].text
+    assert distinct(penalized.choices[0].text) > distinct(plain.choices[0].text)
+    # Still deterministic: penalties change the logits, not the choice rule.
+    again = api.completions.create(**kwargs, frequency_penalty=2.0, presence_penalty=2.0)
+    assert again.choices[0].text == penalized.choices[0].text
+
+
 def test_generate_extension_as_triton_documents_it(llm_server: RuntimeProcess) -> None:
     # The request body of Triton's generate extension documentation (parameters at the top level and
     # under "parameters"), and its streaming variant.

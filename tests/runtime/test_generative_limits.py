@@ -110,6 +110,14 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str | None, str]] = [
     ),
     ("n above 1", CHAT, {"model": MODEL, "messages": USER, "n": 2}, 400, "n", "does not implement"),
     (
+        "penalty out of range",
+        COMPLETIONS,
+        {"model": MODEL, "prompt": "x", "frequency_penalty": 2.5},
+        400,
+        "frequency_penalty",
+        "from -2 to 2",
+    ),
+    (
         "stream_options without stream",
         CHAT,
         {"model": MODEL, "messages": USER, "stream_options": {"include_usage": True}},

@@ -15,6 +15,7 @@ Decisions where OpenAI's reference leaves room (docs/generative.md has the table
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Mapping
@@ -37,15 +38,25 @@ _DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, False, 0),
     "top_logprobs": (None, 0),
     "suffix": (None, ""),
-    "presence_penalty": (0, 0.0, None),
-    "frequency_penalty": (0, 0.0, None),
     "logit_bias": (None,),
     "tools": (None,),
     "tool_choice": (None, "none"),
     "functions": (None,),
     "function_call": (None, "none"),
 }
-_SAMPLING = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos"})
+_SAMPLING = frozenset(
+    {
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "stop",
+        "ignore_eos",
+        "presence_penalty",
+        "frequency_penalty",
+    }
+)
 _COMMON = frozenset({"model", "stream", "stream_options", "user", "metadata", "store", "service_tier"})
 _COMPLETION_FIELDS = _COMMON | _SAMPLING | {"prompt"} | _DEFAULT_ONLY.keys()
 _CHAT_FIELDS = (
@@ -135,13 +146,15 @@ def _sampling(body: Mapping[str, Any]) -> SamplingParams:
         top_p=_number(body, "top_p", 0.0, 1.0, 1.0) or 1.0,
         top_k=0 if top_k is None or top_k < 0 else top_k,
         seed=_integer(body, "seed", -(2**63), 2**64 - 1),
+        presence_penalty=_number(body, "presence_penalty", -2.0, 2.0, 0.0),
+        frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0, 0.0),
     )
 
 
 def _seed_bits(params: SamplingParams) -> SamplingParams:
     # numpy's generator takes non-negative seeds; a negative OpenAI seed maps to its 64-bit pattern.
     if params.seed is not None and params.seed < 0:
-        return SamplingParams(params.temperature, params.top_p, params.top_k, params.seed % 2**64)
+        return dataclasses.replace(params, seed=params.seed % 2**64)
     return params
 
 
