@@ -224,7 +224,11 @@ def directory_digest(directory: Path) -> str:
     """The digest `ferry-fetch --sha256` expects for a directory URI with these files."""
     digests = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digests[path.relative_to(directory).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+        # Streamed: a model's external data file can be larger than the memory of the pod hashing it.
+        with path.open("rb") as stream:
+            digests[path.relative_to(directory).as_posix()] = hashlib.file_digest(
+                stream, "sha256"
+            ).hexdigest()
     return manifest_digest(digests)
 
 

@@ -973,3 +973,28 @@ def test_s3_a_key_that_climbs_out_of_dest_is_refused(
     with pytest.raises(storage.FetchError, match=r"refusing to write \.\./\.\./escape.txt outside .*out"):
         storage.fetch("s3://bucket/models/evil/", tmp_path / "out", environ=s3_environ(endpoint), limits=FAST)
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_a_directory_digest_streams_its_files(tmp_path: Path) -> None:
+    # A model's external data can outgrow the memory of the pod that hashes it: 256 MiB of zeros (a
+    # sparse file, no disk) must be hashed in chunks, not read whole.
+    import tracemalloc
+
+    big = tmp_path / "model.onnx.data"
+    with big.open("wb") as stream:
+        stream.truncate(256 << 20)
+    (tmp_path / "model.onnx").write_bytes(b"graph")
+    tracemalloc.start()
+    try:
+        digest = storage.directory_digest(tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    zeros = hashlib.sha256()
+    for _ in range(256):
+        zeros.update(bytes(1 << 20))
+    expected = storage.manifest_digest(
+        {"model.onnx": hashlib.sha256(b"graph").hexdigest(), "model.onnx.data": zeros.hexdigest()}
+    )
+    assert digest == expected
+    assert peak < 16 << 20, f"hashing held {peak >> 20} MiB"
