@@ -142,7 +142,7 @@ class Report:
 
     def termination_message(self) -> str:
         """The compact summary for the termination log (the contract in docs/optimizer.md), < 4 KiB."""
-        # A generative model's artifact is the output folder itself (name "", so the URI ends in "/").
+        # A generative model's artifact is the output's model/ folder (its URI ends in "/").
         onnx = next((a for a in self.artifacts if a.format in ("onnx", "onnx-genai")), None)
         chosen = next((c for c in self.candidates if c.name == self.chosen), None)
         summary: dict[str, Any] = {

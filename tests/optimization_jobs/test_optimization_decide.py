@@ -27,9 +27,10 @@ ARTIFACT = {
     "sizeBytes": 21867,
 }
 
-# A generative folder's artifact: the output folder, with its KV-cache figures (docs/optimizer.md).
+# A generative folder's artifact: the output's model/ folder, with its KV-cache figures
+# (docs/optimizer.md).
 GENERATIVE_ARTIFACT = {
-    "uri": f"pvc://ferry-artifacts/ml/llm/{KEY}/",
+    "uri": f"pvc://ferry-artifacts/ml/llm/{KEY}/model/",
     "sha256": "5d33" * 16,
     "sizeBytes": 3_000_000,
     "kvCacheBytesPerToken": 4096,
@@ -156,7 +157,7 @@ def test_a_passing_result_is_served_and_recorded() -> None:
 @pytest.mark.parametrize("source_format", ["huggingface", "onnx-genai"])
 def test_a_generative_sources_result_is_served_as_an_onnx_genai_folder(source_format: str) -> None:
     # A Hugging Face folder is never served itself: the Job's artifact is the onnxruntime-genai folder it
-    # built, served without a single-file digest; the same as for a re-quantized onnx-genai folder.
+    # built, checked by its manifest digest; the same as for a re-quantized onnx-genai folder.
     decision = optimization.decide(
         situation(
             model_uri="pvc://models/llm/",
@@ -168,7 +169,7 @@ def test_a_generative_sources_result_is_served_as_an_onnx_genai_folder(source_fo
     # With what the memory request is sized from (the folder's size, its KV cache per token, its context).
     assert decision.artifact == ServedArtifact(
         uri=GENERATIVE_ARTIFACT["uri"],
-        sha256=None,
+        sha256=GENERATIVE_ARTIFACT["sha256"],
         format="onnx-genai",
         size_bytes=3_000_000,
         kv_cache_bytes_per_token=4096,
@@ -176,6 +177,23 @@ def test_a_generative_sources_result_is_served_as_an_onnx_genai_folder(source_fo
     )
     status = decision.resolution().status["optimization"]
     assert status["artifact"] == GENERATIVE_ARTIFACT
+
+
+def test_a_generative_folder_of_the_layout_before_model_is_served_unchecked() -> None:
+    # An earlier optimizer wrote the model into the output folder itself, beside report.json and
+    # tensorboard/, which its digest leaves out: checking that digest would fail every such pod.
+    earlier = GENERATIVE_ARTIFACT | {"uri": f"pvc://ferry-artifacts/ml/llm/{KEY}/"}
+    decision = optimization.decide(
+        situation(
+            model_uri="pvc://models/llm/",
+            model_format="huggingface",
+            jobs=(job("succeeded"),),
+            pods=(finished_pod(summary(artifact=earlier)),),
+        )
+    )
+    assert decision.artifact is not None
+    assert decision.artifact.uri == earlier["uri"]
+    assert decision.artifact.sha256 is None
 
 
 def test_a_huggingface_model_needs_a_job_even_without_an_optimize_block() -> None:

@@ -134,18 +134,22 @@ def test_int4_over_the_budget_is_rejected_and_an_int8_candidate_chosen(gated: Ru
     assert "REJECT" in gated.result.stdout
     assert f"* {gated.report['chosen']}" in gated.result.stdout
     assert gated.termination["chosen"] == gated.report["chosen"]
-    assert gated.termination["artifact"]["uri"] == f"{gated.output}/"
+    # The artifact is the model/ folder alone: report.json and tensorboard/ are written beside it.
+    assert gated.termination["artifact"]["uri"] == f"{gated.output}/model/"
     assert [c["name"] for c in gated.termination["candidates"]] == ["fp32", "int4", "int8", "w8a8"]
     # What the operator sizes the serving pods' memory from, read here from the folder's own config.
-    decoder = json.loads((gated.output / "genai_config.json").read_text())["model"]
+    decoder = json.loads((gated.output / "model" / "genai_config.json").read_text())["model"]
     layer = decoder["decoder"]
     kv_per_token = 2 * layer["num_hidden_layers"] * layer["num_key_value_heads"] * layer["head_size"] * 4
     assert gated.termination["artifact"]["kvCacheBytesPerToken"] == kv_per_token
     assert gated.termination["artifact"]["contextLength"] == decoder["context_length"]
-    served = [
-        p for p in gated.output.iterdir() if p.is_file() and p.name not in ("report.json", "reference.json")
-    ]
+    served = [p for p in (gated.output / "model").iterdir() if p.is_file()]
     assert gated.termination["artifact"]["sizeBytes"] == sum(p.stat().st_size for p in served)
+    # ... and its digest is the folder's own manifest digest: what ferry-fetch --sha256 checks.
+    from ferry_runtime import storage
+
+    assert gated.termination["artifact"]["sha256"] == storage.directory_digest(gated.output / "model")
+    assert {p.name for p in gated.output.iterdir()} >= {"model", "report.json", "tensorboard"}
 
 
 @pytest.mark.slow
@@ -159,7 +163,7 @@ def test_reported_perplexity_is_recomputed_independently(gated: Run, hf_llama: P
     assert fp32 == pytest.approx(expected["perplexity"], rel=1e-4)
     # The chosen folder: plain ONNX Runtime on the written model, without Ferry's engine.
     chosen = candidates(gated)[gated.report["chosen"]]["measurement"]["metric"]
-    assert chosen == pytest.approx(onnx_perplexity(gated.output, records), rel=1e-5)
+    assert chosen == pytest.approx(onnx_perplexity(gated.output / "model", records), rel=1e-5)
     int8 = candidates(gated)["int8"]["measurement"]["metric"]
     increase = (int8 - fp32) / fp32
     # Well inside the budget. Accuracy level 4 quantizes activations to int8 in ONNX Runtime's CPU kernels,
@@ -173,19 +177,19 @@ def test_reported_perplexity_is_recomputed_independently(gated: Run, hf_llama: P
 @pytest.mark.slow
 def test_the_spec_reaches_the_builder_and_the_folder_is_served(gated: Run) -> None:
     if gated.report["chosen"] == "int8":
-        assert matmul_nbits(gated.output, "block_size") == {64}
-        assert matmul_nbits(gated.output, "bits") == {8}
+        assert matmul_nbits(gated.output / "model", "block_size") == {64}
+        assert matmul_nbits(gated.output / "model", "bits") == {8}
     else:  # W8A8: every weight MatMul became an integer one; no weight-only MatMul is left
-        assert matmul_nbits(gated.output, "bits") == set()
-        assert operators(gated.output)["MatMulIntegerToFloat"] > 0
-    assert (gated.output / "generation_config.json").is_file()
+        assert matmul_nbits(gated.output / "model", "bits") == set()
+        assert operators(gated.output / "model")["MatMulIntegerToFloat"] > 0
+    assert (gated.output / "model" / "generation_config.json").is_file()
     assert (gated.output / "tensorboard" / "report").is_dir()
     assert gated.report["spec"]["weightOnly"] == {"blockSize": 64, "accuracyLevel": 4}
 
     from ferry_devcluster.testing import ferry_runtime_command
 
     port = _free_port()
-    command = ferry_runtime_command(gated.output, "tiny", port, grpc_port=_free_port())
+    command = ferry_runtime_command(gated.output / "model", "tiny", port, grpc_port=_free_port())
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         body = json.dumps({"model": "tiny", "prompt": "def main", "max_tokens": 5, "temperature": 0})
@@ -218,7 +222,8 @@ def test_a_built_folder_is_served_as_is_or_re_quantized(hf_llama: Path, tmp_path
     assert [c["name"] for c in as_is.report["candidates"]] == ["given"]
     assert as_is.report["chosen"] == "given"
     assert as_is.report["passed"] is True
-    assert (as_is.output / "model.onnx.data").read_bytes() == (built / "model.onnx.data").read_bytes()
+    served = as_is.output / "model"
+    assert (served / "model.onnx.data").read_bytes() == (built / "model.onnx.data").read_bytes()
 
     again = optimize(tmp_path, built, "onnx-genai", "quantize: int4\n", name="re-quantized")
     found = candidates(again)
@@ -234,10 +239,11 @@ def test_a_built_folder_is_served_as_is_or_re_quantized(hf_llama: Path, tmp_path
     assert found["int4"]["measurement"]["metric"] >= 0.5  # agreement with the given model
     assert again.report["chosen"] == chosen_by_the_rule(found)
     if again.report["chosen"] == "w8a8":
-        assert operators(again.output)["MatMulIntegerToFloat"] > 0
+        assert operators(again.output / "model")["MatMulIntegerToFloat"] > 0
     else:
-        assert matmul_nbits(again.output, "bits") == {4 if again.report["chosen"] == "int4" else 8}
-        assert matmul_nbits(again.output, "block_size") == {32}
+        bits = {4 if again.report["chosen"] == "int4" else 8}
+        assert matmul_nbits(again.output / "model", "bits") == bits
+        assert matmul_nbits(again.output / "model", "block_size") == {32}
 
 
 @pytest.mark.parametrize(

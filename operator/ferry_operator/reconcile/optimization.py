@@ -262,13 +262,19 @@ def served_from_status(status: Mapping[str, Any]) -> ServedArtifact | None:
     )
 
 
+# The folder of a generative Job's output that holds only the model (ferry_optimizer.generative).
+GENERATIVE_MODEL_FOLDER = "model/"
+
+
 def optimized_artifact(artifact: models.Artifact, source_format: str) -> ServedArtifact:
-    """What serving pods run of a Job's artifact: an ONNX file checked by its digest, or, for a
-    generative source, the onnxruntime-genai folder the Job wrote (a folder has no single digest)."""
+    """What serving pods run of a Job's artifact: an ONNX file, or, for a generative source, the
+    onnxruntime-genai folder the Job wrote; each checked by its digest (a folder's manifest digest).
+    A folder written by an optimizer before the model/ layout held report.json and tensorboard/ beside
+    the model, which its digest leaves out: it is fetched unchecked, as it was then."""
     if source_format in models.GENERATIVE_FORMATS:
         return ServedArtifact(
             uri=artifact.uri,
-            sha256=None,
+            sha256=artifact.sha256 if artifact.uri.endswith(f"/{GENERATIVE_MODEL_FOLDER}") else None,
             format="onnx-genai",
             size_bytes=artifact.size_bytes,
             kv_cache_bytes_per_token=artifact.kv_cache_bytes_per_token,
