@@ -103,6 +103,12 @@ class OperatorConfig(BaseModel):
     queue_metric: str = "ferry_generation_waiting_sequences"
     """Pods metric the autoscaler tracks for metric: queue (requests waiting for a generation slot)."""
 
+    allow_file_uris: bool = False
+    """Accept file:// model and data URIs: a development cluster, where the file is on the node that runs
+    the pod. Otherwise a ModelDeployment that names one is Failed (reason InvalidSpec, naming the field)
+    and gets no serving pods or optimization Job: on a shared cluster a file:// URI reads whatever the
+    node's filesystem holds at that path."""
+
     @field_validator("image_pull_secrets", "namespaces", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:

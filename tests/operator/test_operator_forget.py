@@ -38,6 +38,7 @@ class InMemoryApiServer(KubeClient):
         self._uids = itertools.count()
         # By (method, resource): bounded, so it does not count as memory the operator kept.
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.last_body: dict[tuple[str, str], Any] = {}
 
     async def request(
         self,
@@ -50,6 +51,7 @@ class InMemoryApiServer(KubeClient):
         content_type: str = "application/json",  # noqa: ARG002
     ) -> dict[str, Any]:
         self.requests[method, resource] += 1
+        self.last_body[method, resource] = body
         if method == "GET":  # discovery: no monitoring API in this "cluster"
             return {"resources": []}
         if method in {"PATCH", "POST"} and resource in {kind.plural for kind in self._views}:
@@ -75,7 +77,7 @@ def model_deployment(name: str, uid: str, spec: Mapping[str, Any]) -> dict[str, 
 
 
 class Cluster:
-    def __init__(self) -> None:
+    def __init__(self, **settings: Any) -> None:
         self.model_deployments = View(observe.model_deployment_entry, lambda _key: None)
         self.children: dict[kinds.Kind, View[Any]] = {
             kind: View(functools.partial(observe.child_entry, kind), lambda _key: None)
@@ -85,7 +87,7 @@ class Cluster:
         self.jobs = View(optimization.job_entry, lambda _key: None)
         self.job_pods = View(optimization.job_pod_entry, lambda _key: None)
         self.api = InMemoryApiServer({**self.children, kinds.JOB: self.jobs})
-        config = OperatorConfig(workers=1, artifact_store="pvc://artifacts/")
+        config = OperatorConfig(workers=1, artifact_store="pvc://artifacts/", **settings)
         self.resolver = OptimizationResolver(optimization.optimizer_defaults(config), self.api)
         self.resolver.bind(self.jobs, self.job_pods, lambda _key, _delay: None)
         self.controller = Controller(config, self.api, self.resolver)
@@ -158,3 +160,23 @@ def test_nothing_kept_per_model_deployment_outlives_it() -> None:
     # would be several MB after 1,000; what stays is hash tables of the peak size being reallocated
     # (a dict does not shrink when emptied), a few hundred KB however many objects came and went.
     assert after - before < 1024 * 1024, f"{(after - before) / 1024:.0f} KiB kept after 1,000 deletions"
+
+
+def test_a_file_uri_is_refused_naming_the_field_unless_the_operator_allows_them() -> None:
+    spec = spec_with(model={"uri": "file:///srv/models/digits.onnx"})
+    refused = Cluster()
+    refused.model_deployments.put("md-uid-f", model_deployment("local", "md-uid-f", spec))
+    assert asyncio.run(refused.controller.reconcile((NAMESPACE, "local"))) == "status"
+    # No serving pods for it: only its status was written.
+    assert set(refused.api.requests) == {("PATCH", "modeldeployments/status")}, refused.api.requests
+    status = refused.api.last_body["PATCH", "modeldeployments/status"]["status"]
+    assert status["phase"] == "Failed"
+    (ready,) = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert ready["reason"] == "InvalidSpec"
+    assert ready["message"].startswith("spec.model.uri: file:// URIs are for development clusters")
+    assert "got file:///srv/models/digits.onnx" in ready["message"]
+
+    allowed = Cluster(allow_file_uris=True)
+    allowed.model_deployments.put("md-uid-f", model_deployment("local", "md-uid-f", spec))
+    assert asyncio.run(allowed.controller.reconcile((NAMESPACE, "local"))) == "applied"
+    assert allowed.api.requests["PATCH", "deployments"] == 1

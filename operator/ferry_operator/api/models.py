@@ -101,8 +101,9 @@ class ModelSource(ApiModel):
 
     uri: str = Field(min_length=1, max_length=2048)
     """Where the model is: pvc://CLAIM/PATH (a PersistentVolumeClaim in this namespace), s3://BUCKET/KEY,
-    http(s)://HOST/PATH or file:///PATH (development only). A URI ending in "/" is a directory (a
-    TensorFlow SavedModel, or a model with external data files)."""
+    http(s)://HOST/PATH or file:///PATH (development only: refused unless the operator runs with
+    allowFileUris). A URI ending in "/" is a directory (a TensorFlow SavedModel, or a model with
+    external data files)."""
 
     format: Literal["onnx", "tensorflow", "keras", "tflite", "onnx-genai", "huggingface"]
     """The model's format: onnx, tensorflow (a SavedModel directory), keras (a .keras or .h5 file),

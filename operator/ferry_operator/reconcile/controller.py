@@ -31,7 +31,7 @@ from ferry_operator.builders.serving import deployment as deployment_manifest
 from ferry_operator.config import OperatorConfig
 from ferry_operator.informer import Informer
 from ferry_operator.kube import ApiError, KubeClient
-from ferry_operator.reconcile import conditions, plan, rollout
+from ferry_operator.reconcile import conditions, plan, policy, rollout
 from ferry_operator.reconcile.applier import ChildApplier
 from ferry_operator.reconcile.artifacts import ArtifactResolver, Resolution, ServeAsIs
 from ferry_operator.reconcile.conditions import ApplyFailure, Observation
@@ -262,7 +262,10 @@ class Controller:
         except ValidationError as error:
             # The API server validated the spec with the same rules; this only happens with a CRD older
             # than the operator (or the other way round).
-            return await self.reporter.report_invalid_spec(md, error)
+            return await self.reporter.report_invalid_spec(md, self.reporter.unreadable(error))
+        refused = policy.refusals(spec, self.config)
+        if refused:
+            return await self.reporter.report_invalid_spec(md, "; ".join(refused))
 
         resolution = await self.resolver.resolve(md, spec)
         desired = self._desired_children(md, spec, resolution)

@@ -119,12 +119,10 @@ class StatusReporter:
             await self._post_phase_event(md, new, verdicts)
         return True
 
-    async def report_invalid_spec(self, md: ModelDeploymentSnapshot, error: ValidationError) -> str:
-        """Failed/InvalidSpec for a spec the operator cannot parse (a CRD older or newer than it)."""
-        message = "; ".join(
-            f"spec.{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}" for problem in error.errors()
-        )
-        verdict = conditions.Verdict("False", "InvalidSpec", f"the operator cannot read the spec: {message}")
+    async def report_invalid_spec(self, md: ModelDeploymentSnapshot, message: str) -> str:
+        """Failed/InvalidSpec for a spec the operator cannot parse (a CRD older or newer than it) or
+        refuses (policy.py); `message` names the fields."""
+        verdict = conditions.Verdict("False", "InvalidSpec", message)
         current = self.current(md)
         new = {
             "observedGeneration": md.generation,
@@ -137,6 +135,14 @@ class StatusReporter:
         if patch:
             await self.client.patch_status(md.namespace, md.name, patch)
         return "status" if patch else "noop"
+
+    @staticmethod
+    def unreadable(error: ValidationError) -> str:
+        """The message for a spec the operator's models cannot parse, one field after another."""
+        problems = "; ".join(
+            f"spec.{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}" for problem in error.errors()
+        )
+        return f"the operator cannot read the spec: {problems}"
 
     def forget(self, key: OwnerKey) -> None:
         """Release what is kept for a ModelDeployment that is gone, its metric series included."""
