@@ -233,6 +233,11 @@ def up(config: ClusterConfig, prometheus_url: str) -> None:
     rules_text = json.dumps(rules(), indent=2) + "\n"
     rules_path(config).write_text(rules_text)
 
+    # Its RBAC first: at start the adapter reads the extension-apiserver-authentication ConfigMap in
+    # kube-system and exits for good when the role binding that allows it is not there yet (seen in a
+    # clean-clone CI run, where the adapter won the race against this apply).
+    kube.apply_files(config.admin_kubeconfig, _upstream_manifests())
+    _wait_until_it_may_read_the_authentication_config(config)
     spec = process(config, binary, prometheus_url)
     digest = hashlib.sha256(json.dumps([spec.argv, rules_text]).encode()).hexdigest()
     supervisor = Supervisor(config.run_dir, config.log_dir)
@@ -245,7 +250,6 @@ def up(config: ClusterConfig, prometheus_url: str) -> None:
         supervisor.start(spec)
         command_file.write_text(digest)
 
-    kube.apply_files(config.admin_kubeconfig, _upstream_manifests())
     ca_bundle = base64.b64encode((pki_dir / "ca.crt").read_bytes()).decode()
     kube.apply(config.admin_kubeconfig, cluster_objects(config, ca_bundle))
 
@@ -260,6 +264,25 @@ def up(config: ClusterConfig, prometheus_url: str) -> None:
                 f"{supervisor.log_file(PROCESS_NAME)} and `kubectl get apiservice {APISERVICE_NAME} -o yaml`"
             )
         time.sleep(0.5)
+
+
+def _wait_until_it_may_read_the_authentication_config(config: ClusterConfig) -> None:
+    """Until the API server's authorizer has the new role binding: asked as the adapter itself."""
+    pki_dir = config.pki_dir
+    client = kube.ApiClient(
+        config.server_url,
+        pki_dir / "ca.crt",
+        pki_dir / "prometheus-adapter.crt",
+        pki_dir / "prometheus-adapter.key",
+    )
+    path = "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication"
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while (status := client.get(path)[0]) != 200:
+        if time.monotonic() > deadline:
+            raise AdapterError(
+                f"{IDENTITY} still cannot read {path} (HTTP {status}) after its RBAC was applied"
+            )
+        time.sleep(0.2)
 
 
 def unregister(config: ClusterConfig, check: bool = True) -> None:
