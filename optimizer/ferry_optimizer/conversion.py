@@ -3,7 +3,6 @@ step that compares the two on the validation inputs."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +38,8 @@ def convert(request: Request, target: Path) -> keras.Model | None:
                     "--model", "a directory with exactly one .onnx file", [p.name for p in found]
                 )
             source = found[0]
-        shutil.copyfile(source, target)
+        # With its external data files, if its tensors name any (a model above 2 GiB has them).
+        onnxtools.copy_model(source, target)
         return None
     tfm = tensorflow_models()
     if request.format == "keras":

@@ -1,7 +1,9 @@
 """The tensor pipeline's outputs: the chosen model, its TFLite exports and the drift reference.
 
 Before anything is written, model files an earlier run left in the output are removed, so a stale model
-never passes for this run's verdict.
+never passes for this run's verdict. A model with external data (above 2 GiB it must have it) is written
+as the folder OUTPUT/model/ (model.onnx and model.onnx.data, nothing else), which is then the artifact:
+serving pods fetch the folder and check its manifest digest.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ferry_optimizer import reference
+from ferry_optimizer import onnxtools, reference
 from ferry_optimizer.errors import StepError
 from ferry_optimizer.evaluation import Evaluation
 from ferry_optimizer.key import file_sha256
 from ferry_optimizer.report import Artifact, Measurement, Report, Step
+from ferry_runtime import storage
 
 if TYPE_CHECKING:
     from ferry_optimizer.context import Lineage, Progress, Request
 
 MODEL_FILES = ("model.onnx", "model.tflite", "model.int8.tflite")
+# The folder of a model with external data (the artifact then).
+MODEL_FOLDER = "model"
 
 
 class Exporter:
@@ -40,18 +45,22 @@ class Exporter:
         # A model left by an earlier run in the same directory must not pass for this run's verdict.
         for stale in (*MODEL_FILES, reference.FILE):
             (output / stale).unlink(missing_ok=True)
+        shutil.rmtree(output / MODEL_FOLDER, ignore_errors=True)
         chosen = next((c for c in report.candidates if c.name == report.chosen), None)
         if chosen is None:
             return
         lineage = lineages[chosen.lineage]
         onnx_path = baseline_path if chosen.name == "baseline" else lineage.onnx
+        metric = chosen.measurement.metric if chosen.measurement else None
         with self.progress.step("export onnx"):
-            shutil.copyfile(onnx_path, output / "model.onnx")
-            report.artifacts.append(
-                self._artifact(
-                    output / "model.onnx", "onnx", chosen.measurement.metric if chosen.measurement else None
-                )
-            )
+            if onnxtools.external_files(onnx_path):
+                folder = output / MODEL_FOLDER
+                folder.mkdir()
+                onnxtools.copy_model(onnx_path, folder / "model.onnx")
+                report.artifacts.append(self._folder_artifact(folder, metric))
+            else:
+                shutil.copyfile(onnx_path, output / "model.onnx")
+                report.artifacts.append(self._artifact(output / "model.onnx", "onnx", metric))
         for fmt in self.export:
             if fmt == "onnx":
                 continue
@@ -129,3 +138,9 @@ class Exporter:
     @staticmethod
     def _artifact(path: Path, fmt: str, metric: float | None) -> Artifact:
         return Artifact(path.name, fmt, file_sha256(path), path.stat().st_size, metric)
+
+    @staticmethod
+    def _folder_artifact(folder: Path, metric: float | None) -> Artifact:
+        """The model/ folder (its URI ends in "/"), digested as ferry-fetch checks a directory."""
+        size = sum(path.stat().st_size for path in folder.iterdir())
+        return Artifact(f"{folder.name}/", "onnx", storage.directory_digest(folder), size, metric)

@@ -2,12 +2,18 @@
 
 Every latency in a report comes from `measure_latency`: one CPU session with fixed threads and the same
 online graph optimization a serving pod applies, warmed up, then the median of timed runs.
+
+External data: a model is its `.onnx` file and the data files its tensors name (ONNX's external data,
+required above protobuf's 2 GiB). Every step that writes a model writes it with external data when its
+source had any, into one file `<target name>.data` beside it, so steps in one work directory never share
+a data file; `copy_model` moves a model and its data together, `size_bytes` counts both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -27,6 +33,8 @@ from onnxruntime.quantization import quantize_static as _ort_quantize_static
 from ferry_optimizer.errors import StepError
 
 Feeds = dict[str, np.ndarray]
+# Models above this are written with external data (protobuf cannot hold more than 2 GiB).
+EXTERNAL_DATA_ABOVE_BYTES = 1 << 30
 
 _ORT_LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -63,8 +71,13 @@ class Timing:
 
 
 def session(
-    model: Path, threads: int = 1, level: str = "all", optimized_path: Path | None = None
+    model: Path,
+    threads: int = 1,
+    level: str = "all",
+    optimized_path: Path | None = None,
+    external: bool = False,
 ) -> ort.InferenceSession:
+    """`external`: write the optimized model's initializers to `<optimized name>.data`."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -72,6 +85,14 @@ def session(
     options.log_severity_level = 3
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
+        if external:
+            (optimized_path.parent / f"{optimized_path.name}.data").unlink(missing_ok=True)
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", f"{optimized_path.name}.data"
+            )
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+            )
     try:
         return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own untyped exception classes
@@ -134,17 +155,85 @@ def measure_latency(
     return Timing(latency_ms=statistics.median(samples), load_ms=load_ms)
 
 
+def external_files(model: Path) -> list[Path]:
+    """The external data files a model's tensors name (none for a self-contained .onnx file)."""
+    if model.suffix != ".onnx":
+        return []
+    proto = onnx.load(str(model), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in _tensors(proto.graph)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return [model.parent / location for location in sorted(locations)]
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph stores: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
+
+
+def copy_model(source: Path, target: Path) -> None:
+    """Copy a model and its external data: the data into one file `<target name>.data` beside target
+    (its tensors' offsets unchanged when the source kept them in one file), the graph pointing at it."""
+    files = external_files(source)
+    if not files:
+        shutil.copyfile(source, target)
+        return
+    proto = onnx.load(str(source), load_external_data=False)
+    if len(files) == 1:
+        data = f"{target.name}.data"
+        shutil.copyfile(files[0], target.parent / data)
+        for tensor in _tensors(proto.graph):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data
+    else:
+        for file in files:
+            shutil.copyfile(file, target.parent / file.name)
+    onnx.save_model(proto, str(target))
+
+
+def save_model(model: onnx.ModelProto, target: Path, external: bool) -> None:
+    """Write a model, with its tensors in `<target name>.data` when `external` (or when it could not
+    be one protobuf: above 2 GiB)."""
+    if external or model.ByteSize() > EXTERNAL_DATA_ABOVE_BYTES:
+        (target.parent / f"{target.name}.data").unlink(missing_ok=True)
+        onnx.save_model(
+            model,
+            str(target),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{target.name}.data",
+        )
+    else:
+        onnx.save_model(model, str(target))
+
+
 def size_bytes(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
+    return path.stat().st_size + sum(file.stat().st_size for file in external_files(path))
 
 
 def compressed_bytes(path: Path) -> int:
     """Size after zlib (level 6): what zeroed weights save in storage and transfer, though not in memory."""
     compressor = zlib.compressobj(6)
     total = 0
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path, *external_files(path)]
+    )
     for file in files:
         with file.open("rb") as stream:
             while chunk := stream.read(1 << 20):
@@ -154,7 +243,7 @@ def compressed_bytes(path: Path) -> int:
 
 def optimize_graph(source: Path, target: Path, level: str) -> None:
     """ONNX Runtime offline graph optimization: the session writes the graph it optimized."""
-    session(source, level=level, optimized_path=target)
+    session(source, level=level, optimized_path=target, external=bool(external_files(source)))
     if not target.exists():
         raise StepError(f"ONNX Runtime wrote no optimized model at graph level {level}")
 
@@ -232,7 +321,7 @@ def fuse_transformer(source: Path, target: Path, model_type: str) -> dict[str, i
                 use_gpu=False,
             )
             counts = {op: int(n) for op, n in fused.get_fused_operator_statistics().items() if n}
-            fused.save_model_to_file(str(target))
+            fused.save_model_to_file(str(target), use_external_data_format=bool(external_files(source)))
     except Exception as error:  # the fusions raise bare Exceptions and assertion errors
         raise StepError(f"transformer fusion ({model_type}) failed: {error}") from error
     return counts
@@ -251,6 +340,7 @@ def quantize_dynamic(source: Path, target: Path) -> None:
             per_channel=True,
             reduce_range=True,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            use_external_data_format=bool(external_files(source)),
         )
     except Exception as error:  # the quantizer raises bare Exceptions and assertion errors
         raise StepError(f"dynamic quantization failed: {error}") from error
@@ -278,6 +368,7 @@ def quantize_static(source: Path, target: Path, feeds: Mapping[str, np.ndarray],
             reduce_range=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            use_external_data_format=bool(external_files(source)),
         )
     except Exception as error:  # the quantizer raises bare Exceptions and assertion errors
         raise StepError(f"static quantization failed: {error}") from error
@@ -291,12 +382,13 @@ def convert_fp16(source: Path, target: Path) -> None:
         converted = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     except Exception as error:  # the converter raises bare Exceptions
         raise StepError(f"fp16 conversion failed: {error}") from error
-    onnx.save(converted, str(target))
+    save_model(converted, target, external=bool(external_files(source)))
 
 
 def rename_outputs(path: Path, names: Sequence[str]) -> None:
     """Give a converted graph's outputs the source model's output names (tf2onnx names them Identity:0)."""
-    model = onnx.load(str(path))
+    # The graph alone: external data, if any, stays where it is.
+    model = onnx.load(str(path), load_external_data=False)
     if len(names) != len(model.graph.output):
         return
     renames = {out.name: new for out, new in zip(model.graph.output, names, strict=True) if out.name != new}

@@ -108,6 +108,27 @@ def test_a_pvc_artifact_gets_its_claim_and_no_s3_environment() -> None:
     assert reference["args"][0] == f"pvc://ferry-artifacts/ml/digits/{KEY[:10]}/reference.json"
 
 
+def test_a_model_with_external_data_is_fetched_as_its_folder_with_the_reference_beside_it() -> None:
+    # ferry-optimize writes a model with external data as OUTPUT/model/ (model.onnx + model.onnx.data).
+    folder = f"pvc://ferry-artifacts/ml/digits/{KEY[:10]}/model/"
+    fetch, reference = pod(PVC_STORE, folder)["initContainers"]
+    assert fetch["args"] == [folder, "/mnt/models", "--sha256", DIGEST]
+    assert reference["args"][0] == f"pvc://ferry-artifacts/ml/digits/{KEY[:10]}/reference.json"
+
+
+def test_a_generative_folder_fetches_no_drift_reference() -> None:
+    folder = f"pvc://ferry-artifacts/ml/llm/{KEY[:10]}/model/"
+    spec = spec_with(model={"uri": "pvc://models/llm/", "format": "huggingface"})
+    inputs = build_inputs.BuildInputs(
+        owner=OWNER,
+        spec=models.ModelDeploymentSpec.model_validate(spec),
+        artifact=build_inputs.ServedArtifact(uri=folder, sha256=DIGEST, format="onnx-genai"),
+        defaults=build_inputs.ServingDefaults(runtime_image="ferry-runtime:0.1.0", artifact_store=PVC_STORE),
+    )
+    template = builders.desired_children(inputs)[kinds.DEPLOYMENT]["spec"]["template"]["spec"]
+    assert [c["name"] for c in template["initContainers"]] == ["fetch-model"]
+
+
 def test_a_model_served_as_it_is_keeps_its_own_credentials_and_fetches_no_reference() -> None:
     onnx_spec = spec_with(model={"uri": "s3://models/digits/model.onnx", "credentialsSecret": "model-creds"})
     (fetch,) = pod(S3_STORE, "s3://models/digits/model.onnx", onnx_spec)["initContainers"]

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 # runtime reads from its model directory (ferry_runtime.drift.REFERENCE_FILE).
 DRIFT_REFERENCE_FILE = "reference.json"
 MODEL_FILE = "model.onnx"
+# An optimized model with external data: the folder ferry-optimize writes it into (OUTPUT/model/).
+MODEL_FOLDER = "model/"
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
@@ -50,7 +52,11 @@ class ArtifactStore:
         return env
 
     def drift_reference(self, artifact_uri: str) -> str | None:
-        """The reference.json beside an optimized model.onnx in the store; None for any other artifact."""
-        if not self.holds(artifact_uri) or not artifact_uri.endswith("/" + MODEL_FILE):
+        """The reference.json beside an optimized model.onnx (or beside the model/ folder of one with
+        external data) in the store; None for any other artifact."""
+        if not self.holds(artifact_uri):
             return None
-        return artifact_uri.removesuffix(MODEL_FILE) + DRIFT_REFERENCE_FILE
+        for suffix in (MODEL_FILE, MODEL_FOLDER):
+            if artifact_uri.endswith("/" + suffix):
+                return artifact_uri.removesuffix(suffix) + DRIFT_REFERENCE_FILE
+        return None

@@ -157,7 +157,10 @@ _OPTIONAL_FETCH = (
 
 
 def fetch_drift_reference_container(inputs: BuildInputs, image: str) -> dict[str, Any] | None:
-    """Fetches the optimizer's drift reference beside an optimized model; None for other artifacts."""
+    """Fetches the optimizer's drift reference beside an optimized model; None for other artifacts
+    (generative folders have none: drift statistics are of tensor inputs)."""
+    if inputs.artifact.format != "onnx":
+        return None
     reference = inputs.defaults.artifact_store.drift_reference(inputs.artifact.uri)
     if reference is None:
         return None
