@@ -118,6 +118,16 @@ def test_a_memory_limit_below_the_full_pool_caps_the_request_and_budgets_the_kv_
     assert budget // (CONTEXT * KV_PER_TOKEN) == 4
 
 
+def test_a_large_tensor_model_requests_its_weights_and_the_runtime() -> None:
+    # A 3 GiB model from an optimization Job: 3072 MiB x 1.1 + 256 MiB.
+    large = build_inputs.ServedArtifact(uri="pvc://ferry-artifacts/ml/big/key/model/", size_bytes=3 << 30)
+    requests = runtime_container({}, large)["resources"]["requests"]
+    assert requests["memory"] == f"{math.ceil((3 << 30) * 1.1 / MIB) + 256}Mi"
+    # ... capped by a smaller limit, as for generative models.
+    capped = runtime_container({"resources": {"limits": {"memory": "2Gi"}}}, large)
+    assert capped["resources"]["requests"]["memory"] == "2Gi"
+
+
 def test_tensor_models_and_folders_served_as_is_keep_the_flat_default() -> None:
     # Nothing measured the model: the operator does not read model files itself.
     as_is = build_inputs.ServedArtifact(uri="pvc://models/llm/", format="onnx-genai")

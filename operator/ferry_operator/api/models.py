@@ -439,8 +439,9 @@ class ResourceRequirements(ApiModel):
     """Resources the scheduler reserves, e.g. {cpu: 500m, memory: 1Gi}. The cpu autoscaling metric is a
     percentage of the CPU request. Without a memory request the operator sets one: for a generative model
     served from an optimization Job, its weights plus a full KV cache (maxSequences sequences of the
-    model's context length) plus the runtime's own 256Mi (docs/generative.md, "Memory"); 512Mi
-    otherwise. Capped at limits.memory when that is set. Without an ephemeral-storage request or limit,
+    model's context length) plus the runtime's own 256Mi (docs/generative.md, "Memory"); for a tensor
+    model whose size the Job reported, that size + 10% + 256Mi, at least 512Mi; 512Mi otherwise. Capped
+    at limits.memory when that is set. Without an ephemeral-storage request or limit,
     a model whose size an optimization Job reported gets one for its download volume (the size + 5% +
     64Mi, also that emptyDir's sizeLimit)."""
 
