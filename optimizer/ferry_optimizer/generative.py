@@ -69,6 +69,11 @@ AGREEMENT_NOTE = (
     "held-out text"
 )
 GRAPH_NOTE = "graph is not used for generative models: the model builder writes the optimized decoder graph"
+W8A8_NOTE = (
+    "w8a8 was chosen by its speed on this node's CPU ({cpu}); its integer kernels are fastest with AMX or "
+    "VNNI, and a CPU without VNNI (AVX2 only) computes its u8 x s8 products with a saturating multiply-add: "
+    "serve it on nodes like this one (docs/generative.md, W8A8)"
+)
 
 
 def check(request: Request) -> None:
@@ -271,6 +276,10 @@ def _optimize(request: Request, work: Path, planned: list[str], progress: Progre
     report.chosen, report.passed, report.reason = selection.choose(
         report.candidates, metric_name, gated=spec.validate is not None, reference=reference.name
     )
+    if report.chosen == W8A8:
+        from ferry_optimizer.onnxtools import cpu_name
+
+        report.notes.append(W8A8_NOTE.format(cpu=cpu_name()))
     with progress.step("write"):
         chosen = next((b for b in built if b.name == report.chosen), None)
         _write(request, chosen, report)

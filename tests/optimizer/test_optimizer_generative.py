@@ -112,6 +112,9 @@ def test_int4_over_the_budget_is_rejected_and_an_int8_candidate_chosen(gated: Ru
     # figures must give the choice.
     assert gated.report["chosen"] == chosen_by_the_rule(found)
     assert gated.report["chosen"] in ("int8", "w8a8")
+    # A W8A8 choice says which CPU it was measured on and what it needs of the serving nodes.
+    w8a8_notes = [note for note in gated.report["notes"] if note.startswith("w8a8 was chosen")]
+    assert len(w8a8_notes) == (gated.report["chosen"] == "w8a8")
     assert gated.report["passed"] is True
     # Quantization shrinks the decoder: int4 below int8 (and W8A8, int8 too) below fp32.
     sizes = [found[n]["measurement"]["sizeBytes"] for n in ("int4", "int8", "fp32")]
