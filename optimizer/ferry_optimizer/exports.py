@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ferry_optimizer.context import Lineage, Progress, Request
 
 MODEL_FILES = ("model.onnx", "model.tflite", "model.int8.tflite")
-# The folder of a model with external data (the artifact then).
+# The folder of a model with external data, and of every generative model: then the artifact.
 MODEL_FOLDER = "model"
 
 

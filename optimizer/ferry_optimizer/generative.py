@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferry_optimizer import __version__, generative_quality, locations, selection
+from ferry_optimizer import __version__, exports, generative_quality, locations, selection
 from ferry_optimizer.context import Progress, Request
 from ferry_optimizer.errors import InputError, OptimizerError, StepError
 from ferry_optimizer.key import content_key
@@ -57,9 +57,6 @@ FOLDER_FILES = (
 )
 # Written beside the model but not part of it (the artifact digest leaves them out).
 NOT_MODEL = ("report.json", "tensorboard", "reference.json")
-# The folder of the output that holds the model alone: the artifact serving pods fetch (and check by its
-# manifest digest), without the report and TensorBoard files written beside it.
-MODEL_FOLDER = "model"
 BUILDER_TIMEOUT_S = 3600
 # The candidate made from the reference by w8a8.py (not by the builder).
 W8A8 = "w8a8"
@@ -344,7 +341,8 @@ def _build(request: Request, name: str, work: Path) -> _Built:
 
 
 def _write(request: Request, chosen: _Built | None, report: Report) -> None:
-    output = request.output / MODEL_FOLDER
+    # The model alone, as the artifact serving pods fetch and check, without the report beside it.
+    output = request.output / exports.MODEL_FOLDER
     output.mkdir(parents=True, exist_ok=True)
     # A model left by an earlier run must not pass for this run's verdict.
     for stale in FOLDER_FILES:
@@ -360,7 +358,7 @@ def _write(request: Request, chosen: _Built | None, report: Report) -> None:
     decoder = load_decoder_config(output)
     report.artifacts.append(
         Artifact(
-            f"{MODEL_FOLDER}/",
+            f"{exports.MODEL_FOLDER}/",
             "onnx-genai",
             storage.manifest_digest(digests),
             sum((output / name).stat().st_size for name in digests),

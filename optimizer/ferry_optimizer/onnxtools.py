@@ -12,6 +12,7 @@ a data file; `copy_model` moves a model and its data together, `size_bytes` coun
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import statistics
@@ -159,15 +160,30 @@ def external_files(model: Path) -> list[Path]:
     """The external data files a model's tensors name (none for a self-contained .onnx file)."""
     if model.suffix != ".onnx":
         return []
-    proto = onnx.load(str(model), load_external_data=False)
-    locations = {
-        entry.value
-        for tensor in _tensors(proto.graph)
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-    return [model.parent / location for location in sorted(locations)]
+    stat = model.stat()
+    return [
+        model.parent / location
+        for location in _external_locations(str(model), stat.st_mtime_ns, stat.st_size)
+    ]
+
+
+@functools.lru_cache(maxsize=64)
+def _external_locations(model: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """Parsed once per version of a file (keyed by its mtime and size): every measurement asks for a
+    model's size, and a self-contained model's proto holds all of its weights."""
+    del mtime_ns, size  # the cache key only
+    proto = onnx.load(model, load_external_data=False)
+    return tuple(
+        sorted(
+            {
+                entry.value
+                for tensor in _tensors(proto.graph)
+                if tensor.data_location == onnx.TensorProto.EXTERNAL
+                for entry in tensor.external_data
+                if entry.key == "location"
+            }
+        )
+    )
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:

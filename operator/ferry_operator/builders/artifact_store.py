@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 # runtime reads from its model directory (ferry_runtime.drift.REFERENCE_FILE).
 DRIFT_REFERENCE_FILE = "reference.json"
 MODEL_FILE = "model.onnx"
-# An optimized model with external data: the folder ferry-optimize writes it into (OUTPUT/model/).
+# The folder ferry-optimize writes a model with external data and every generative model into
+# (OUTPUT/model/).
 MODEL_FOLDER = "model/"
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 

@@ -92,14 +92,16 @@ def kv_cache_budget(inputs: BuildInputs) -> int | None:
 
 def tensor_memory_bytes(inputs: BuildInputs) -> int | None:
     """A tensor model whose size an optimization Job reported: its weights once, plus 10% and the
-    runtime, never below DEFAULT_MEMORY. ONNX Runtime holds the weights once (measured: a 577 MiB INT8
-    model with external data peaks at 683 MiB RSS, tests/optimizer/test_optimizer_external_data.py)."""
+    runtime; None when that is within DEFAULT_MEMORY (small models keep it). ONNX Runtime holds the
+    weights once (measured: a 577 MiB INT8 model with external data peaks at 683 MiB RSS,
+    tests/optimizer/test_optimizer_external_data.py)."""
     artifact = inputs.artifact
     if artifact.format != "onnx" or artifact.size_bytes is None:
         return None
+    sized = math.ceil(artifact.size_bytes * 1.1) + RUNTIME_OVERHEAD_BYTES
     default = quantity_bytes(DEFAULT_MEMORY)
     assert default is not None
-    return max(default, math.ceil(artifact.size_bytes * 1.1) + RUNTIME_OVERHEAD_BYTES)
+    return sized if sized > default else None
 
 
 def memory_request(inputs: BuildInputs) -> int | str:
@@ -108,8 +110,6 @@ def memory_request(inputs: BuildInputs) -> int | str:
     request above its limit is invalid)."""
     limit = _memory_limit(inputs)
     sized = generative_memory_bytes(inputs) or tensor_memory_bytes(inputs)
-    if sized == quantity_bytes(DEFAULT_MEMORY):
-        sized = None  # a small model keeps the default, spelled as before
     if sized is None:
         sized = quantity_bytes(DEFAULT_MEMORY)
         assert sized is not None

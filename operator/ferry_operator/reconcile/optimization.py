@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from ferry_operator import __version__, content_key, kinds, metrics
 from ferry_operator.api import models
-from ferry_operator.builders import optimization_job
+from ferry_operator.builders import artifact_store, optimization_job
 from ferry_operator.builders.common import input_hash
 from ferry_operator.builders.inputs import Owner, ServedArtifact
 from ferry_operator.config import OperatorConfig
@@ -262,10 +262,6 @@ def served_from_status(status: Mapping[str, Any]) -> ServedArtifact | None:
     )
 
 
-# The folder of a generative Job's output that holds only the model (ferry_optimizer.generative).
-GENERATIVE_MODEL_FOLDER = "model/"
-
-
 def optimized_artifact(artifact: models.Artifact, source_format: str) -> ServedArtifact:
     """What serving pods run of a Job's artifact: an ONNX file, or, for a generative source, the
     onnxruntime-genai folder the Job wrote; each checked by its digest (a folder's manifest digest).
@@ -274,7 +270,7 @@ def optimized_artifact(artifact: models.Artifact, source_format: str) -> ServedA
     if source_format in models.GENERATIVE_FORMATS:
         return ServedArtifact(
             uri=artifact.uri,
-            sha256=artifact.sha256 if artifact.uri.endswith(f"/{GENERATIVE_MODEL_FOLDER}") else None,
+            sha256=artifact.sha256 if artifact.uri.endswith(f"/{artifact_store.MODEL_FOLDER}") else None,
             format="onnx-genai",
             size_bytes=artifact.size_bytes,
             kv_cache_bytes_per_token=artifact.kv_cache_bytes_per_token,
