@@ -117,6 +117,25 @@ class Unavailable(FerryError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class Unauthenticated(FerryError):
+    """No credential, or one this model does not accept (auth.py): 401 with a WWW-Authenticate challenge."""
+
+    http_status = 401
+    grpc_status = grpc.StatusCode.UNAUTHENTICATED
+
+    def __init__(self, message: str, challenge: str, invalid_token: bool) -> None:
+        super().__init__(message)
+        # RFC 6750 3: a request without a token gets the bare challenge; a bad token gets its error code.
+        self.challenge = f'{challenge}, error="invalid_token"' if invalid_token else challenge
+
+
+class PermissionDenied(FerryError):
+    """An authenticated caller that is not allowed to call this model."""
+
+    http_status = 403
+    grpc_status = grpc.StatusCode.PERMISSION_DENIED
+
+
 class InferenceFailed(FerryError):
     """The model itself failed on input that passed validation (a server-side fault)."""
 

@@ -80,6 +80,8 @@ class Metrics(Collector):
         self.request_counts: dict[tuple[str, str, str], int] = {}
         # model -> HTTP/1.1 requests refused by the transport, by reason (protocol/rest/server.py).
         self.http_rejected: dict[str, dict[str, int]] = {}
+        # model -> authentication decisions by outcome (auth.py), both transports together.
+        self.auth_decisions: dict[str, dict[str, int]] = {}
         # (model, protocol) -> total request time.
         self.request_seconds: dict[tuple[str, ...], Distribution] = {}
         # model -> queue wait, inference time per batch, requests per batch.
@@ -203,6 +205,16 @@ class Metrics(Collector):
             for reason, count in reasons.items():
                 rejected.add_metric([model, reason], count)
         yield rejected
+        decisions = CounterMetricFamily(
+            "ferry_auth_decisions",
+            "Authentication decisions on requests to protected endpoints (--auth), by outcome: allowed, "
+            "missing or invalid (401), forbidden (403), unavailable (503: the token could not be checked).",
+            labels=["model", "outcome"],
+        )
+        for model, outcomes in self.auth_decisions.items():
+            for outcome, count in outcomes.items():
+                decisions.add_metric([model, outcome], count)
+        yield decisions
         yield _histogram(
             "ferry_request_duration_seconds",
             "Time from a complete request to its response being handed to the transport.",

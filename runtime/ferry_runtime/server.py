@@ -12,6 +12,13 @@ import logging
 import signal
 import time
 
+from ferry_runtime.auth import (
+    SERVICE_ACCOUNT_DIR,
+    Authenticator,
+    TokenReviewConfig,
+    build_authenticator,
+    in_cluster_api_server,
+)
 from ferry_runtime.batching import Batcher, classify_onnxruntime_error
 from ferry_runtime.dataplane import DataPlane
 from ferry_runtime.drift import REFERENCE_FILE, DriftMonitor, InvalidReference, Reference, load_reference
@@ -39,6 +46,8 @@ class Runtime:
         self.dataplane = DataPlane(settings.model_name, settings.model_version, settings.max_request_id_bytes)
         self.http_port = 0
         self.grpc_port = 0
+        self.metrics_port = 0
+        self._auth: Authenticator | None = None
         self._stop = asyncio.Event()
         self._batcher: Batcher | None = None
         self._model: OnnxModel | None = None
@@ -61,7 +70,14 @@ class Runtime:
             queue_depth=lambda: self._batcher.depth() if self._batcher else 0,
         )
         self.metrics.model_ready.labels(name).set(0)
+        try:
+            self._auth = self._authenticator(loop)
+        except ValueError as problem:
+            log.error("%s", problem)
+            write_termination_message(str(problem))
+            return 2
         self._rest_app = RestApp(self.dataplane, self.metrics, settings.max_body_bytes)
+        self._rest_app.auth = self._auth
         http_limits = HttpLimits(
             max_request_line_bytes=settings.http_max_request_line_bytes,
             max_header_line_bytes=settings.http_max_header_line_bytes,
@@ -72,6 +88,13 @@ class Runtime:
         )
         rest = RestServer(self._rest_app, settings.keepalive_timeout_seconds, http_limits)
         self.http_port = await rest.start(settings.host, settings.http_port)
+        metrics_server: RestServer | None = None
+        if settings.metrics_port:
+            metrics_app = RestApp(self.dataplane, self.metrics, 0)
+            metrics_app.metrics_only = True
+            metrics_server = RestServer(metrics_app, settings.keepalive_timeout_seconds, http_limits)
+            self.metrics_port = await metrics_server.start(settings.host, settings.metrics_port)
+            self._rest_app.metrics_elsewhere = self.metrics_port
         grpc_server: GrpcServer | None = None
         if settings.grpc_port:
             http2_limits = Http2Limits(
@@ -83,14 +106,16 @@ class Runtime:
                 max_message_bytes=settings.max_body_bytes,
             )
             grpc_server = GrpcServer(
-                InferenceService(self.dataplane, self.metrics), http2_limits, self.metrics
+                InferenceService(self.dataplane, self.metrics, self._auth), http2_limits, self.metrics
             )
             self.grpc_port = await grpc_server.start(settings.host, settings.grpc_port)
         log.info(
-            "listening: REST on %s:%d, gRPC on %s",
+            "listening: REST on %s:%d, gRPC on %s, metrics on %s; authentication: %s",
             settings.host,
             self.http_port,
             f"{settings.host}:{self.grpc_port}" if grpc_server else "(disabled)",
+            f"{settings.host}:{self.metrics_port}" if metrics_server else "the REST port",
+            settings.auth,
         )
         assert settings.model_dir is not None
         load = self._load_generative if is_generative_model_dir(settings.model_dir) else self._load
@@ -111,7 +136,31 @@ class Runtime:
             write_termination_message(f"cannot serve model '{name}': {error}")
             exit_code = 1
         await self._drain(rest, grpc_server, loading)
+        if metrics_server is not None:
+            await metrics_server.drain(0)
+        if self._auth is not None:
+            self._auth.close()
         return exit_code
+
+    def _authenticator(self, loop: asyncio.AbstractEventLoop) -> Authenticator | None:
+        settings = self.settings
+        review = None
+        if settings.auth == "kubernetes":
+            api_server = settings.auth_api_server or in_cluster_api_server()
+            if not api_server:
+                raise ValueError(
+                    "auth kubernetes needs the API server's address: set --auth-api-server, or run in a pod "
+                    "(KUBERNETES_SERVICE_HOST)"
+                )
+            review = TokenReviewConfig(
+                api_server=api_server.rstrip("/"),
+                token_file=settings.auth_api_token_file or SERVICE_ACCOUNT_DIR / "token",
+                ca_file=settings.auth_api_ca_file or SERVICE_ACCOUNT_DIR / "ca.crt",
+                audiences=settings.auth_audiences,
+                allowed_service_accounts=settings.auth_allowed_service_accounts,
+                cache_seconds=settings.auth_cache_seconds,
+            )
+        return build_authenticator(settings.auth, loop, settings.auth_token_dir, review)
 
     def _load_generative(self, loop: asyncio.AbstractEventLoop) -> None:
         settings = self.settings

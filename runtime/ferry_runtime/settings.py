@@ -170,6 +170,56 @@ class RuntimeSettings:
         "connection window (the bytes one connection buffers) is max_body_bytes plus this for every "
         "concurrent stream plus 1 MiB; a client that overruns a window gets FLOW_CONTROL_ERROR.",
     )
+    metrics_port: int = _setting(
+        0,
+        "Port serving /metrics on its own (as Triton's 8002), so a NetworkPolicy can admit the scraper "
+        "there and clients elsewhere; 0 serves /metrics on the REST port.",
+    )
+    # --- authentication (docs/security.md) ---
+    auth: str = _setting(
+        "none",
+        "Who may call inference, feedback, generation and model metadata (health stays open): none; "
+        "bearer (the tokens in auth_token_dir); or kubernetes (service account tokens, checked with the "
+        "API server's TokenReview API).",
+    )
+    auth_token_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "auth bearer: directory in which every file not starting with '.' holds one accepted "
+            "token (a mounted Secret: editing the Secret rotates them without a restart)."
+        },
+    )
+    auth_allowed_service_accounts: tuple[str, ...] = _setting(
+        (),
+        "auth kubernetes: comma-separated namespace/name of the service accounts that may call; empty: any "
+        "token the API server authenticates.",
+    )
+    auth_audiences: tuple[str, ...] = _setting(
+        (), "auth kubernetes: comma-separated audiences the token must be issued for; empty: the API's own."
+    )
+    auth_cache_seconds: float = _setting(
+        10.0,
+        "auth kubernetes: how long an accepted token's review is reused (a refused one: at most 2 s); 0 "
+        "reviews every request.",
+    )
+    auth_api_server: str = _setting(
+        "",
+        "auth kubernetes: the API server's URL; empty: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.",
+    )
+    auth_api_token_file: Path | None = field(
+        default=None,
+        metadata={
+            "help": "auth kubernetes: the token the runtime itself sends the API server (reread when it "
+            "changes); default: the pod's service account token."
+        },
+    )
+    auth_api_ca_file: Path | None = field(
+        default=None,
+        metadata={
+            "help": "auth kubernetes: CA bundle the API server's certificate is checked against; default: "
+            "the service account's ca.crt."
+        },
+    )
     drift_reference: Path | None = field(
         default=None,
         metadata={
@@ -214,6 +264,7 @@ class RuntimeSettings:
             "max_sequence_length",
             "kv_cache_bytes",
             "http_min_body_bytes_per_second",
+            "metrics_port",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative, got {getattr(self, name)}")
@@ -231,6 +282,20 @@ class RuntimeSettings:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.feedback_ttl_seconds <= 0:
             problems.append(f"feedback_ttl_seconds must be positive, got {self.feedback_ttl_seconds}")
+        if self.auth not in ("none", "bearer", "kubernetes"):
+            problems.append(f"auth must be none, bearer or kubernetes, got {self.auth!r}")
+        if self.auth == "bearer" and self.auth_token_dir is None:
+            problems.append(
+                "auth bearer needs auth_token_dir (--auth-token-dir or FERRY_RUNTIME_AUTH_TOKEN_DIR)"
+            )
+        for account in self.auth_allowed_service_accounts:
+            namespace, slash, name = account.partition("/")
+            if not (slash and namespace and name) or "/" in name:
+                problems.append(f"auth_allowed_service_accounts entries are namespace/name, got {account!r}")
+        if self.auth_cache_seconds < 0:
+            problems.append(f"auth_cache_seconds must not be negative, got {self.auth_cache_seconds}")
+        if self.metrics_port and self.metrics_port in (self.http_port, self.grpc_port):
+            problems.append(f"metrics_port {self.metrics_port} is already the REST or gRPC port")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             problems.append(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         if problems:

@@ -428,5 +428,10 @@ _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "inva
 def error_document(error: FerryError) -> dict[str, Any]:
     status = error.http_status
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    code = {404: "model_not_found" if error.param == "model" else "not_found", 503: "overloaded"}.get(status)
+    code = {
+        401: "invalid_api_key",  # what OpenAI's API answers a missing or wrong key with
+        403: "permission_denied",
+        404: "model_not_found" if error.param == "model" else "not_found",
+        503: "overloaded",
+    }.get(status)
     return {"error": {"message": error.message, "type": kind, "param": error.param, "code": code}}

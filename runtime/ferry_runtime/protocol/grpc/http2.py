@@ -231,6 +231,7 @@ class _Head:
 
     method: bytes = b""
     path: bytes = b""
+    authorization: bytes | None = None
     content_type: bytes = b""
     encoding: bytes = b""
     content_length: int = -1
@@ -270,6 +271,8 @@ def _request_head(headers: list[Header]) -> _Head:
             head.content_type = value
         elif name == b"grpc-encoding":
             head.encoding = value
+        elif name == b"authorization":
+            head.authorization = value
         elif name == b"content-length":
             if not value.isdigit() or (head.content_length >= 0 and int(value) != head.content_length):
                 raise _Malformed(f"content-length {value.decode('latin-1')!r} is not one number")
@@ -290,6 +293,10 @@ class Call:
         self._stream = stream
         # When the request message was complete (for the request-duration metric).
         self.received = received
+
+    @property
+    def authorization(self) -> bytes | None:
+        return self._stream.authorization
 
     def reply(self, message: bytes) -> None:
         self._connection.send_message(self._stream, message)
@@ -317,6 +324,7 @@ _RESET_HERE, _RESET_BY_PEER, _ENDED = 0, 1, 2
 
 class _Stream:
     __slots__ = (
+        "authorization",
         "body",
         "closed",
         "compressed_with",
@@ -335,6 +343,8 @@ class _Stream:
     def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
         self.id = stream_id
         self.method: Handler | None = None
+        # The request's authorization metadata, for the service's authenticator.
+        self.authorization: bytes | None = None
         self.compressed_with = b""
         self.body = bytearray()
         self.remote_done = False
@@ -769,6 +779,7 @@ class GrpcConnection(asyncio.Protocol):
             return
         handler = self.server.methods.get(head.path)
         stream.compressed_with = head.encoding
+        stream.authorization = head.authorization
         if handler is None:
             self.send_status(
                 stream,

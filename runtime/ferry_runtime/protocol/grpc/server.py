@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from ferry_runtime.auth import Authenticator, Verdict, refusal
 from ferry_runtime.batching import Outputs
 from ferry_runtime.dataplane import DataPlane
 from ferry_runtime.errors import FerryError, Unavailable
@@ -54,11 +55,17 @@ class _Undecodable(FerryError):
     http_status = 400
 
 
+# Methods open to every caller when authentication is on (as the REST port's OPEN_ROUTES).
+OPEN_METHODS = frozenset({"ServerLive", "ServerReady", "ServerMetadata"})
+
+
 class InferenceService:
-    def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, auth: Authenticator | None = None) -> None:
         self.dataplane = dataplane
         self.recorder = RequestRecorder(metrics, dataplane.model_name, "grpc", "OK")
         self._loop = asyncio.get_running_loop()
+        self.auth = auth
+        self._auth_decisions = metrics.auth_decisions.setdefault(dataplane.model_name, {})
 
     def methods(self) -> dict[str, Handler]:
         simple: dict[str, Callable[[bytes], bytes]] = {
@@ -72,7 +79,39 @@ class InferenceService:
             f"/{SERVICE}/{name}": _answer(method, self.recorder) for name, method in simple.items()
         }
         handlers[f"/{SERVICE}/ModelInfer"] = self.model_infer
+        if self.auth is not None:
+            for name, handler in handlers.items():
+                if name.rpartition("/")[2] not in OPEN_METHODS:
+                    handlers[name] = self._gated(handler, self.auth)
         return handlers
+
+    def _gated(self, handler: Handler, auth: Authenticator) -> Handler:
+        """`handler` behind the authenticator: UNAUTHENTICATED, PERMISSION_DENIED or UNAVAILABLE unless
+        the call's authorization metadata is admitted (after a token review, when one is needed)."""
+
+        def admit(data: bytes, call: Call, verdict: Verdict) -> None:
+            decisions = self._auth_decisions
+            decisions[verdict.outcome] = decisions.get(verdict.outcome, 0) + 1
+            error = refusal(verdict, auth.scheme_hint)
+            if error is not None:
+                if error.grpc_status in _SERVER_FAULTS:
+                    self.recorder.record(error.grpc_status.name, time.perf_counter() - call.received)
+                fail(call, error)
+                return
+            try:
+                handler(data, call)
+            except Exception as failure:  # after a review this runs in a callback, outside the transport
+                log.exception("gRPC handler failed")
+                fail(call, FerryError(f"internal error: {failure}"))
+
+        def gated(data: bytes, call: Call) -> None:
+            verdict = auth.check(call.authorization)
+            if isinstance(verdict, asyncio.Future):
+                verdict.add_done_callback(lambda done: admit(data, call, done.result()))
+            else:
+                admit(data, call, verdict)
+
+        return gated
 
     def server_live(self, data: bytes) -> bytes:
         _parse(pb.ServerLiveRequest, data)

@@ -24,7 +24,8 @@ import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
@@ -34,6 +35,7 @@ import httptools
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ferry_runtime.auth import Authenticator, Verdict, refusal
 from ferry_runtime.batching import Outcome
 from ferry_runtime.dataplane import DataPlane
 from ferry_runtime.errors import (
@@ -45,6 +47,7 @@ from ferry_runtime.errors import (
     PayloadTooLarge,
     RequestTimeout,
     TransferCodingNotImplemented,
+    Unauthenticated,
     Unavailable,
     UnsupportedMediaType,
     UriTooLong,
@@ -52,6 +55,7 @@ from ferry_runtime.errors import (
 from ferry_runtime.inference import InferenceRequest
 from ferry_runtime.metrics import Metrics, RequestRecorder
 from ferry_runtime.model import ModelMetadata
+from ferry_runtime.protocol import openai
 from ferry_runtime.protocol.rest import codec
 
 if TYPE_CHECKING:
@@ -77,6 +81,7 @@ _WANTED_HEADERS = frozenset(
         b"expect",
         b"transfer-encoding",
         b"host",
+        b"authorization",
     }
 )
 # More queued pipelined requests than this on one connection and the server stops reading from it.
@@ -158,6 +163,8 @@ def error_response(error: FerryError, keep_alive: bool, body: bytes | None = Non
         extra = b"retry-after: %d\r\n" % error.retry_after_seconds
     elif isinstance(error, MethodNotAllowed):
         extra = b"allow: %s\r\n" % error.allowed.encode()
+    elif isinstance(error, Unauthenticated):
+        extra = b"www-authenticate: %s\r\n" % error.challenge.encode()
     if body is None:
         body = orjson.dumps({"error": error.message})
     return http_response(error.http_status, body, JSON, keep_alive, extra)
@@ -187,10 +194,14 @@ _ROUTE_METHODS = {
     "completions": b"POST",
     "chat_completions": b"POST",
 }
+# Routes open to every caller when authentication is on: the probes' health endpoints, the server's own
+# metadata, and /metrics (which a NetworkPolicy restricts to the scraper: --metrics-port, docs/security.md).
+OPEN_ROUTES = frozenset({"live", "ready", "server", "metrics"})
 # Routes answered by the generative API (protocol/rest/generate.py), when a generative model is served.
 GENERATIVE_ROUTES = frozenset(
     {"generate", "generate_stream", "openai_models", "openai_model", "completions", "chat_completions"}
 )
+_OPENAI_ROUTES = frozenset({"openai_models", "openai_model", "completions", "chat_completions"})
 _OPENAI_PATHS = {
     b"/v1/models": "openai_models",
     b"/v1/completions": "completions",
@@ -270,6 +281,13 @@ class RestApp:
         self.decoder = codec.RequestDecoder()
         # Set by server.py when the served model generates text.
         self.generative: GenerativeApi | None = None
+        # Set by server.py when --auth is on: checks the Authorization header of every route but OPEN_ROUTES.
+        self.auth: Authenticator | None = None
+        self._auth_decisions = metrics.auth_decisions.setdefault(dataplane.model_name, {})
+        # /metrics is served here unless --metrics-port moved it (then this is that port's number).
+        self.metrics_elsewhere = 0
+        # True on the --metrics-port listener: only /metrics and the health endpoints.
+        self.metrics_only = False
 
     def route(self, path: bytes) -> _Route:
         route = self._routes.get(path)
@@ -284,8 +302,9 @@ class RestApp:
         self, connection: HttpConnection, method: bytes, body: bytes, keep_alive: bool, received: float
     ) -> bytes | None:
         """The response to the connection's current request (its `url` and `headers`), or None when an
-        inference will answer later through `connection.respond`."""
+        inference (or a token review) will answer later through `connection.respond`."""
         path = connection.url.partition(b"?")[0]
+        route: _Route | None = None
         try:
             route = self.route(path)
             expected = _ROUTE_METHODS[route.kind]
@@ -294,26 +313,114 @@ class RestApp:
                     f"{path.decode('utf-8', 'replace')} accepts {expected.decode()}, not {method.decode()}",
                     expected.decode(),
                 )
-            if route.kind in GENERATIVE_ROUTES:
-                return self._generative(connection, route, body, keep_alive, received)
-            if route.kind == "infer":
-                return self._infer(connection, route, body, keep_alive, received)
-            if route.kind == "feedback":
-                return self._feedback(connection, route, body, keep_alive)
-            response = self._get(route, keep_alive)
+            if self.auth is not None and route.kind not in OPEN_ROUTES:
+                verdict = self.auth.check(connection.headers.get(b"authorization"))
+                if isinstance(verdict, asyncio.Future):
+                    self._defer(
+                        connection,
+                        route,
+                        method=method,
+                        body=body,
+                        keep_alive=keep_alive,
+                        received=received,
+                        verdict=verdict,
+                    )
+                    return None
+                self._admit(verdict)
+            return self._dispatch(
+                connection, route, method=method, body=body, keep_alive=keep_alive, received=received
+            )
         except FerryError as error:
-            # Every 5xx is counted, whatever the route: it is what an error-ratio alert must see.
-            if error.http_status >= 500 or route_is_infer(path):
-                self.recorder.record(str(error.http_status), time.perf_counter() - received)
-            return error_response(error, keep_alive)
+            return self._error(route, path, error, keep_alive, received)
         except Exception as error:  # a bug, never a client's mistake: answered 500 and counted
             log.exception("unexpected failure handling %s %s", method.decode("latin-1"), path[:200])
             self.recorder.record("500", time.perf_counter() - received)
             return error_response(FerryError(f"internal error: {error}"), keep_alive)
+
+    def _dispatch(
+        self,
+        connection: HttpConnection,
+        route: _Route,
+        *,
+        method: bytes,
+        body: bytes,
+        keep_alive: bool,
+        received: float,
+    ) -> bytes | None:
+        if self.metrics_only and route.kind not in ("metrics", "live", "ready"):
+            raise NotFound("this is the metrics port: it serves /metrics and /v2/health/{live,ready} only")
+        if route.kind in GENERATIVE_ROUTES:
+            return self._generative(connection, route, body, keep_alive, received)
+        if route.kind == "infer":
+            return self._infer(connection, route, body, keep_alive, received)
+        if route.kind == "feedback":
+            return self._feedback(connection, route, body, keep_alive)
+        response = self._get(route, keep_alive)
         if method == b"HEAD":
             head, _, _ = response.partition(b"\r\n\r\n")
             return head + b"\r\n\r\n"
         return response
+
+    def _error(
+        self, route: _Route | None, path: bytes, error: FerryError, keep_alive: bool, received: float
+    ) -> bytes:
+        # Every 5xx is counted, whatever the route: it is what an error-ratio alert must see.
+        if error.http_status >= 500 or route_is_infer(path):
+            self.recorder.record(str(error.http_status), time.perf_counter() - received)
+        if route is not None and route.kind in _OPENAI_ROUTES:
+            return error_response(error, keep_alive, orjson.dumps(openai.error_document(error)))
+        return error_response(error, keep_alive)
+
+    def _admit(self, verdict: Verdict) -> None:
+        """Count an authentication decision; raise the refusal unless it admits the request."""
+        decisions = self._auth_decisions
+        decisions[verdict.outcome] = decisions.get(verdict.outcome, 0) + 1
+        assert self.auth is not None
+        error = refusal(verdict, self.auth.scheme_hint)
+        if error is not None:
+            raise error
+
+    def _defer(
+        self,
+        connection: HttpConnection,
+        route: _Route,
+        *,
+        method: bytes,
+        body: bytes,
+        keep_alive: bool,
+        received: float,
+        verdict: asyncio.Future[Verdict],
+    ) -> None:
+        """Hold the request's place on the connection until its token is reviewed, then answer it as if
+        it had just arrived (later pipelined requests queue behind it, so answers stay in order)."""
+        gate = connection.reserve(_Slot(keep_alive, received))
+        request = connection.snapshot()
+
+        def resume(done: asyncio.Future[Verdict]) -> None:
+            if connection.closed:
+                return
+            path = request.url.partition(b"?")[0]
+            try:
+                self._admit(done.result())
+                with connection.replaying(gate, request):
+                    response = self._dispatch(
+                        connection,
+                        route,
+                        method=method,
+                        body=body,
+                        keep_alive=gate.keep_alive,
+                        received=received,
+                    )
+            except FerryError as error:
+                response = self._error(route, path, error, gate.keep_alive, received)
+            except Exception as error:
+                log.exception("unexpected failure handling %s %s", method.decode("latin-1"), path[:200])
+                self.recorder.record("500", time.perf_counter() - received)
+                response = error_response(FerryError(f"internal error: {error}"), gate.keep_alive)
+            if response is not None:
+                connection.respond(gate, response, gate.keep_alive)
+
+        verdict.add_done_callback(resume)
 
     def refused(self, reason: str, status: int) -> None:
         """Count a request refused by the transport (a 5xx among them in ferry_requests_total too)."""
@@ -333,6 +440,8 @@ class RestApp:
         if kind == "server":
             return http_response(200, orjson.dumps(plane.server_metadata()), JSON, keep_alive)
         if kind == "metrics":
+            if self.metrics_elsewhere:
+                raise NotFound(f"/metrics is served on port {self.metrics_elsewhere} (--metrics-port)")
             return http_response(
                 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode(), keep_alive
             )
@@ -502,6 +611,15 @@ class _Slot:
         self.streamed = False
 
 
+@dataclass(frozen=True, slots=True)
+class _RequestHead:
+    """What `RestApp.handle` reads of a request from its connection, kept for a deferred answer."""
+
+    url: bytes
+    headers: dict[bytes, bytes]
+    http10: bool
+
+
 # Where a connection is in reading its current request; each phase has its own deadline (see `expire`).
 _FRESH = 0  # connected, no byte of a request yet: the header timeout runs from connection_made
 _IDLE = 1  # between keep-alive requests: the keep-alive timeout applies (RestServer._sweep)
@@ -538,6 +656,8 @@ class HttpConnection(asyncio.Protocol):
         self._hosts = 0
         # Called once when the connection ends (a generation stops when its client goes away).
         self._on_close: dict[int, Callable[[], None]] = {}
+        # While a deferred request is answered: the slot it holds and its head (see `replaying`).
+        self._replay: tuple[_Slot, _RequestHead] | None = None
 
     # --- asyncio.Protocol ---
 
@@ -765,10 +885,37 @@ class HttpConnection(asyncio.Protocol):
 
     def reserve(self, slot: _Slot) -> _Slot:
         """Queue a response position behind those of earlier requests on this connection (called while
-        the request's own message is the parser's current one, so its HTTP version is known)."""
+        the request's own message is the parser's current one, so its HTTP version is known; for a
+        deferred request, the position it already holds)."""
+        if self._replay is not None:
+            gate, head = self._replay
+            self._replay = None
+            slot.announce_keep_alive = head.http10
+            if gate in self._slots:
+                self._slots[self._slots.index(gate)] = slot
+            return slot
         slot.announce_keep_alive = self.parser.get_http_version() == "1.0"
         self._slots.append(slot)
         return slot
+
+    def snapshot(self) -> _RequestHead:
+        return _RequestHead(self.url, self.headers, self.parser.get_http_version() == "1.0")
+
+    @contextmanager
+    def replaying(self, gate: _Slot, head: _RequestHead) -> Iterator[None]:
+        """Answer a deferred request now: its url, headers and HTTP version stand in for the parser's
+        current ones, and a slot it reserves takes the place `gate` kept in the queue."""
+        saved = self.url, self.headers
+        self.url, self.headers, self._replay = head.url, head.headers, (gate, head)
+        try:
+            yield
+        finally:
+            self.url, self.headers = saved
+            self._replay = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def respond(self, slot: _Slot, data: bytes, keep_alive: bool) -> None:
         """Complete a slot's response (a whole response, or the tail of a streamed one)."""
@@ -798,6 +945,8 @@ class HttpConnection(asyncio.Protocol):
 
     @property
     def http10(self) -> bool:
+        if self._replay is not None:
+            return self._replay[1].http10
         return self.parser.get_http_version() == "1.0"
 
     def _flush(self) -> None:
