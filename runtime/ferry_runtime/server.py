@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import time
 
 from ferry_runtime.auth import (
@@ -35,6 +36,7 @@ from ferry_runtime.protocol.rest.generate import GenerativeApi
 from ferry_runtime.protocol.rest.server import HttpLimits, RestApp, RestServer
 from ferry_runtime.settings import RuntimeSettings
 from ferry_runtime.termination import write_termination_message
+from ferry_runtime.tls import CertificateReloader
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,16 @@ class Runtime:
         self.metrics.model_ready.labels(name).set(0)
         try:
             self._auth = self._authenticator(loop)
-        except ValueError as problem:
-            log.error("%s", problem)
-            write_termination_message(str(problem))
+            tls = CertificateReloader(settings.tls_dir) if settings.tls_dir is not None else None
+        except (ValueError, OSError, ssl.SSLError) as problem:
+            message = f"cannot start: {problem}" + (
+                f" (--tls-dir {settings.tls_dir})" if isinstance(problem, OSError | ssl.SSLError) else ""
+            )
+            log.error("%s", message)
+            write_termination_message(message)
             return 2
+        if tls is not None:
+            tls.watch(loop)
         self._rest_app = RestApp(self.dataplane, self.metrics, settings.max_body_bytes)
         self._rest_app.auth = self._auth
         http_limits = HttpLimits(
@@ -87,7 +95,9 @@ class Runtime:
             min_body_bytes_per_second=settings.http_min_body_bytes_per_second,
         )
         rest = RestServer(self._rest_app, settings.keepalive_timeout_seconds, http_limits)
-        self.http_port = await rest.start(settings.host, settings.http_port)
+        self.http_port = await rest.start(
+            settings.host, settings.http_port, tls.contexts["rest"] if tls else None
+        )
         metrics_server: RestServer | None = None
         if settings.metrics_port:
             metrics_app = RestApp(self.dataplane, self.metrics, 0)
@@ -108,13 +118,16 @@ class Runtime:
             grpc_server = GrpcServer(
                 InferenceService(self.dataplane, self.metrics, self._auth), http2_limits, self.metrics
             )
-            self.grpc_port = await grpc_server.start(settings.host, settings.grpc_port)
+            self.grpc_port = await grpc_server.start(
+                settings.host, settings.grpc_port, tls.contexts["grpc"] if tls else None
+            )
         log.info(
-            "listening: REST on %s:%d, gRPC on %s, metrics on %s; authentication: %s",
+            "listening: REST on %s:%d, gRPC on %s, metrics on %s; TLS %s; authentication: %s",
             settings.host,
             self.http_port,
             f"{settings.host}:{self.grpc_port}" if grpc_server else "(disabled)",
             f"{settings.host}:{self.metrics_port}" if metrics_server else "the REST port",
+            f"from {settings.tls_dir}" if tls else "off",
             settings.auth,
         )
         assert settings.model_dir is not None
@@ -140,6 +153,8 @@ class Runtime:
             await metrics_server.drain(0)
         if self._auth is not None:
             self._auth.close()
+        if tls is not None:
+            tls.stop()
         return exit_code
 
     def _authenticator(self, loop: asyncio.AbstractEventLoop) -> Authenticator | None:

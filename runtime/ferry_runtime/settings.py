@@ -170,6 +170,13 @@ class RuntimeSettings:
         "connection window (the bytes one connection buffers) is max_body_bytes plus this for every "
         "concurrent stream plus 1 MiB; a client that overruns a window gets FLOW_CONTROL_ERROR.",
     )
+    tls_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Directory holding tls.crt and tls.key (a kubernetes.io/tls Secret, as cert-manager "
+            "writes it): REST and gRPC serve TLS with them, reloaded when they change; unset: plain text."
+        },
+    )
     metrics_port: int = _setting(
         0,
         "Port serving /metrics on its own (as Triton's 8002), so a NetworkPolicy can admit the scraper "

@@ -94,6 +94,25 @@ def wait_until_ready(runtime: RuntimeProcess, timeout: float = 120) -> None:
     raise AssertionError(f"ferry-runtime not ready after {timeout} s:\n{runtime.log()}")
 
 
+def write_secret_volume(directory: Path, tokens: dict[str, str], generation: int) -> None:
+    """Lay tokens out as the kubelet lays out a Secret volume: KEY -> ..data/KEY, ..data -> a timestamped
+    directory, swapped with one atomic rename when the Secret changes."""
+    directory.mkdir(exist_ok=True)
+    version = directory / f"..2026_12_06_{generation:04d}"
+    version.mkdir()
+    for key, value in tokens.items():
+        (version / key).write_text(value + "\n")
+    link = directory / "..data_tmp"
+    link.symlink_to(version.name)
+    link.replace(directory / "..data")
+    for key in tokens:
+        if not (directory / key).is_symlink():
+            (directory / key).symlink_to(f"..data/{key}")
+    for stale in directory.iterdir():
+        if stale.is_symlink() and stale.name not in tokens and not stale.name.startswith("."):
+            stale.unlink()
+
+
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> runtime_models.DigitsModel:
     return runtime_models.build_digits_model(tmp_path_factory.mktemp("digits"))

@@ -22,31 +22,12 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from conftest import RuntimeProcess, TinyLlama, start_runtime
+from conftest import RuntimeProcess, TinyLlama, start_runtime, write_secret_volume
 from ferry_runtime import auth
 from runtime_models import DigitsModel
 
 TOKEN = "s3cr3t-token_0.A~b+c/d="
 ROTATED = "rotated-token-2"
-
-
-def write_secret_volume(directory: Path, tokens: dict[str, str], generation: int) -> None:
-    """Lay tokens out as the kubelet lays out a Secret volume: KEY -> ..data/KEY, ..data -> a timestamped
-    directory, swapped with one atomic rename when the Secret changes."""
-    directory.mkdir(exist_ok=True)
-    version = directory / f"..2026_12_06_{generation:04d}"
-    version.mkdir()
-    for key, value in tokens.items():
-        (version / key).write_text(value + "\n")
-    link = directory / "..data_tmp"
-    link.symlink_to(version.name)
-    link.replace(directory / "..data")
-    for key in tokens:
-        if not (directory / key).is_symlink():
-            (directory / key).symlink_to(f"..data/{key}")
-    for stale in directory.iterdir():
-        if stale.is_symlink() and stale.name not in tokens and not stale.name.startswith("."):
-            stale.unlink()
 
 
 def request(

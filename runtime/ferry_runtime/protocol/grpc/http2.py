@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 import struct
 import time
 import zlib
@@ -1199,10 +1200,12 @@ class GrpcTransportServer:
         self._server: asyncio.Server | None = None
         self._idle = asyncio.Event()
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
         factory: Callable[[], GrpcConnection] = lambda: GrpcConnection(self)  # noqa: E731
         # No SO_REUSEPORT: two servers on one port would split traffic silently; binding fails instead.
-        self._server = await self.loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+        self._server = await self.loop.create_server(
+            factory, host, port, reuse_address=True, backlog=1024, ssl=tls
+        )
         sockets = self._server.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port
 

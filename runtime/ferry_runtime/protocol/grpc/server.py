@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -211,8 +212,8 @@ class GrpcServer:
         self._transport = GrpcTransportServer(service.methods(), limits, metrics.http2_rejected)
         metrics.http2_read_pauses = self._transport.read_pauses
 
-    async def start(self, host: str, port: int) -> int:
-        return await self._transport.start(host, port)
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        return await self._transport.start(host, port, tls)
 
     async def stop(self, grace_seconds: float) -> None:
         """New RPCs are refused at once; in-flight RPCs get `grace_seconds` to finish."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import zlib
 from collections import deque
@@ -1033,9 +1034,11 @@ class RestServer:
         # The sweep runs often enough that a connection outlives its deadline by at most a quarter of it.
         self._sweep_every = min(1.0, limits.header_timeout_seconds / 4, limits.body_timeout_seconds / 4)
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
         factory: Callable[[], HttpConnection] = lambda: HttpConnection(self.app, self)  # noqa: E731
-        self._server = await self.loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+        self._server = await self.loop.create_server(
+            factory, host, port, reuse_address=True, backlog=1024, ssl=tls
+        )
         self._sweep()
         sockets = self._server.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port
