@@ -10,6 +10,11 @@ The last lines compare each transport's best throughput with the baseline's best
 
     .venv/bin/python bench/runtime_bench.py            # short run (< 3 minutes)
     .venv/bin/python bench/runtime_bench.py --long     # more concurrency levels, longer points
+    .venv/bin/python bench/runtime_bench.py --models digits --security   # the cost of --auth and --tls
+
+`--security` runs each transport against four servers in one run: plain, bearer authentication, TLS,
+and both (a CA and certificate made with openssl for the run), and prints each one's throughput and
+server CPU per request as a ratio to plain text without authentication at the same concurrency.
 
 The load generators are deliberately thin (pre-encoded requests, raw HTTP/1.1 framing, gRPC as
 hand-framed HTTP/2 with pre-encoded headers and messages) so the client steals as little CPU from
@@ -23,6 +28,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -144,6 +150,11 @@ GRPC_CLIENT = "raw"
 # Set by --request-id: REST requests then carry a v2 `id`, so the server retains each prediction for feedback.
 REQUEST_ID = ""
 
+# Set per server variant by --security: the bearer token every request carries, and the client's TLS
+# contexts (REST offers http/1.1, gRPC h2) when the server speaks TLS.
+BEARER = ""
+CLIENT_TLS: dict[str, ssl.SSLContext] = {}
+
 
 def rest_request(workload: Workload, binary: bool, port: int) -> bytes:
     inputs = []
@@ -168,6 +179,8 @@ def rest_request(workload: Workload, binary: bool, port: int) -> bytes:
     header = json.dumps(document).encode()
     body = header + b"".join(chunks)
     extra = f"Inference-Header-Content-Length: {len(header)}\r\n" if binary else ""
+    if BEARER:
+        extra += f"Authorization: Bearer {BEARER}\r\n"
     head = (
         f"POST /v2/models/{workload.name}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
@@ -252,7 +265,10 @@ async def _rest_load(
     for _ in range(concurrency):
         done: asyncio.Future[int] = loop.create_future()
         await loop.create_connection(
-            lambda d=done: _RestClient(request, stop_at, latencies, d), "127.0.0.1", port
+            lambda d=done: _RestClient(request, stop_at, latencies, d),
+            "127.0.0.1",
+            port,
+            ssl=CLIENT_TLS.get("rest"),
         )
         futures.append(done)
     errors = sum(await asyncio.gather(*futures))
@@ -276,13 +292,14 @@ class _GrpcClient(asyncio.Protocol):
         latencies: list[float],
         done: asyncio.Future[int],
     ) -> None:
-        # :method POST, :scheme http (static entries 3 and 6), then literals.
+        # :method POST, :scheme http or https (static entries 3 and 6 or 7), then literals.
         self.block = (
-            b"\x83\x86"
+            (b"\x83\x87" if CLIENT_TLS else b"\x83\x86")
             + encode_literal_indexed_name(4, MODEL_INFER.encode())
             + encode_literal_indexed_name(1, b"127.0.0.1")
             + encode_literal_indexed_name(31, b"application/grpc")
             + encode_literal(b"te", b"trailers")
+            + (encode_literal(b"authorization", f"Bearer {BEARER}".encode()) if BEARER else b"")
         )
         self.data = b"\x00" + len(message).to_bytes(4, "big") + message
         self.concurrency = concurrency
@@ -380,7 +397,10 @@ async def _grpc_load(
     started = time.perf_counter()
     done: asyncio.Future[int] = loop.create_future()
     await loop.create_connection(
-        lambda: _GrpcClient(request, concurrency, started + seconds, latencies, done), "127.0.0.1", port
+        lambda: _GrpcClient(request, concurrency, started + seconds, latencies, done),
+        "127.0.0.1",
+        port,
+        ssl=CLIENT_TLS.get("grpc"),
     )
     errors = await done
     return latencies, errors, time.perf_counter() - started
@@ -483,9 +503,12 @@ def start_server(
     ]
     process = subprocess.Popen(command)
     deadline = time.monotonic() + 120
+    scheme = "https" if CLIENT_TLS else "http"
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1) as reply:
+            with urllib.request.urlopen(
+                f"{scheme}://127.0.0.1:{http_port}/v2/health/ready", timeout=1, context=CLIENT_TLS.get("rest")
+            ) as reply:
                 if reply.status == 200:
                     return process, http_port, grpc_port
         except OSError:
@@ -511,10 +534,86 @@ def workloads(names: list[str], directory: Path) -> list[Workload]:
     return result
 
 
+def make_certificate(directory: Path) -> Path:
+    """A CA and a server certificate for 127.0.0.1 signed by it, in a kubernetes.io/tls layout; returns
+    the CA file."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl(
+        "req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=bench-ca"
+    )
+    openssl("req", *curve, "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=bench")
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", "1",
+        "-days", "1", "-out", "tls.crt", "-extfile", "san.cnf",
+    )  # fmt: skip
+    return directory / "ca.crt"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One server configuration of a --security run."""
+
+    name: str
+    bearer: bool
+    tls: bool
+
+    def server_args(self, scratch: Path) -> list[str]:
+        args = []
+        if self.bearer:
+            args += ["--auth", "bearer", "--auth-token-dir", str(scratch / "tokens")]
+        if self.tls:
+            args += ["--tls-dir", str(scratch / "tls")]
+        return args
+
+    def use(self, ca: Path | None) -> None:
+        """Point the load generators at this variant (module switches, as for --request-id)."""
+        global BEARER  # noqa: PLW0603
+        BEARER = SECURITY_TOKEN if self.bearer else ""
+        CLIENT_TLS.clear()
+        if self.tls and ca is not None:
+            for name, alpn in (("rest", "http/1.1"), ("grpc", "h2")):
+                context = ssl.create_default_context(cafile=str(ca))
+                context.set_alpn_protocols([alpn])
+                CLIENT_TLS[name] = context
+
+
+SECURITY_TOKEN = "bench-token-0123456789abcdef"
+PLAIN = Variant("plain", bearer=False, tls=False)
+SECURITY_VARIANTS = (
+    PLAIN,
+    Variant("bearer", True, False),
+    Variant("tls", False, True),
+    Variant("bearer+tls", True, True),
+)
+
+
+def print_security(points: list[Point]) -> None:
+    """Each variant against plain text without authentication, same model, transport and concurrency."""
+    plain = {(p.model, p.mode.split("/")[0], p.concurrency): p for p in points if p.mode.endswith("/plain")}
+    print()
+    print(
+        f"{'model':<7} {'mode':<22} {'conc':>4} {'req/s':>8} {'x plain':>8} {'us cpu/req':>10} {'x plain':>8}"
+    )
+    for p in points:
+        if "/" not in p.mode or p.mode.endswith("/plain"):
+            continue
+        base = plain[(p.model, p.mode.split("/")[0], p.concurrency)]
+        print(
+            f"{p.model:<7} {p.mode:<22} {p.concurrency:>4} {p.throughput:>8.0f} "
+            f"{p.throughput / base.throughput:>8.2f} {p.cpu_per_1000 * 1000:>10.1f} "
+            f"{p.cpu_per_1000 / base.cpu_per_1000:>8.2f}"
+        )
+
+
 def print_table(points: list[Point]) -> None:
     baselines = {(p.model, p.concurrency): p for p in points if p.mode == "in-process"}
     header = (
-        f"{'model':<7} {'mode':<11} {'conc':>4} {'req/s':>8} {'x':>5} {'p50 ms':>7} {'x':>5} "
+        f"{'model':<7} {'mode':<22} {'conc':>4} {'req/s':>8} {'x':>5} {'p50 ms':>7} {'x':>5} "
         f"{'p99 ms':>7} {'x':>5} {'cpu-s/1k':>8} {'x':>5} {'err':>3} {'load':>5}"
     )
     print(header)
@@ -522,7 +621,7 @@ def print_table(points: list[Point]) -> None:
     for p in points:
         base = baselines[(p.model, p.concurrency)]
         print(
-            f"{p.model:<7} {p.mode:<11} {p.concurrency:>4} "
+            f"{p.model:<7} {p.mode:<22} {p.concurrency:>4} "
             f"{p.throughput:>8.0f} {p.throughput / base.throughput:>5.2f} "
             f"{p.percentile(50):>7.3f} {p.percentile(50) / base.percentile(50):>5.2f} "
             f"{p.percentile(99):>7.3f} {p.percentile(99) / base.percentile(99):>5.2f} "
@@ -568,6 +667,11 @@ def main() -> int:
         default="raw",
         help="gRPC load generator: hand-framed HTTP/2 (thin) or grpcio's asyncio client",
     )
+    parser.add_argument(
+        "--security",
+        action="store_true",
+        help="run every transport against plain, bearer-auth, TLS and bearer+TLS servers (the cost of each)",
+    )
     args = parser.parse_args()
     global REQUEST_ID, GRPC_CLIENT  # noqa: PLW0603 - switches read by the request builders and clients
     REQUEST_ID = args.request_id
@@ -582,17 +686,28 @@ def main() -> int:
         f"{seconds:.0f} s/point"
     )
     points: list[Point] = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for workload in workloads(args.models.split(","), Path(scratch)):
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        ca = None
+        if args.security:
+            (scratch / "tls").mkdir()
+            (scratch / "tokens").mkdir()
+            (scratch / "tokens" / "token").write_text(SECURITY_TOKEN)
+            ca = make_certificate(scratch / "tls")
+        variants = SECURITY_VARIANTS if args.security else (PLAIN,)
+        for workload in workloads(args.models.split(","), scratch):
             for concurrency in levels:
                 points.append(run_in_process(workload, args.threads, concurrency, seconds))
-            server, http_port, grpc_port = start_server(workload, args.threads, args.server_arg)
-            try:
-                for mode in modes:
-                    port = grpc_port if mode == "grpc" else http_port
-                    for concurrency in levels:
-                        points.append(
-                            run_against_server(
+            for variant in variants:
+                variant.use(ca)
+                server, http_port, grpc_port = start_server(
+                    workload, args.threads, [*args.server_arg, *variant.server_args(scratch)]
+                )
+                try:
+                    for mode in modes:
+                        port = grpc_port if mode == "grpc" else http_port
+                        for concurrency in levels:
+                            point = run_against_server(
                                 workload,
                                 mode,
                                 port=port,
@@ -600,11 +715,15 @@ def main() -> int:
                                 concurrency=concurrency,
                                 seconds=seconds,
                             )
-                        )
-            finally:
-                server.terminate()
-                server.wait(30)
+                            if args.security:
+                                point.mode = f"{mode}/{variant.name}"
+                            points.append(point)
+                finally:
+                    server.terminate()
+                    server.wait(30)
     print_table(points)
+    if args.security:
+        print_security(points)
     return 0
 
 
