@@ -399,7 +399,20 @@ def up() -> None:
     step(
         f"The model on a PersistentVolumeClaim: pvc://{MODEL_CLAIM}/{MODEL}/ (and the artifact store's claim)"
     )
-    apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+    # The API server itself refuses any model or Job pod that is not Pod Security "restricted".
+    apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": NAMESPACE,
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            },
+        }
+    )
     model_dir = OUT / "models" / MODEL
     train(model_dir)
     prebound_claim(MODEL_CLAIM, "demo")

@@ -9,7 +9,10 @@ server, with `kubectl(...)`, `kubectl_json(...)`, `apply(...)` and `helm(...)` h
     last session to finish (`devcluster down`, state kept so the next start is warm) unless
     FERRY_DEVCLUSTER_KEEP=1; one a developer started with `devcluster/devcluster up` is left running.
     So CI ends with nothing running, and a developer who ran `up` once keeps a warm cluster.
-`namespace` (per test): a fresh namespace, deleted after the test without waiting.
+`namespace` (per test): a fresh namespace, deleted after the test without waiting. It enforces Pod
+Security "restricted" (`pod-security.kubernetes.io/enforce`), so the API server itself refuses any pod
+Ferry makes that is not; a test of the devcluster's own generic pods names another level with
+`@pytest.mark.pod_security("privileged")`.
 
 Only tests marked `cluster` or `e2e` may use these fixtures (a fast unit test that quietly starts a
 cluster would make `make unit` slow); using them elsewhere fails the test with the reason.
@@ -103,7 +106,16 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     # still terminating from the previous run
     stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
     name = f"t-{stem}-{secrets.token_hex(3)}"
+    marker = request.node.get_closest_marker("pod_security")
+    level = marker.args[0] if marker else "restricted"
     kube.kubectl("create", "namespace", name)
-    kube.kubectl("label", "namespace", name, "ferry.dev/test=true")
+    kube.kubectl(
+        "label",
+        "namespace",
+        name,
+        "ferry.dev/test=true",
+        f"pod-security.kubernetes.io/enforce={level}",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )
     yield name
     kube.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)

@@ -16,7 +16,8 @@ from ferry_devcluster import build, components, monitoring, processes
 from ferry_devcluster.config import ClusterConfig
 from ferry_devcluster.testing import Kube, free_port_base
 
-pytestmark = pytest.mark.cluster
+# The devcluster's own tests run generic pods (busybox-like, GPU, claims), not Ferry's restricted ones.
+pytestmark = [pytest.mark.cluster, pytest.mark.pod_security("privileged")]
 
 DEVCLUSTER = build.REPO_ROOT / "devcluster" / "devcluster"
 IMAGE = "registry.k8s.io/pause:3.10"  # never pulled: kwok runs no containers

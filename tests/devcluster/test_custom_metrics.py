@@ -287,6 +287,7 @@ class Load:
 
 
 @pytest.mark.cluster
+@pytest.mark.pod_security("privileged")  # a stand-in Deployment of the devcluster's, not Ferry's pods
 def test_hpa_scales_out_on_in_flight_requests_served_by_the_adapter(
     kube: Kube,
     namespace: str,
