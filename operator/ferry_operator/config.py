@@ -109,6 +109,12 @@ class OperatorConfig(BaseModel):
     and gets no serving pods or optimization Job: on a shared cluster a file:// URI reads whatever the
     node's filesystem holds at that path."""
 
+    token_reviewer_role: str = Field(default="", max_length=253, pattern=r"^[^/%]*$")
+    """The ClusterRole (create tokenreviews) the operator binds to the serving pods of a ModelDeployment
+    with auth mode kubernetes, one ClusterRoleBinding each; the Helm chart creates it and sets this.
+    Empty: such a ModelDeployment is Failed (reason InvalidSpec), and the operator neither watches nor
+    manages ClusterRoleBindings."""
+
     @field_validator("image_pull_secrets", "namespaces", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:

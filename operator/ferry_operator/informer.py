@@ -138,6 +138,7 @@ class Informer:
         client_timeout_seconds: int = 330,
         optional: bool = False,
         absent_recheck_seconds: float = 60.0,
+        namespace_of: Callable[[Mapping[str, Any]], str] | None = None,
     ) -> None:
         self.kind = kind
         # A 404 means the kind is not served now (CRD absent), not an error; see the module docstring.
@@ -153,6 +154,9 @@ class Informer:
         self._client_timeout = client_timeout_seconds
         self._path = kind.path(namespace) if namespace is not None else kind.cluster_path()
         self._absent_recheck = absent_recheck_seconds
+        # Which namespace an object counts for (the filter's input): its own, unless the kind is
+        # cluster-scoped and its objects name one (observe.labelled_namespace).
+        self._namespace_of = namespace_of or _own_namespace
         self._wake = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -239,9 +243,8 @@ class Informer:
             metadata = page.get("metadata") or {}
             version = str(metadata.get("resourceVersion", ""))
             for item in page.get("items") or []:
-                meta = item.get("metadata") or {}
-                if self._in_scope(str(meta.get("namespace", ""))):
-                    bodies[str(meta.get("uid", ""))] = item
+                if self._in_scope(self._namespace_of(item)):
+                    bodies[str((item.get("metadata") or {}).get("uid", ""))] = item
             token = str(metadata.get("continue") or "")
             if not token:
                 break
@@ -274,7 +277,7 @@ class Informer:
                     )
                 meta = body.get("metadata") or {}
                 version = str(meta.get("resourceVersion") or version)
-                if kind == "BOOKMARK" or not self._in_scope(str(meta.get("namespace", ""))):
+                if kind == "BOOKMARK" or not self._in_scope(self._namespace_of(body)):
                     continue
                 uid = str(meta.get("uid", ""))
                 for view in self.views:
@@ -283,6 +286,10 @@ class Informer:
                     else:
                         view.put(uid, body)
         return version
+
+
+def _own_namespace(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("namespace", ""))
 
 
 def _backoff(failures: int) -> float:

@@ -144,7 +144,7 @@ class KubeClient:
         meta = manifest["metadata"]
         return await self.request(
             "PATCH",
-            kind.path(meta["namespace"], meta["name"]),
+            kind.path(meta.get("namespace"), meta["name"]),
             resource=kind.plural,
             body=manifest,
             # force: Ferry is the only writer of the fields it sets on its own children; a hand edit
@@ -153,8 +153,9 @@ class KubeClient:
             content_type=APPLY_CONTENT_TYPE,
         )
 
-    async def delete(self, kind: kinds.Kind, namespace: str, name: str, uid: str) -> None:
-        """Delete exactly the object with `uid` (a same-named successor is left alone)."""
+    async def delete(self, kind: kinds.Kind, namespace: str | None, name: str, uid: str) -> None:
+        """Delete exactly the object with `uid` (a same-named successor is left alone); `namespace` None
+        for a cluster-scoped kind."""
         try:
             await self.request(
                 "DELETE",
@@ -165,6 +166,20 @@ class KubeClient:
         except ApiError as error:
             if error.status not in (404, 409):
                 raise
+
+    async def set_finalizers(
+        self, namespace: str, name: str, finalizers: tuple[str, ...], resource_version: str
+    ) -> dict[str, Any]:
+        """Replace a ModelDeployment's finalizers. A merge patch replaces the whole list, so the
+        resourceVersion it was read at is a precondition: a concurrent change (another controller's
+        finalizer) answers 409 and the caller reads again, instead of overwriting it."""
+        return await self.request(
+            "PATCH",
+            kinds.MODEL_DEPLOYMENT.path(namespace, name),
+            resource=kinds.MODEL_DEPLOYMENT.plural,
+            body={"metadata": {"finalizers": list(finalizers), "resourceVersion": resource_version}},
+            content_type=MERGE_PATCH_CONTENT_TYPE,
+        )
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request(

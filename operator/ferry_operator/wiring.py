@@ -59,7 +59,11 @@ def watch_caches(
     monitoring kinds' informers are optional: their CRDs may be absent, or come and go."""
     model_deployments = View(observe.model_deployment_entry, on_change)
     children: dict[kinds.Kind, View[ChildSnapshot]] = {
-        kind: View(functools.partial(observe.child_entry, kind), on_change) for kind in kinds.CHILD_KINDS
+        kind: View(functools.partial(observe.child_entry, kind), on_change)
+        for kind in kinds.CHILD_KINDS
+        # Without a token-reviewer role the operator makes no ClusterRoleBindings, and needs no RBAC to
+        # watch them (policy.py refuses auth mode kubernetes).
+        if kind != kinds.CLUSTER_ROLE_BINDING or config.token_reviewer_role
     }
     pods = View(observe.pod_entry, on_change)
     jobs = View(optimization.job_entry, on_change)
@@ -85,7 +89,25 @@ def watch_caches(
             absent_recheck_seconds=config.monitoring_discovery_seconds,
         )
         for kind, views, selector in watched
+        if kind.namespaced
         for namespace in places
+    ]
+    # A cluster-scoped kind has one watch, of the whole cluster; its objects say by label which
+    # namespace's ModelDeployment they belong to, and only the watched namespaces' are kept.
+    informers += [
+        Informer(
+            client,
+            kind,
+            views,
+            namespace=None,
+            label_selector=selector,
+            namespace_filter=informer.namespace_matcher(namespaces) if namespaces else None,
+            namespace_of=observe.labelled_namespace,
+            server_timeout_seconds=config.watch_server_timeout_seconds,
+            client_timeout_seconds=config.watch_client_timeout_seconds,
+        )
+        for kind, views, selector in watched
+        if not kind.namespaced
     ]
     return WatchCaches(model_deployments, children, pods, jobs, optimization_pods, informers)
 
@@ -142,7 +164,7 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     # kopf's markers carry Ferry's API group: `kubectl get md -o yaml` shows whose they are, and another
     # kopf-based operator in the cluster never mistakes them for its own. (The reconcile itself is
     # level-based and stores no progress; these matter for any future on.create/on.delete handler.)
-    settings.persistence.finalizer = f"{models.GROUP}/finalizer"
+    settings.persistence.finalizer = kinds.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=models.GROUP)
     settings.persistence.diffbase_storage = NoDiffBase(prefix=models.GROUP, key="last-handled-configuration")
     # A watch stream ends after server_timeout and kopf resumes from the last resourceVersion; without a

@@ -289,4 +289,46 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
         "spec.serving.generation.maxSequences",
         "greater than or equal to 1",
     ),
+    *(
+        InvalidSpec(
+            f"auth-{case_id}", spec_with(serving={"auth": auth}), f"spec.serving.auth.{field}", fragment
+        )
+        for case_id, auth, field, fragment in (
+            ("bearer-without-secret", {"mode": "bearer"}, "secretName", "mode bearer needs secretName"),
+            ("secret-without-bearer", {"mode": "kubernetes", "secretName": "t"}, "secretName", "bearer only"),
+            ("secret-default-mode", {"secretName": "tokens"}, "secretName", "for mode bearer only"),
+            (
+                "accounts-with-bearer",
+                {"mode": "bearer", "secretName": "t", "allowedServiceAccounts": ["app"]},
+                "allowedServiceAccounts",
+                "for mode kubernetes only",
+            ),
+            ("audiences-without-kubernetes", {"audiences": ["x"]}, "audiences", "for mode kubernetes only"),
+            ("mode-enum", {"mode": "oauth"}, "mode", "oauth"),
+            (
+                "account-malformed",
+                {"mode": "kubernetes", "allowedServiceAccounts": ["Team/App"]},
+                "allowedServiceAccounts[0]",
+                "should match",
+            ),
+            (
+                "account-two-slashes",
+                {"mode": "kubernetes", "allowedServiceAccounts": ["a/b/c"]},
+                "allowedServiceAccounts[0]",
+                "should match",
+            ),
+            (
+                "audience-with-comma",
+                {"mode": "kubernetes", "audiences": ["a,b"]},
+                "audiences[0]",
+                "should match",
+            ),
+            (
+                "secret-name-malformed",
+                {"mode": "bearer", "secretName": "Tokens_1"},
+                "secretName",
+                "should match",
+            ),
+        )
+    ),
 )

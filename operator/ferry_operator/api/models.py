@@ -480,6 +480,77 @@ class Generation(ApiModel):
     serving.autoscaling.metric: queue before that happens)."""
 
 
+# A service account as allowedServiceAccounts names it: NAMESPACE/NAME, or a bare NAME in the
+# ModelDeployment's namespace (a namespace is a DNS label, a service account name a DNS subdomain).
+SERVICE_ACCOUNT_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+ServiceAccountRef = Annotated[
+    str, Field(min_length=1, max_length=63 + 1 + 253, pattern=SERVICE_ACCOUNT_PATTERN)
+]
+# The runtime is given the audiences comma-separated: an audience cannot hold a comma or white space.
+Audience = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^,\s]+$")]
+
+
+class Auth(ApiModel):
+    """Who may call the model's inference and feedback endpoints: a client sends `Authorization: Bearer
+    TOKEN`, and the serving pods check the token."""
+
+    mode: Literal["none", "bearer", "kubernetes"] = "none"
+    """none: no authentication. bearer: the token must be the value of one of secretName's keys.
+    kubernetes: a Kubernetes service account token (a projected token, or one from `kubectl create
+    token`), checked by the serving pods with the API server's TokenReview API, from the service
+    accounts in allowedServiceAccounts when that is set."""
+
+    secret_name: DnsSubdomain | None = None
+    """bearer only (and required): a Secret in this namespace; every key holds one accepted token, so
+    two keys let an old and a new token overlap while clients move over. Rotate by editing the Secret:
+    the kubelet updates the mounted copy within a minute or two and the serving pods follow it, with no
+    restart. The operator never reads it; the serving pods mount it."""
+
+    allowed_service_accounts: (
+        Annotated[
+            list[ServiceAccountRef],
+            Field(max_length=256, json_schema_extra={"x-kubernetes-list-type": "set"}),
+        ]
+        | None
+    ) = None
+    """kubernetes only: the service accounts whose tokens are accepted, as NAMESPACE/NAME or a bare NAME
+    (in this ModelDeployment's namespace); unset or empty: any token the API server authenticates."""
+
+    audiences: (
+        Annotated[list[Audience], Field(max_length=16, json_schema_extra={"x-kubernetes-list-type": "set"})]
+        | None
+    ) = None
+    """kubernetes only: the audiences a token must be issued for (TokenReview's spec.audiences, e.g. the
+    audience a client's projected token names); unset: the API server's own audience."""
+
+    cel_rules = (
+        CelRule(
+            cel="!has(self.mode) || self.mode != 'bearer' || has(self.secretName)",
+            message="mode bearer needs secretName: the Secret whose keys are the accepted tokens",
+            field_path=".secretName",
+            holds=lambda m: m.mode != "bearer" or m.secret_name is not None,
+        ),
+        CelRule(
+            cel="!has(self.secretName) || (has(self.mode) && self.mode == 'bearer')",
+            message="secretName is for mode bearer only",
+            field_path=".secretName",
+            holds=lambda m: m.secret_name is None or m.mode == "bearer",
+        ),
+        CelRule(
+            cel="!has(self.allowedServiceAccounts) || (has(self.mode) && self.mode == 'kubernetes')",
+            message="allowedServiceAccounts is for mode kubernetes only",
+            field_path=".allowedServiceAccounts",
+            holds=lambda m: m.allowed_service_accounts is None or m.mode == "kubernetes",
+        ),
+        CelRule(
+            cel="!has(self.audiences) || (has(self.mode) && self.mode == 'kubernetes')",
+            message="audiences is for mode kubernetes only",
+            field_path=".audiences",
+            holds=lambda m: m.audiences is None or m.mode == "kubernetes",
+        ),
+    )
+
+
 class Serving(ApiModel):
     """How the model is served: replicas, autoscaling, batching and pod placement."""
 
@@ -525,6 +596,10 @@ class Serving(ApiModel):
     generation: Generation = Field(default_factory=Generation, json_schema_extra={"default": {}})
     """Continuous batching of a text-generation model (model.format onnx-genai or huggingface); ignored
     otherwise."""
+
+    auth: Auth = Field(default_factory=Auth, json_schema_extra={"default": {}})
+    """Authentication of inference and feedback requests: none (default), bearer tokens from a Secret, or
+    Kubernetes service account tokens (docs/operations.md, "Authentication")."""
 
     cel_rules = (
         CelRule(

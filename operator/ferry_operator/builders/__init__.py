@@ -7,6 +7,7 @@ makes the input-hash annotation meaningful and the reconcile idempotent.
 from __future__ import annotations
 
 from ferry_operator import kinds
+from ferry_operator.builders.auth import service_account, token_review_binding
 from ferry_operator.builders.common import Manifest
 from ferry_operator.builders.inputs import BuildInputs
 from ferry_operator.builders.monitoring import prometheus_rule, service_monitor
@@ -23,9 +24,20 @@ def desired_replicas(inputs: BuildInputs) -> int | None:
     return serving.replicas if serving.replicas is not None else 1
 
 
+def pod_dependencies(inputs: BuildInputs) -> dict[kinds.Kind, Manifest]:
+    """The children the serving pods of `inputs` cannot work without, besides the Deployment itself: a
+    rollback to an earlier revision keeps those of the revision it returns to."""
+    children = {
+        kinds.SERVICE_ACCOUNT: service_account(inputs),
+        kinds.CLUSTER_ROLE_BINDING: token_review_binding(inputs),
+    }
+    return {kind: manifest for kind, manifest in children.items() if manifest is not None}
+
+
 def desired_children(inputs: BuildInputs) -> dict[kinds.Kind, Manifest]:
     """Every child the ModelDeployment should have, by kind; kinds absent here are pruned."""
     children: dict[kinds.Kind, Manifest | None] = {
+        **pod_dependencies(inputs),
         kinds.SERVICE: service(inputs),
         kinds.DEPLOYMENT: deployment(inputs, desired_replicas(inputs)),
         kinds.POD_DISRUPTION_BUDGET: pod_disruption_budget(inputs),

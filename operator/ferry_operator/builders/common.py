@@ -32,9 +32,12 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
     }
 
 
-def metadata(owner: Owner, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def metadata(
+    owner: Owner, annotations: dict[str, str] | None = None, name: str | None = None
+) -> dict[str, Any]:
+    """A namespaced child's metadata; `name` defaults to the owner's (kinds.child_name)."""
     meta: dict[str, Any] = {
-        "name": owner.name,
+        "name": owner.name if name is None else name,
         "namespace": owner.namespace,
         "labels": kinds.child_labels(owner.name),
         "ownerReferences": [owner_reference(owner)],

@@ -61,6 +61,9 @@ class ServingDefaults:
     # Where optimized artifacts live: the fetch containers of pods serving one get its S3 credentials, and
     # its drift reference (reference.json beside model.onnx) is fetched too.
     artifact_store: ArtifactStore = dataclasses.field(default_factory=ArtifactStore)
+    # The ClusterRole (create tokenreviews) bound to the serving pods of auth mode kubernetes; empty: not
+    # configured, and such a ModelDeployment is refused (reconcile/policy.py).
+    token_reviewer_role: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ferry_operator import kinds
-from ferry_operator.builders import sizing
+from ferry_operator.builders import auth, sizing
 from ferry_operator.builders.artifact_store import DRIFT_REFERENCE_FILE
 from ferry_operator.builders.common import Manifest, digest, metadata, with_input_hash
 from ferry_operator.builders.inputs import BuildInputs
@@ -98,6 +98,7 @@ def runtime_env(inputs: BuildInputs) -> list[dict[str, str]]:
         budget = sizing.kv_cache_budget(inputs)
         if budget is not None:
             env["FERRY_RUNTIME_KV_CACHE_BYTES"] = str(budget)
+    env |= auth.runtime_env(inputs)
     return [{"name": name, "value": value} for name, value in env.items()]
 
 
@@ -208,6 +209,7 @@ def runtime_container(inputs: BuildInputs, image: str) -> dict[str, Any]:
         "volumeMounts": [
             {"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
+            *auth.runtime_mounts(inputs),
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -225,9 +227,10 @@ def pod_template(inputs: BuildInputs) -> dict[str, Any]:
         {"name": _pvc_volume(claim), "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         for claim in pvc_claims(inputs.artifact.uri)
     ]
+    volumes += auth.volumes(inputs)
     spec: dict[str, Any] = {
-        # The runtime never talks to the Kubernetes API.
-        "automountServiceAccountToken": False,
+        # The runtime talks to the Kubernetes API only to check callers' tokens (auth mode kubernetes).
+        **auth.pod_identity(inputs),
         # With hundreds of models in a namespace, service links would put thousands of variables in every pod.
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,

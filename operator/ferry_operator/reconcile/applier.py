@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ferry_operator import kinds
 from ferry_operator.builders import monitoring
@@ -48,7 +49,7 @@ class ChildApplier:
             seen.update(child.uid for child in snapshots)
             # Fixed names: a second object of a kind would be someone else's copy, not ours to manage.
             child = next(iter(snapshots), None)
-            if child is not None and child.name == key[1] and child.uid not in deleted:
+            if child is not None and child.name == kinds.child_name(kind, *key) and child.uid not in deleted:
                 observed[kind] = child
         if deleted:
             # A deletion the watch has shown needs no remembering any more.
@@ -66,18 +67,31 @@ class ChildApplier:
     ) -> list[ApplyFailure]:
         """Apply and prune what the plan says; `observed` is updated with the server's answers."""
         failures: list[ApplyFailure] = []
-        # Independent children go together (one round trip instead of three for a new object); those
-        # that refer to the Deployment (the autoscaler, the monitoring objects) after it.
-        first = [(kind, manifest) for kind, manifest in the_plan.apply if kind in kinds.FIRST_WAVE]
-        later = [(kind, manifest) for kind, manifest in the_plan.apply if kind not in kinds.FIRST_WAVE]
-        for wave in (first, later):
+        # Independent children go together (one round trip instead of three for a new object), wave
+        # after wave (kinds.WAVES: what the pods need, what refers to nothing, what refers to the
+        # Deployment).
+        for wave in kinds.WAVES:
             results = await asyncio.gather(
-                *(self._apply_child(key, inputs, kind, manifest, observed) for kind, manifest in wave)
+                *(
+                    self._apply_child(key, inputs, kind, manifest, observed)
+                    for kind, manifest in the_plan.apply
+                    if kind in wave
+                )
             )
             failures += [failure for failure in results if failure is not None]
-        for child in the_plan.prune:
+        failures += await self.delete(key, the_plan.prune, observed)
+        return failures
+
+    async def delete(
+        self, key: OwnerKey, children: Iterable[ChildSnapshot], observed: dict[kinds.Kind, ChildSnapshot]
+    ) -> list[ApplyFailure]:
+        """Delete exactly these children (by uid); `observed` is updated."""
+        failures = []
+        for child in children:
             try:
-                await self.client.delete(child.kind, key[0], child.name, child.uid)
+                await self.client.delete(
+                    child.kind, key[0] if child.kind.namespaced else None, child.name, child.uid
+                )
                 # Gone (or already gone: a 404 counts). A watch cache that never saw the deletion (its
                 # CRD was removed with the object) must not make every reconcile delete it again.
                 self._deleted_uids.setdefault(key, set()).add(child.uid)
@@ -106,7 +120,7 @@ class ChildApplier:
         try:
             if kind == kinds.DEPLOYMENT:
                 await self._hand_replicas_to_autoscaler(inputs, observed.get(kind))
-            body = await self.client.apply(kind, manifest, kinds.FIELD_MANAGER)
+            body = await self._apply_or_replace(key, kind, manifest, observed.get(kind))
         except ApiError as error:
             if error.status == 404 and kind in kinds.MONITORING_KINDS:
                 # The CRD is gone (or not there yet); discovery decides again, and for `auto` the
@@ -130,6 +144,24 @@ class ChildApplier:
         if kind == kinds.DEPLOYMENT:
             await self._set_initial_autoscaled_replicas(inputs, snapshot)
         return None
+
+    async def _apply_or_replace(
+        self, key: OwnerKey, kind: kinds.Kind, manifest: Manifest, seen: ChildSnapshot | None
+    ) -> dict[str, Any]:
+        """Server-side apply; a ClusterRoleBinding whose roleRef must change (the operator was given
+        another token-reviewer role) is deleted and created again, since the API server refuses to
+        change a binding's roleRef."""
+        try:
+            return await self.client.apply(kind, manifest, kinds.FIELD_MANAGER)
+        except ApiError as error:
+            immutable = (
+                kind == kinds.CLUSTER_ROLE_BINDING and error.status == 422 and "roleRef" in error.message
+            )
+            if not immutable or seen is None:
+                raise
+            await self.client.delete(kind, None, seen.name, seen.uid)
+            self._deleted_uids.setdefault(key, set()).add(seen.uid)
+            return await self.client.apply(kind, manifest, kinds.FIELD_MANAGER)
 
     async def _hand_replicas_to_autoscaler(self, inputs: BuildInputs, seen: ChildSnapshot | None) -> None:
         """Before the operator stops stating spec.replicas (autoscaling turned on), another field manager

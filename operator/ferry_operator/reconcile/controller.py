@@ -109,11 +109,14 @@ class Controller:
                 config.artifact_s3_region,
                 config.artifact_credentials_secret,
             ),
+            token_reviewer_role=config.token_reviewer_role,
         )
         # Applying the plan and reporting the result each have their home; the controller orders them.
         self.applier = ChildApplier(client, self.rediscover_monitoring)
         self.reporter = StatusReporter(client, config.cluster_domain)
         self._desired: dict[OwnerKey, _Desired] = {}
+        # Our last finalizer write per object (resourceVersion, finalizers), until the watch delivers it.
+        self._written_finalizers: dict[OwnerKey, tuple[str, tuple[str, ...]]] = {}
         # The uid of the ModelDeployment under each key, so its resolver state goes when it does.
         self._uids: dict[OwnerKey, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -249,8 +252,15 @@ class Controller:
         assert self.indices is not None, "reconcile before the watch caches were bound"
         md = _single(self.indices.model_deployments.get(key))
         if md is None:
+            # The garbage collector removes the namespaced children; cluster-scoped ones are the
+            # operator's to delete. Normally that happened before (the finalizer); this catches one whose
+            # finalizer was removed by hand, or a binding left while the operator was not running.
+            if await self._delete_cluster_children(key):
+                return "retry"
             self._forget(key)
             return "gone"
+        if md.deleting:
+            return await self._finalize(md)
         previous_uid = self._uids.get(key)
         if previous_uid != md.uid:
             if previous_uid is not None:
@@ -276,19 +286,29 @@ class Controller:
         outcome = "noop"
         created_deployment = False
         if desired.inputs is not None:
-            the_plan = plan.plan(serving.children, observed, self.applier.applied(key))
+            # Pods of an earlier revision still run (a rollout, or a rollback, is under way): what they
+            # need stays until they are gone, whatever the spec now says.
+            replacing = any(pod.revision not in (None, serving.revision) for pod in pods)
+            keep = kinds.POD_DEPENDENCY_KINDS if replacing else frozenset()
+            the_plan = plan.plan(serving.children, observed, self.applier.applied(key), keep)
             if not the_plan.empty:
                 outcome = "applied"
             created_deployment = kinds.DEPLOYMENT not in observed and any(
                 kind == kinds.DEPLOYMENT for kind, _ in the_plan.apply
             )
+            if _cluster_scoped(serving.children) and await self._set_finalizer(md, present=True):
+                outcome = "applied"
             failures = await self.applier.execute(key, desired.inputs, the_plan, observed)
-            if created_deployment and not failures and not self.reporter.current(md):
-                # A brand-new object whose children were just created: its first status would only say
-                # "Deploying" and be replaced within a second, when the new Deployment's watch event
-                # (which always follows its creation) reconciles it again. At scale, not writing it halves
-                # the first reconcile of every object and saves a write and a watch event per object.
-                return outcome
+        # Nothing left that only the operator can delete: the object may go without waiting for it.
+        unfinalized = not _cluster_scoped(serving.children) and not _cluster_scoped(observed)
+        if unfinalized and await self._set_finalizer(md, present=False):
+            outcome = "applied"
+        if created_deployment and not failures and not self.reporter.current(md):
+            # A brand-new object whose children were just created: its first status would only say
+            # "Deploying" and be replaced within a second, when the new Deployment's watch event
+            # (which always follows its creation) reconciles it again. At scale, not writing it halves
+            # the first reconcile of every object and saves a write and a watch event per object.
+            return outcome
         decision = serving.decision
         obs = Observation(
             name=md.name,
@@ -401,9 +421,61 @@ class Controller:
                 revision,
                 decision.rolled_back.message,
             )
-        return _Serving(
-            {**desired.children, kinds.DEPLOYMENT: restored}, revision, last_ready.artifact, decision
+        # The restored pods keep what they need (their service account and its TokenReview grant) even
+        # when the current spec no longer asks for it.
+        children = {
+            **desired.children,
+            **builders.pod_dependencies(restored_inputs),
+            kinds.DEPLOYMENT: restored,
+        }
+        return _Serving(children, revision, last_ready.artifact, decision)
+
+    async def _finalize(self, md: ModelDeploymentSnapshot) -> str:
+        """A ModelDeployment being deleted: delete its cluster-scoped children, then let it go."""
+        if await self._delete_cluster_children(md.key):
+            return "retry"
+        await self._set_finalizer(md, present=False)
+        return "gone"
+
+    async def _delete_cluster_children(self, key: OwnerKey) -> list[ApplyFailure]:
+        assert self.indices is not None
+        observed = self.applier.observed_children(key, self.indices.children)
+        cluster_scoped = [child for kind, child in observed.items() if not kind.namespaced]
+        failures = await self.applier.delete(key, cluster_scoped, observed)
+        for failure in failures:
+            logger.warning(
+                "cannot delete %s %s of %s/%s: %s", failure.kind, failure.name, *key, failure.message
+            )
+        return failures
+
+    async def _set_finalizer(self, md: ModelDeploymentSnapshot, *, present: bool) -> bool:
+        """Add or remove Ferry's finalizer; whether a write was needed. Added before the operator creates
+        a child the garbage collector cannot remove (a ClusterRoleBinding), so the object waits for the
+        operator to delete it; removed when there is none left."""
+        finalizers = self._finalizers(md)
+        if (kinds.FINALIZER in finalizers) == present:
+            return False
+        if present:
+            wanted = (*finalizers, kinds.FINALIZER)
+        else:
+            wanted = tuple(f for f in finalizers if f != kinds.FINALIZER)
+        version = (
+            self._written_finalizers[md.key][0] if md.key in self._written_finalizers else md.resource_version
         )
+        response = await self.client.set_finalizers(md.namespace, md.name, wanted, version)
+        self._written_finalizers[md.key] = (
+            str(response.get("metadata", {}).get("resourceVersion", "")),
+            wanted,
+        )
+        return True
+
+    def _finalizers(self, md: ModelDeploymentSnapshot) -> tuple[str, ...]:
+        """The finalizers as the server holds them: our last write when the watch has not delivered it."""
+        written = self._written_finalizers.get(md.key)
+        if written is not None and plan.older(md.resource_version, written[0]):
+            return written[1]
+        self._written_finalizers.pop(md.key, None)
+        return md.finalizers
 
     def _forget(self, key: OwnerKey) -> None:
         """Release everything kept for a ModelDeployment that is gone (memory must not grow with every
@@ -412,8 +484,13 @@ class Controller:
         if uid is not None:
             self.resolver.forget(uid)
         self._desired.pop(key, None)
+        self._written_finalizers.pop(key, None)
         self.applier.forget(key)
         self.reporter.forget(key)
+
+
+def _cluster_scoped(children: Iterable[kinds.Kind]) -> bool:
+    return any(not kind.namespaced for kind in children)
 
 
 def _single(values: Iterable[Any] | None) -> Any:

@@ -92,6 +92,23 @@ def owner_key(body: Mapping[str, Any]) -> OwnerKey | None:
     return None
 
 
+def labelled_namespace(body: Mapping[str, Any]) -> str:
+    """The namespace a cluster-scoped child belongs to (its ModelDeployment's), "" when unlabelled."""
+    labels = body.get("metadata", {}).get("labels") or {}
+    return str(labels.get(kinds.MODEL_DEPLOYMENT_NAMESPACE_LABEL, ""))
+
+
+def labelled_owner_key(body: Mapping[str, Any]) -> OwnerKey | None:
+    """The ModelDeployment a cluster-scoped child belongs to, from its labels: such a child cannot carry
+    an owner reference to a namespaced object (the garbage collector would never resolve it)."""
+    labels = body.get("metadata", {}).get("labels") or {}
+    name = labels.get(kinds.MODEL_DEPLOYMENT_LABEL)
+    namespace = labels.get(kinds.MODEL_DEPLOYMENT_NAMESPACE_LABEL)
+    if not name or not namespace or labels.get(kinds.MANAGED_BY_LABEL) != kinds.MANAGED_BY:
+        return None
+    return (str(namespace), str(name))
+
+
 def pod_owner_key(body: Mapping[str, Any]) -> OwnerKey | None:
     """Pods are owned by a ReplicaSet; the ModelDeployment label on the template says whose they are."""
     meta = body.get("metadata", {})
@@ -236,6 +253,10 @@ class ModelDeploymentSnapshot:
     resource_version: str
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
+    # metadata.deletionTimestamp is set: the object waits for its finalizers.
+    deleting: bool = False
+    # metadata.finalizers.
+    finalizers: tuple[str, ...] = ()
 
     @property
     def key(self) -> OwnerKey:
@@ -252,6 +273,8 @@ def model_deployment_snapshot(body: Mapping[str, Any]) -> ModelDeploymentSnapsho
         resource_version=str(meta.get("resourceVersion", "")),
         spec=dict(body.get("spec") or {}),
         status=dict(body.get("status") or {}),
+        deleting=bool(meta.get("deletionTimestamp")),
+        finalizers=tuple(str(f) for f in meta.get("finalizers") or ()),
     )
 
 
@@ -262,7 +285,7 @@ def model_deployment_key(body: Mapping[str, Any]) -> OwnerKey:
 
 def child_entry(kind: kinds.Kind, body: Mapping[str, Any]) -> tuple[OwnerKey, ChildSnapshot] | None:
     """A watch cache entry: the child's snapshot under its owner's key (None for orphans)."""
-    key = owner_key(body)
+    key = owner_key(body) if kind.namespaced else labelled_owner_key(body)
     return None if key is None else (key, child_snapshot(kind, body))
 
 

@@ -53,13 +53,19 @@ def plan(
     desired: Mapping[kinds.Kind, Manifest],
     observed: Mapping[kinds.Kind, ChildSnapshot],
     applied: Mapping[kinds.Kind, AppliedRecord],
+    keep: frozenset[kinds.Kind] = frozenset(),
 ) -> Plan:
+    """Apply what is missing or changed; prune what is observed and not desired, except kinds in `keep`."""
     to_apply = tuple(
         (kind, desired[kind])
         for kind in kinds.CHILD_KINDS
         if kind in desired and needs_apply(input_hash(desired[kind]), observed.get(kind), applied.get(kind))
     )
-    to_prune = tuple(observed[kind] for kind in kinds.CHILD_KINDS if kind in observed and kind not in desired)
+    to_prune = tuple(
+        observed[kind]
+        for kind in kinds.CHILD_KINDS
+        if kind in observed and kind not in desired and kind not in keep
+    )
     return Plan(apply=to_apply, prune=to_prune)
 
 
