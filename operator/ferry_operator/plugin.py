@@ -6,12 +6,17 @@ kubectl runs any `kubectl-ferry` on the PATH as `kubectl ferry ...`; it inherits
     kubectl ferry list [-A | -n NS]
     kubectl ferry status NAME [--watch]
     kubectl ferry report NAME [--plot FILE]
-    kubectl ferry predict NAME --input FILE [--url URL]
-    kubectl ferry chat NAME [--message TEXT] [--url URL]
+    kubectl ferry predict NAME --input FILE [--url URL] [--token TOKEN | --token-file FILE]
+    kubectl ferry chat NAME [--message TEXT] [--url URL] [--token TOKEN | --token-file FILE]
 
 Everything shown comes from the ModelDeployment's status (what the operator observed) and, for
 `predict` and `chat`, from the model server itself through the API server's service proxy, so it works
 from a laptop without port-forwarding. Errors say what to do next.
+
+A model with spec.serving.auth needs a token (--token, --token-file or $FERRY_TOKEN, sent as
+`Authorization: Bearer TOKEN`), and a token only travels with --url: the API server removes the
+Authorization header of every request it authenticated before the request goes on (k8s.io/apiserver's
+WithAuthentication filter), so the service proxy can never deliver one to the model.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +38,15 @@ PROGRESS_CONDITIONS = ("ModelResolved", "Optimized", "Deployed", "Ready")
 
 class PluginError(Exception):
     """A failure the user can act on; printed without a traceback."""
+
+
+TOKEN_ENV = "FERRY_TOKEN"
+PROXY_CANNOT_CARRY_A_TOKEN = (
+    "a token cannot reach the model through the API server's service proxy: the API server removes the "
+    "Authorization header once it has authenticated you. Reach the model directly: run `kubectl "
+    "port-forward -n {namespace} service/{name} 8080:8080` in another terminal and add `--url "
+    "http://127.0.0.1:8080`"
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,21 +413,47 @@ class _Reply:
 Send = Callable[[str, str, "dict[str, Any] | None"], _Reply]
 
 
+def token(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """The bearer token for the model server and where it came from: --token, else --token-file, else
+    $FERRY_TOKEN; None without one. A file's trailing newline (`kubectl create token SA > FILE` writes
+    one) is not part of the token."""
+    value: str
+    if args.token is not None:
+        value = args.token
+        where = "--token"
+    elif args.token_file is not None:
+        try:
+            value = Path(args.token_file).read_text()
+        except OSError as exc:
+            raise PluginError(f"--token-file {args.token_file}: {exc.strerror or exc}") from exc
+        where = f"--token-file {args.token_file}"
+    elif environ.get(TOKEN_ENV):
+        value = environ[TOKEN_ENV]
+        where = f"${TOKEN_ENV}"
+    else:
+        return None
+    value = value.strip()
+    if not value or any(c.isspace() for c in value):
+        raise PluginError(f"{where}: a token is one word with no white space, got {len(value)} characters")
+    return value, where
+
+
 def _server(api: Any, args: argparse.Namespace) -> Send:
     """How to reach the model server: --url directly, else the API server's service proxy (which reaches
-    the ClusterIP Service from outside the cluster)."""
+    the ClusterIP Service from outside the cluster, but cannot carry a token: see the module docstring)."""
     timeout = args.timeout
     if args.url:
         base = args.url.rstrip("/")
+        headers = {"Content-Type": "application/json"}
+        if args.bearer_token is not None:
+            headers["Authorization"] = f"Bearer {args.bearer_token}"
 
         def direct(method: str, path: str, body: dict[str, Any] | None = None) -> _Reply:
             import urllib.error
             import urllib.request
 
             data = json.dumps(body).encode() if body is not None else None
-            request = urllib.request.Request(
-                base + path, data=data, method=method, headers={"Content-Type": "application/json"}
-            )
+            request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
             try:
                 response = urllib.request.urlopen(request, timeout=timeout)
             except urllib.error.HTTPError as exc:
@@ -447,6 +488,14 @@ def _server(api: Any, args: argparse.Namespace) -> Send:
             raise PluginError(f"{where}: {exc.status} {exc.reason}") from exc
         if response.status == 503:
             raise PluginError(f"{where}: 503; is the model Ready? (`kubectl ferry status {name}`)")
+        if response.status == 401:
+            # The API server accepted our credentials (the ModelDeployment was read): the model refused.
+            raise PluginError(
+                f"{where}: 401: the model requires a token (spec.serving.auth); "
+                + PROXY_CANNOT_CARRY_A_TOKEN.format(namespace=namespace, name=name)
+                + ", with --token, --token-file or $"
+                + TOKEN_ENV
+            )
         return _Reply(response.status, response.response.stream(65536), where)
 
     return proxied
@@ -548,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_predict.add_argument("name")
     p_predict.add_argument("--input", required=True, metavar="FILE")
     p_predict.add_argument("--url", help="call this server directly, not through the API server's proxy")
+    _token_options(p_predict)
     p_predict.add_argument("--timeout", type=float, default=30.0)
     p_chat = sub.add_parser(
         "chat", parents=[common], help="stream a generative model's reply to a message (OpenAI chat API)"
@@ -558,8 +608,26 @@ def build_parser() -> argparse.ArgumentParser:
     p_chat.add_argument("--max-tokens", type=int, help="most tokens to generate (default: the server's)")
     p_chat.add_argument("--temperature", type=float, help="0 for greedy (default: the server's, 1)")
     p_chat.add_argument("--url", help="call this server directly, not through the API server's proxy")
+    _token_options(p_chat)
     p_chat.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for a read")
     return parser
+
+
+def _token_options(command: argparse.ArgumentParser) -> None:
+    tokens = command.add_mutually_exclusive_group()
+    needs_url = (
+        "Needs --url: the API server's service proxy removes the Authorization header (e.g. "
+        "`kubectl port-forward service/NAME 8080:8080` and --url http://127.0.0.1:8080)."
+    )
+    tokens.add_argument(
+        "--token",
+        help=f"bearer token for a model with spec.serving.auth (default: ${TOKEN_ENV}). {needs_url}",
+    )
+    tokens.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"read the bearer token from FILE (e.g. `kubectl create token SA > FILE`). {needs_url}",
+    )
 
 
 COMMANDS = {
@@ -573,16 +641,29 @@ COMMANDS = {
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    for option in ("kubeconfig", "context", "namespace"):
+    for option in ("kubeconfig", "context", "namespace", "token", "token_file", "url"):
         if not hasattr(args, option):
             setattr(args, option, None)
+    # Resolved by main() from the token options and the environment.
+    args.bearer_token = None
     return args
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+def main(
+    argv: Sequence[str] | None = None, out: TextIO = sys.stdout, environ: Mapping[str, str] | None = None
+) -> int:
     args = parse_args(argv)
     try:
-        direct = args.command in ("predict", "chat") and args.url
+        calls_the_model = args.command in ("predict", "chat")
+        given = token(args, os.environ if environ is None else environ) if calls_the_model else None
+        if given is not None and not args.url:
+            # Refused before anything is sent: through the proxy the token would be silently dropped.
+            raise PluginError(
+                f"{given[1]}: "
+                + PROXY_CANNOT_CARRY_A_TOKEN.format(namespace=_namespace(args), name=args.name)
+            )
+        args.bearer_token = given[0] if given is not None else None
+        direct = calls_the_model and args.url
         api = None if direct else _api(args.kubeconfig, args.context)
         return COMMANDS[args.command](api, args, out)
     except PluginError as exc:
