@@ -81,20 +81,63 @@ def test_rbac_has_no_wildcards_and_no_secret_access(render: Render) -> None:
                 assert "secrets" not in rule["resources"], f"{name}: the operator never reads Secrets"
 
 
-def test_namespaced_install_grants_nothing_cluster_wide_but_discovery(render: Render) -> None:
+def test_namespaced_install_grants_nothing_cluster_wide_but_discovery_and_token_review(
+    render: Render,
+) -> None:
     objects = render(CHART / "ci" / "namespaced-values.yaml")
     roles = {(o["kind"], o["metadata"].get("namespace")) for o in objects if o["kind"].endswith("Role")}
     assert roles == {("ClusterRole", None), ("Role", "team-a"), ("Role", "team-b")}
-    (cluster_role,) = [o for o in objects if o["kind"] == "ClusterRole"]
-    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
+    cluster_roles = [o for o in objects if o["kind"] == "ClusterRole"]
+    # TokenReview is cluster-scoped: binding it for auth mode kubernetes needs cluster-scoped RBAC even here.
+    assert {r for role in cluster_roles for rule in role["rules"] for r in rule["resources"]} == {
         "customresourcedefinitions",
         "namespaces",
+        "clusterrolebindings",
+        "clusterroles",
+        "tokenreviews",
+    }
+    assert "serviceaccounts" in {
+        r for o in objects if o["kind"] == "Role" for rule in o["rules"] for r in rule["resources"]
     }
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == [
         "--namespace=team-a",
         "--namespace=team-b",
     ]
+
+
+@pytest.mark.parametrize("values", [None, *SCENARIOS], ids=lambda v: v.name if v else "default")
+def test_the_operator_may_bind_the_token_reviewer_role_and_no_other(
+    render: Render, values: Path | None
+) -> None:
+    objects = render(values) if values else render()
+    reviewer = "ferry-system-ferry-token-reviewer"
+    (role,) = [o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == reviewer]
+    assert role["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    ]
+    bind_rules = [
+        rule
+        for o in objects
+        if o["kind"] in ("ClusterRole", "Role")
+        for rule in o["rules"]
+        if "bind" in rule["verbs"] or "escalate" in rule["verbs"]
+    ]
+    assert bind_rules == [
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles"],
+            "resourceNames": [reviewer],
+            "verbs": ["bind"],
+        }
+    ]
+    # The chart never grants the role itself: only the operator's per-ModelDeployment bindings do.
+    assert not [o for o in objects if o["kind"].endswith("Binding") and o["roleRef"]["name"] == reviewer]
+    # And the operator is told its name (it refuses auth mode kubernetes without it).
+    for deployment in [o for o in objects if o["kind"] == "Deployment"]:
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["FERRY_OPERATOR_TOKEN_REVIEWER_ROLE"] == reviewer
 
 
 def test_crds_are_templated_and_kept_on_uninstall(render: Render) -> None:

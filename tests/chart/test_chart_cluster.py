@@ -115,10 +115,20 @@ def test_install_test_upgrade_uninstall(kube: Kube, namespace: str, tmp_path: Pa
         # The operator runs on this host (its pod sits on a fake node), authenticated as the chart's
         # ServiceAccount: if the chart's RBAC misses a permission, the ModelDeployment never gets Ready.
         kubeconfig = _token_kubeconfig(kube, namespace, release, tmp_path / "sa.kubeconfig")
+        installed = kube.kubectl_json("get", "deployment", release, "-n", namespace)
+        (container,) = installed["spec"]["template"]["spec"]["containers"]
+        token_reviewer = next(
+            e["value"] for e in container["env"] if e["name"] == "FERRY_OPERATOR_TOKEN_REVIEWER_ROLE"
+        )
         log = (tmp_path / "operator.log").open("w")
         operator = subprocess.Popen(
             [sys.executable, "-m", "ferry_operator.cli", "--namespace", namespace],
-            env={**os.environ, "KUBECONFIG": str(kubeconfig), "FERRY_OPERATOR_METRICS_PORT": "0"},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(kubeconfig),
+                "FERRY_OPERATOR_METRICS_PORT": "0",
+                "FERRY_OPERATOR_TOKEN_REVIEWER_ROLE": token_reviewer,
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -132,12 +142,17 @@ def test_install_test_upgrade_uninstall(kube: Kube, namespace: str, tmp_path: Pa
                     "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}},
                 }
             )
+            # Auth mode kubernetes: the chart's RBAC must let the operator create the pods' ServiceAccount
+            # and bind the chart's token-reviewer role to it (the escalation check wants `bind`).
             kube.apply(
                 {
                     "apiVersion": "ferry.dev/v1alpha1",
                     "kind": "ModelDeployment",
                     "metadata": {"name": "digits", "namespace": namespace},
-                    "spec": {"model": {"uri": "pvc://models/digits/", "format": "onnx"}},
+                    "spec": {
+                        "model": {"uri": "pvc://models/digits/", "format": "onnx"},
+                        "serving": {"auth": {"mode": "kubernetes"}},
+                    },
                 }
             )
             result = kube.kubectl(
@@ -150,6 +165,16 @@ def test_install_test_upgrade_uninstall(kube: Kube, namespace: str, tmp_path: Pa
                 check=False,
             )
             assert result.returncode == 0, result.stderr + (tmp_path / "operator.log").read_text()[-3000:]
+            binding = kube.kubectl_json("get", "clusterrolebinding", f"ferry:tokenreview:{namespace}:digits")
+            assert binding["roleRef"]["name"] == token_reviewer
+            # Deleted under the chart's RBAC too: the binding goes before the ModelDeployment does.
+            kube.kubectl(
+                "delete", "modeldeployment", "digits", "-n", namespace, "--wait=true", "--timeout=60s"
+            )
+            gone = kube.kubectl(
+                "get", "clusterrolebinding", f"ferry:tokenreview:{namespace}:digits", "--ignore-not-found"
+            )
+            assert gone.stdout.strip() == ""
         finally:
             operator.terminate()
             operator.wait(timeout=30)

@@ -7,6 +7,16 @@
 {{- end -}}
 {{- end -}}
 
+{{- /* Cluster-scoped names carry the namespace: two releases of the same name must not collide. */}}
+{{- define "ferry.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "ferry.fullname" .) | trunc 53 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- /* The ClusterRole the operator binds to the serving pods of auth mode kubernetes (rbac.yaml). */}}
+{{- define "ferry.tokenReviewerRole" -}}
+{{- printf "%s-token-reviewer" (include "ferry.clusterName" .) -}}
+{{- end -}}
+
 {{- define "ferry.labels" -}}
 app.kubernetes.io/name: ferry
 app.kubernetes.io/instance: {{ .Release.Name }}
