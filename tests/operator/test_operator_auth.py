@@ -112,6 +112,7 @@ def test_bearer_mounts_the_whole_secret_read_only_in_the_runtime_container_only(
     # The runtime reads the tokens; it talks to no Kubernetes API, so it has no token of its own.
     assert spec["automountServiceAccountToken"] is False
     assert "serviceAccountName" not in spec
+    assert "serviceAccount" not in spec
     assert set(builders.desired_children(build(BEARER))) == {
         kinds.SERVICE,
         kinds.DEPLOYMENT,
@@ -122,6 +123,8 @@ def test_bearer_mounts_the_whole_secret_read_only_in_the_runtime_container_only(
 def test_kubernetes_mode_pods_run_as_their_own_account_with_its_token() -> None:
     spec = pod(KUBERNETES)
     assert spec["serviceAccountName"] == "digits-model"
+    # Both names (test_operator_auth_cluster.py shows why: leaving the mode must remove both).
+    assert spec["serviceAccount"] == "digits-model"
     assert spec["automountServiceAccountToken"] is True
     env = runtime_env(KUBERNETES)
     assert env["FERRY_RUNTIME_AUTH"] == "kubernetes"

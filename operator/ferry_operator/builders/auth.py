@@ -63,11 +63,17 @@ def runtime_mounts(inputs: BuildInputs) -> list[dict[str, Any]]:
 
 def pod_identity(inputs: BuildInputs) -> dict[str, Any]:
     """The pod spec's service-account fields. Only mode kubernetes talks to the API server (TokenReview,
-    with the pod's own projected token); every other pod mounts no token at all."""
+    with the pod's own projected token, at KUBERNETES_SERVICE_HOST/PORT, which the kubelet sets even
+    with enableServiceLinks false); every other pod mounts no token at all."""
     if inputs.spec.serving.auth.mode != "kubernetes":
         return {"automountServiceAccountToken": False}
+    account = kinds.service_account_name(inputs.owner.name)
     return {
-        "serviceAccountName": kinds.service_account_name(inputs.owner.name),
+        "serviceAccountName": account,
+        # The deprecated alias too, so the operator's server-side apply owns both: the API server copies
+        # one into the other, and a mode change that drops only serviceAccountName would get it back from
+        # the unowned alias (pods naming a pruned account, which cannot be created).
+        "serviceAccount": account,
         "automountServiceAccountToken": True,
     }
 
