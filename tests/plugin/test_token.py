@@ -196,3 +196,29 @@ def test_help_says_a_token_needs_url(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         plugin.parse_args(["predict", "--help"])
     assert "service proxy removes the Authorization header" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_401_through_the_service_proxy_says_the_model_wants_a_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The API server accepted our own credentials (the ModelDeployment was read); the model refused.
+    class Refused:
+        status = 401
+
+    class ProxyingApi:
+        def param_serialize(
+            self, method: str, path: str, **_: Any
+        ) -> tuple[str, str, dict[str, str], None, None]:
+            return method, path, {}, None, None
+
+        def call_api(self, *_: Any, **__: Any) -> Refused:
+            return Refused()
+
+    monkeypatch.setattr(plugin, "_get", lambda *_: {})
+    args = plugin.parse_args(["predict", "digits", "--input", "x.json", "-n", "ml"])
+    with pytest.raises(plugin.PluginError) as raised:
+        plugin._server(ProxyingApi(), args)("GET", "/v2/models/digits", None)
+    message = str(raised.value)
+    assert "401: the model requires a token (spec.serving.auth)" in message
+    assert "kubectl port-forward -n ml service/digits 8080:8080" in message
+    assert "--token, --token-file or $FERRY_TOKEN" in message
