@@ -539,3 +539,23 @@ def test_the_old_pods_keep_their_account_and_binding_until_the_rollout_replaced_
     assert cluster.bindings() == []
     assert cluster.api.objects(kinds.SERVICE_ACCOUNT) == []
     assert cluster.finalizers() == []
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_runtime_reads_what_the_pods_are_given(case: str) -> None:
+    # The contract with ferry_runtime.settings: the serving container's args and FERRY_RUNTIME_* env,
+    # exactly as built, load into the runtime's own settings (its validation included).
+    from ferry_runtime.settings import load_settings
+
+    (runtime,) = pod(CASES[case])["containers"]
+    settings = load_settings(runtime["args"], {e["name"]: e["value"] for e in runtime["env"]})
+    assert settings.auth == CASES[case]["mode"]
+    if case == "auth-bearer":
+        (mount,) = [m for m in runtime["volumeMounts"] if m["name"] == "auth-tokens"]
+        assert str(settings.auth_token_dir) == mount["mountPath"]
+    else:
+        assert settings.auth_allowed_service_accounts == ("ml/frontend", "batch/scorer")
+        assert settings.auth_audiences == ("ferry", "https://kubernetes.default.svc")
+        # The runtime's defaults are the token and CA the pod's service account mounts.
+        assert settings.auth_api_token_file is None
+        assert settings.auth_api_server == ""
