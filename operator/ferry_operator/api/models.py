@@ -599,7 +599,7 @@ class Serving(ApiModel):
 
     auth: Auth = Field(default_factory=Auth, json_schema_extra={"default": {}})
     """Authentication of inference and feedback requests: none (default), bearer tokens from a Secret, or
-    Kubernetes service account tokens (docs/operations.md, "Authentication")."""
+    Kubernetes service account tokens (docs/security.md, "ModelDeployment authentication")."""
 
     cel_rules = (
         CelRule(
