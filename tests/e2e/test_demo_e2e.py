@@ -1158,3 +1158,144 @@ def test_kubectl_ferry_reaches_both_models_through_the_api_servers_service_proxy
     assert chat.returncode == 0, chat.stderr
     assert re.search(r"[a-z]{2,}", chat.stdout), chat.stdout
     cluster.record("kubectl_ferry_proxy", {"predict": predicted.stdout[:300], "chat": chat.stdout[:300]})
+
+
+# ---------------------------------------------------------------------- authentication and TLS
+
+SECURE = "digits-secure"
+
+
+def issue_certificate(directory: Path, names: list[str]) -> tuple[Path, Path, Path]:
+    """A CA made here and a server certificate for `names` signed by it: (ca.crt, tls.crt, tls.key)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl(
+        "req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=e2e-ca"
+    )
+    openssl("req", *curve, "-keyout", "tls.key", "-out", "tls.csr", "-subj", f"/CN={names[0]}")
+    (directory / "san.cnf").write_text("subjectAltName=" + ",".join(f"DNS:{name}" for name in names) + "\n")
+    openssl(
+        "x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", "1",
+        "-days", "1", "-out", "tls.crt", "-extfile", "san.cnf",
+    )  # fmt: skip
+    return directory / "ca.crt", directory / "tls.crt", directory / "tls.key"
+
+
+def test_a_model_with_auth_and_tls_answers_only_verified_clients_with_its_token(
+    cluster: Demo, tmp_path: Path
+) -> None:
+    """The demo's model again as `digits-secure`, with bearer tokens from a Secret and TLS from a
+    kubernetes.io/tls Secret (a certificate for the Service's DNS name, as cert-manager would issue it),
+    on the real node under Pod Security restricted. Clients verify the certificate against the CA and
+    the Service's name while connecting to its ClusterIP (the host cannot resolve cluster DNS)."""
+    import secrets
+
+    import grpc
+    import tritonclient.grpc as triton_grpc
+    import urllib3
+    from tritonclient.utils import InferenceServerException
+
+    kube, namespace = cluster.kube, demo.NAMESPACE
+    dns = f"{SECURE}.{namespace}.svc"
+    ca, certificate, key = issue_certificate(tmp_path, [dns, f"{dns}.cluster.local"])
+    token = secrets.token_urlsafe(24)
+    kube.kubectl(
+        "create", "secret", "generic", f"{SECURE}-tokens", "-n", namespace, f"--from-literal=token={token}"
+    )
+    kube.kubectl(
+        "create", "secret", "tls", f"{SECURE}-tls", "-n", namespace, f"--cert={certificate}", f"--key={key}"
+    )
+    secure = demo.model_deployment()
+    secure["metadata"]["name"] = SECURE
+    serving = secure["spec"]["serving"]
+    del serving["autoscaling"]
+    serving["replicas"] = 1
+    serving["auth"] = {"mode": "bearer", "secretName": f"{SECURE}-tokens"}
+    serving["tls"] = {"secretName": f"{SECURE}-tls"}
+    started = time.monotonic()
+    kube.apply(secure)
+    try:
+        kube.kubectl(
+            "wait", "--for=condition=Ready", f"modeldeployment/{SECURE}", "-n", namespace, "--timeout=300s"
+        )
+        ready_seconds = time.monotonic() - started
+        address = cluster.service_ip(SECURE)
+        body = request_body(cluster, input_name(cluster), 8)
+        infer = f"/v2/models/{SECURE}/infer"
+        verified = urllib3.HTTPSConnectionPool(
+            address,
+            8080,
+            ca_certs=str(ca),
+            cert_reqs="CERT_REQUIRED",
+            assert_hostname=dns,
+            server_hostname=dns,
+        )
+        headers = {"Content-Type": "application/json"}
+        refused = verified.request("POST", infer, body=body, headers=headers, retries=False)
+        assert refused.status == 401, refused.data
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        answered = verified.request(
+            "POST", infer, body=body, headers={**headers, "Authorization": f"Bearer {token}"}, retries=False
+        )
+        assert answered.status == 200, answered.data
+        with urllib.request.urlopen(
+            urllib.request.Request(
+                f"http://{cluster.service_ip()}:8080/v2/models/{demo.MODEL}/infer", data=body, headers=headers
+            ),
+            timeout=30,
+        ) as reply:
+            plain_model = json.loads(reply.read())
+        assert json.loads(answered.data)["outputs"][0]["data"] == pytest.approx(
+            plain_model["outputs"][0]["data"], rel=1e-5, abs=1e-6
+        )
+        # A client that does not trust the CA, or speaks plain text, gets no answer.
+        untrusted = urllib3.HTTPSConnectionPool(address, 8080, cert_reqs="CERT_REQUIRED", server_hostname=dns)
+        with pytest.raises(urllib3.exceptions.SSLError):
+            untrusted.request("GET", "/v2/health/ready", retries=False)
+        with pytest.raises((urllib.error.URLError, ConnectionError, http_client_errors())):
+            urllib.request.urlopen(f"http://{address}:8080/v2/models/{SECURE}", timeout=10)
+
+        x = held_out(cluster)[0][:8]
+        over_grpc = triton_grpc.InferenceServerClient(
+            f"{address}:8081",
+            ssl=True,
+            root_certificates=str(ca),
+            channel_args=[("grpc.ssl_target_name_override", dns)],
+        )
+        tensor = triton_grpc.InferInput(input_name(cluster), list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException) as unauthenticated:
+            over_grpc.infer(SECURE, [tensor])
+        assert unauthenticated.value.status() == str(grpc.StatusCode.UNAUTHENTICATED)
+        result = over_grpc.infer(SECURE, [tensor], headers={"authorization": f"Bearer {token}"})
+        output = json.loads(answered.data)["outputs"][0]["name"]
+        np.testing.assert_allclose(
+            result.as_numpy(output).ravel(),
+            np.asarray(plain_model["outputs"][0]["data"]),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        pods = kube.kubectl_json("get", "pods", "-n", namespace, "-l", f"ferry.dev/modeldeployment={SECURE}")
+        labels = kube.kubectl_json("get", "namespace", namespace)["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+        cluster.record(
+            "auth_and_tls",
+            {
+                "ready_seconds": round(ready_seconds, 1),
+                "pods": [p["metadata"]["name"] for p in pods["items"]],
+                "rest_without_token": refused.status,
+                "rest_with_token": answered.status,
+            },
+        )
+    finally:
+        kube.kubectl("delete", "modeldeployment", SECURE, "-n", namespace, "--wait=false", check=False)
+        kube.kubectl("delete", "secret", f"{SECURE}-tokens", f"{SECURE}-tls", "-n", namespace, check=False)
+
+
+def http_client_errors() -> type[Exception]:
+    import http.client
+
+    return http.client.HTTPException
