@@ -74,12 +74,14 @@ HORIZONTAL_POD_AUTOSCALER = Kind("autoscaling", "v2", "HorizontalPodAutoscaler",
 POD_DISRUPTION_BUDGET = Kind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets")
 SERVICE_MONITOR = Kind("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors")
 PROMETHEUS_RULE = Kind("monitoring.coreos.com", "v1", "PrometheusRule", "prometheusrules")
+NETWORK_POLICY = Kind("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies")
 POD = Kind("", "v1", "Pod", "pods")
 JOB = Kind("batch", "v1", "Job", "jobs")
 EVENT = Kind("", "v1", "Event", "events")
 
 # Every kind a ModelDeployment may own (the autoscaler is applied after its target exists: FIRST_WAVE).
 CHILD_KINDS: tuple[Kind, ...] = (
+    NETWORK_POLICY,
     SERVICE,
     DEPLOYMENT,
     POD_DISRUPTION_BUDGET,
@@ -88,7 +90,9 @@ CHILD_KINDS: tuple[Kind, ...] = (
     PROMETHEUS_RULE,
 )
 # Children that refer to no other child: applied together, before the rest (which refer to the Deployment).
-FIRST_WAVE: frozenset[Kind] = frozenset({SERVICE, DEPLOYMENT, POD_DISRUPTION_BUDGET})
+# The NetworkPolicy is one of them: in place within the round trip that creates the pods, long before
+# their model is loaded.
+FIRST_WAVE: frozenset[Kind] = frozenset({NETWORK_POLICY, SERVICE, DEPLOYMENT, POD_DISRUPTION_BUDGET})
 # Kinds of the optional Prometheus Operator API (monitoring.coreos.com): created only where it is installed.
 MONITORING_KINDS: tuple[Kind, ...] = (SERVICE_MONITOR, PROMETHEUS_RULE)
 

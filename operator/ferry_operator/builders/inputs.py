@@ -61,6 +61,9 @@ class ServingDefaults:
     # Where optimized artifacts live: the fetch containers of pods serving one get its S3 credentials, and
     # its drift reference (reference.json beside model.onnx) is fetched too.
     artifact_store: ArtifactStore = dataclasses.field(default_factory=ArtifactStore)
+    # Who may scrape the metrics port of a ModelDeployment whose spec.serving.network names no metricsFrom
+    # (where Prometheus runs).
+    metrics_from: tuple[models.NetworkPolicyPeer, ...] = models.DEFAULT_METRICS_FROM
 
 
 @dataclasses.dataclass(frozen=True)
