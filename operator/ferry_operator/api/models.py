@@ -483,9 +483,10 @@ class Generation(ApiModel):
 
 # --- spec.serving.network: Kubernetes NetworkPolicy peers, typed so the API server checks them at apply ---
 
-# A label key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
+# A label key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters. ("[.]", not
+# "\.": the pattern is also a CEL string literal, where "\." is an invalid escape.)
 LABEL_KEY_PATTERN = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 LABEL_KEY_HELP = (
