@@ -137,7 +137,11 @@ def test_install_test_upgrade_uninstall(kube: Kube, namespace: str, tmp_path: Pa
                     "apiVersion": "ferry.dev/v1alpha1",
                     "kind": "ModelDeployment",
                     "metadata": {"name": "digits", "namespace": namespace},
-                    "spec": {"model": {"uri": "pvc://models/digits/", "format": "onnx"}},
+                    # network: the NetworkPolicy child is applied under the chart's RBAC too.
+                    "spec": {
+                        "model": {"uri": "pvc://models/digits/", "format": "onnx"},
+                        "serving": {"network": {}},
+                    },
                 }
             )
             result = kube.kubectl(
@@ -150,6 +154,8 @@ def test_install_test_upgrade_uninstall(kube: Kube, namespace: str, tmp_path: Pa
                 check=False,
             )
             assert result.returncode == 0, result.stderr + (tmp_path / "operator.log").read_text()[-3000:]
+            policy = kube.kubectl_json("get", "networkpolicy", "digits", "-n", namespace)
+            assert policy["metadata"]["ownerReferences"][0]["name"] == "digits"
         finally:
             operator.terminate()
             operator.wait(timeout=30)
