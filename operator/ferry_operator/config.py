@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ferry_operator import __version__
+from ferry_operator.api import models
 
 ENV_PREFIX = "FERRY_OPERATOR_"
 
@@ -114,6 +115,10 @@ class OperatorConfig(BaseModel):
     with auth mode kubernetes, one ClusterRoleBinding each; the Helm chart creates it and sets this.
     Empty: such a ModelDeployment is Failed (reason InvalidSpec), and the operator neither watches nor
     manages ClusterRoleBindings."""
+    serving_metrics_from: tuple[models.NetworkPolicyPeer, ...] = models.DEFAULT_METRICS_FROM
+    """Who may scrape the metrics port of a ModelDeployment whose spec.serving.network names no metricsFrom:
+    where Prometheus runs, as JSON, a list of NetworkPolicy peers (the Helm chart sets it from
+    networkPolicy.metricsFrom). Default: every pod in every namespace, [{"namespaceSelector": {}}]."""
 
     @field_validator("image_pull_secrets", "namespaces", mode="before")
     @classmethod
@@ -127,6 +132,24 @@ class OperatorConfig(BaseModel):
     def _parse_json(cls, value: Any) -> Any:
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("serving_metrics_from", mode="before")
+    @classmethod
+    def _parse_peers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else []
+            except json.JSONDecodeError as error:
+                raise ValueError(f"must be a JSON list of NetworkPolicy peers ({error})") from None
+        return value
+
+    @field_validator("serving_metrics_from", mode="after")
+    @classmethod
+    def _some_peer(cls, value: tuple[models.NetworkPolicyPeer, ...]) -> tuple[models.NetworkPolicyPeer, ...]:
+        if not value:
+            # A NetworkPolicy rule without peers admits everyone: not what an empty list seems to say.
+            raise ValueError('must name at least one peer, e.g. [{"namespaceSelector": {}}]')
         return value
 
     @field_validator("log_level", mode="before")

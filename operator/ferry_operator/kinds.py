@@ -96,6 +96,7 @@ SERVICE_ACCOUNT = Kind("", "v1", "ServiceAccount", "serviceaccounts")
 CLUSTER_ROLE_BINDING = Kind(
     "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False
 )
+NETWORK_POLICY = Kind("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies")
 POD = Kind("", "v1", "Pod", "pods")
 JOB = Kind("batch", "v1", "Job", "jobs")
 EVENT = Kind("", "v1", "Event", "events")
@@ -104,6 +105,7 @@ EVENT = Kind("", "v1", "Event", "events")
 CHILD_KINDS: tuple[Kind, ...] = (
     SERVICE_ACCOUNT,
     CLUSTER_ROLE_BINDING,
+    NETWORK_POLICY,
     SERVICE,
     DEPLOYMENT,
     POD_DISRUPTION_BUDGET,
@@ -117,10 +119,12 @@ CHILD_KINDS: tuple[Kind, ...] = (
 POD_DEPENDENCY_KINDS: frozenset[Kind] = frozenset({SERVICE_ACCOUNT, CLUSTER_ROLE_BINDING})
 # Children applied together, wave after wave: first what the serving pods need before they start (their
 # service account: a pod naming a missing one is refused; its TokenReview grant), then the children that
-# refer to no other child, then the rest (which refer to the Deployment). An empty wave costs nothing.
+# refer to no other child (the NetworkPolicy among them: in place within the round trip that creates the
+# pods, long before their model is loaded), then the rest (which refer to the Deployment). An empty wave
+# costs nothing.
 WAVES: tuple[frozenset[Kind], ...] = (
     POD_DEPENDENCY_KINDS,
-    frozenset({SERVICE, DEPLOYMENT, POD_DISRUPTION_BUDGET}),
+    frozenset({NETWORK_POLICY, SERVICE, DEPLOYMENT, POD_DISRUPTION_BUDGET}),
     frozenset({HORIZONTAL_POD_AUTOSCALER, SERVICE_MONITOR, PROMETHEUS_RULE}),
 )
 # Kinds of the optional Prometheus Operator API (monitoring.coreos.com): created only where it is installed.

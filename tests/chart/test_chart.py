@@ -162,6 +162,25 @@ def test_operator_is_a_single_instance_that_never_overlaps_on_upgrade(render: Re
     assert json.loads(env["FERRY_OPERATOR_OPTIMIZER_RESOURCES"])["limits"]["memory"] == "4Gi"
 
 
+def test_the_scraper_is_the_default_metrics_peer_of_model_networkpolicies(render: Render) -> None:
+    def operator_setting(objects: list[dict[str, Any]]) -> Any:
+        (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+        env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return json.loads(env["FERRY_OPERATOR_SERVING_METRICS_FROM"])
+
+    monitoring = render(CHART / "ci" / "monitoring-values.yaml")
+    # (the other NetworkPolicy is the `helm test` pod's deny-all)
+    (policy,) = [o for o in monitoring if o["kind"] == "NetworkPolicy" and o["spec"].get("ingress")]
+    # One value says where Prometheus runs: the operator's own policy and the ModelDeployments' default.
+    assert operator_setting(monitoring) == policy["spec"]["ingress"][0]["from"]
+    assert operator_setting(monitoring) == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert operator_setting(render()) == [{"namespaceSelector": {}}]
+    # Passed on when the operator's own policy is off (external-crds-values.yaml turns it off).
+    assert operator_setting(render(CHART / "ci" / "external-crds-values.yaml")) == [{"namespaceSelector": {}}]
+
+
 def test_operator_settings_are_ones_the_operator_accepts(render: Render) -> None:
     from ferry_operator import config
 

@@ -149,9 +149,10 @@ def test_install_test_upgrade_uninstall(kube: Kube, namespace: str, tmp_path: Pa
                     "apiVersion": "ferry.dev/v1alpha1",
                     "kind": "ModelDeployment",
                     "metadata": {"name": "digits", "namespace": namespace},
+                    # network: the NetworkPolicy child is applied under the chart's RBAC too.
                     "spec": {
                         "model": {"uri": "pvc://models/digits/", "format": "onnx"},
-                        "serving": {"auth": {"mode": "kubernetes"}},
+                        "serving": {"auth": {"mode": "kubernetes"}, "network": {}},
                     },
                 }
             )
@@ -165,6 +166,8 @@ def test_install_test_upgrade_uninstall(kube: Kube, namespace: str, tmp_path: Pa
                 check=False,
             )
             assert result.returncode == 0, result.stderr + (tmp_path / "operator.log").read_text()[-3000:]
+            policy = kube.kubectl_json("get", "networkpolicy", "digits", "-n", namespace)
+            assert policy["metadata"]["ownerReferences"][0]["name"] == "digits"
             binding = kube.kubectl_json("get", "clusterrolebinding", f"ferry:tokenreview:{namespace}:digits")
             assert binding["roleRef"]["name"] == token_reviewer
             # Deleted under the chart's RBAC too: the binding goes before the ModelDeployment does.

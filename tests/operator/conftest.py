@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from ferry_devcluster import monitoring
 from ferry_devcluster.testing import Kube
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +113,16 @@ def crd_installed(_kube_session: Kube) -> Kube:
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     kube.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.ferry.dev", "--timeout=60s")
     return kube
+
+
+@pytest.fixture
+def monitoring_crds(crd_installed: Kube) -> Iterator[None]:
+    """The monitoring.coreos.com CRDs, removed afterwards unless they were there before."""
+    already = monitoring.installed(crd_installed.kubeconfig)
+    monitoring.install(crd_installed.kubeconfig)
+    yield
+    if not already:
+        monitoring.uninstall(crd_installed.kubeconfig)
 
 
 @pytest.fixture

@@ -284,6 +284,112 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
         "48",
     ),
     InvalidSpec(
+        "network-peer-empty",
+        spec_with(serving={"network": {"allowFrom": [{}]}}),
+        "spec.serving.network.allowFrom[0]",
+        "a peer must set podSelector, namespaceSelector (or both) or ipBlock",
+    ),
+    InvalidSpec(
+        "network-ip-block-with-selector",
+        spec_with(
+            serving={"network": {"allowFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}}
+        ),
+        "spec.serving.network.allowFrom[0].ipBlock",
+        "ipBlock cannot be combined with podSelector or namespaceSelector",
+    ),
+    InvalidSpec(
+        "network-cidr-host-bits",
+        spec_with(serving={"network": {"metricsFrom": [{"ipBlock": {"cidr": "10.1.2.3/8"}}]}}),
+        "spec.serving.network.metricsFrom[0].ipBlock.cidr",
+        "no bits set after the prefix",
+    ),
+    InvalidSpec(
+        "network-cidr-not-a-cidr",
+        spec_with(serving={"network": {"allowFrom": [{"ipBlock": {"cidr": "10.0.0.0"}}]}}),
+        "spec.serving.network.allowFrom[0].ipBlock.cidr",
+        "cidr must be a network in CIDR notation",
+    ),
+    InvalidSpec(
+        "network-except-outside-cidr",
+        spec_with(
+            serving={
+                "network": {"allowFrom": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]}
+            }
+        ),
+        "spec.serving.network.allowFrom[0].ipBlock.except",
+        "inside cidr with a longer prefix",
+    ),
+    InvalidSpec(
+        "network-except-the-whole-cidr",
+        spec_with(
+            serving={
+                "network": {"allowFrom": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.0.0/8"]}}]}
+            }
+        ),
+        "spec.serving.network.allowFrom[0].ipBlock.except",
+        "inside cidr with a longer prefix",
+    ),
+    InvalidSpec(
+        "network-selector-operator-enum",
+        spec_with(
+            serving={
+                "network": {
+                    "allowFrom": [
+                        {"podSelector": {"matchExpressions": [{"key": "app", "operator": "Equals"}]}}
+                    ]
+                }
+            }
+        ),
+        "spec.serving.network.allowFrom[0].podSelector.matchExpressions[0].operator",
+        "Equals",
+    ),
+    InvalidSpec(
+        "network-selector-in-without-values",
+        spec_with(
+            serving={
+                "network": {
+                    "allowFrom": [
+                        {"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "In"}]}}
+                    ]
+                }
+            }
+        ),
+        "spec.serving.network.allowFrom[0].namespaceSelector.matchExpressions[0].values",
+        "at least one value for operator In and NotIn",
+    ),
+    InvalidSpec(
+        "network-selector-bad-label-key",
+        spec_with(serving={"network": {"allowFrom": [{"podSelector": {"matchLabels": {"-app": "x"}}}]}}),
+        "spec.serving.network.allowFrom[0].podSelector.matchLabels",
+        "every matchLabels key must be a label key",
+    ),
+    InvalidSpec(
+        "network-selector-bad-label-value",
+        spec_with(
+            serving={
+                "network": {
+                    "allowFrom": [
+                        {
+                            "podSelector": {
+                                "matchExpressions": [
+                                    {"key": "app", "operator": "In", "values": ["not a value"]}
+                                ]
+                            }
+                        }
+                    ]
+                }
+            }
+        ),
+        "spec.serving.network.allowFrom[0].podSelector.matchExpressions[0].values[0]",
+        "should match",
+    ),
+    InvalidSpec(
+        "network-unknown-field",
+        spec_with(serving={"network": {"allowFrom": [{"podSelectr": {}}]}}),
+        "spec.serving.network.allowFrom[0].podSelectr",
+        "unknown field",
+    ),
+    InvalidSpec(
         "genai-no-sequences",
         spec_with(serving={"generation": {"maxSequences": 0}}),
         "spec.serving.generation.maxSequences",

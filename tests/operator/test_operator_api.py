@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
@@ -85,11 +84,50 @@ def test_every_invalid_spec_is_refused_naming_the_field(case: InvalidSpec) -> No
         parse(case.spec)
     errors = raised.value.errors()
     assert len(errors) == 1, errors
-    location = "spec." + ".".join(str(part) for part in errors[0]["loc"])
+    # List items as the API server names them: allowFrom[0], not allowFrom.0.
+    location = "spec" + "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in errors[0]["loc"]
+    )
     # Bounds and enums are blamed on the field itself; cross-field rules on the object that holds them,
     # with the field named in the message.
-    # A list item is `field[0]` in the API server's message, `field.0` in pydantic's location.
-    field = re.sub(r"\[(\d+)\]", r".\1", case.field)
-    leaf = field.rsplit(".", 1)[-1]
-    assert field.startswith(location.removesuffix("."))
-    assert location == field or leaf in errors[0]["msg"], (location, errors[0]["msg"])
+    leaf = case.field.rsplit(".", 1)[-1]
+    assert case.field.startswith(location.removesuffix("."))
+    assert location == case.field or leaf in errors[0]["msg"], (location, errors[0]["msg"])
+
+
+def test_network_peers_parse_and_round_trip_in_the_kubernetes_shape() -> None:
+    peers = [
+        {"podSelector": {}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "10.2.3.4/32"]}},
+        {"ipBlock": {"cidr": "fd00::/8", "except": ["fd00:1::/32"]}},
+        {"podSelector": {"matchExpressions": [{"key": "example.com/tier", "operator": "Exists"}]}},
+    ]
+    spec = parse(spec_with(serving={"network": {"allowFrom": peers}}))
+    assert spec.serving.network is not None
+    dumped = spec.model_dump(by_alias=True, exclude_none=True)["serving"]["network"]
+    assert dumped == {"allowFrom": peers}
+
+
+@pytest.mark.parametrize(
+    ("cidr", "valid"),
+    [
+        ("10.0.0.0/8", True),
+        ("0.0.0.0/0", True),
+        ("fd00::/8", True),
+        ("10.0.0.1/8", False),  # host bits: cidr(x) != cidr(x).masked()
+        ("10.0.0.0", False),  # no prefix length (CEL's isCIDR needs one)
+        ("10.0.0.0/255.0.0.0", False),  # a netmask: Python would read it, Go's netip does not
+        ("010.0.0.0/8", False),  # leading zeros
+        ("10.0.0.0/08", False),
+        ("::ffff:10.0.0.0/104", False),  # IPv4-mapped IPv6: refused by CEL's isCIDR
+        ("fe80::%eth0/64", False),  # a zone
+    ],
+)
+def test_cidr_rules_read_addresses_as_the_api_servers_cel_does(cidr: str, valid: bool) -> None:
+    accepted = True
+    try:
+        parse(spec_with(serving={"network": {"allowFrom": [{"ipBlock": {"cidr": cidr}}]}}))
+    except ValidationError:
+        accepted = False
+    assert accepted == valid

@@ -17,6 +17,9 @@ from ferry_operator import builders, kinds
 from ferry_operator.api import models
 from ferry_operator.builders import inputs as build_inputs
 from ferry_operator.builders import network
+from ferry_operator.builders.common import input_hash
+from ferry_operator.reconcile import plan
+from ferry_operator.reconcile.observe import ChildSnapshot
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("FERRY_UPDATE_GOLDEN") == "1"
@@ -68,6 +71,35 @@ CASES: dict[str, dict[str, Any]] = {
         serving={"autoscaling": {"minReplicas": 1, "maxReplicas": 20, "metric": "concurrency"}},
         monitoring={"serviceMonitor": "disabled"},
     ),
+    # A NetworkPolicy with every kind of peer: an ingress controller's pods, a namespace, addresses.
+    "network": spec_with(
+        serving={
+            "replicas": 2,
+            "network": {
+                "allowFrom": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}
+                        },
+                        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+                    },
+                    {
+                        "namespaceSelector": {
+                            "matchExpressions": [
+                                {"key": "team", "operator": "In", "values": ["search", "ads"]}
+                            ]
+                        }
+                    },
+                    {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.99.0/24"]}},
+                ],
+                "metricsFrom": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+                ],
+            },
+        },
+    ),
+    # network: {} -> the defaults: inference from the own namespace, metrics from the operator's default.
+    "network-defaults": spec_with(serving={"network": {}}),
     # A generative model scaled on its waiting requests (the continuous batch is full).
     "queue-autoscaling": spec_with(
         model={"uri": "pvc://models/llm/", "format": "onnx-genai"},
@@ -239,3 +271,82 @@ def test_url_names_the_service_and_the_model() -> None:
     assert network.url(OWNER.name, OWNER.namespace, DEFAULTS.cluster_domain) == (
         "http://digits.ml.svc.cluster.local:8080/v2/models/digits"
     )
+
+
+def test_without_network_there_is_no_policy_and_metrics_stay_on_the_http_port() -> None:
+    children = builders.desired_children(build(CASES["minimal"]))
+    assert kinds.NETWORK_POLICY not in children
+    pod = children[kinds.DEPLOYMENT]["spec"]["template"]
+    (runtime,) = pod["spec"]["containers"]
+    assert [port["name"] for port in runtime["ports"]] == ["http", "grpc"]
+    assert "FERRY_RUNTIME_METRICS_PORT" not in {env["name"] for env in runtime["env"]}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8080"
+    assert [port["name"] for port in children[kinds.SERVICE]["spec"]["ports"]] == ["http", "grpc"]
+    assert children[kinds.SERVICE_MONITOR]["spec"]["endpoints"][0]["port"] == "http"
+
+
+def test_network_moves_metrics_to_their_own_port_everywhere_it_is_named() -> None:
+    children = builders.desired_children(build(CASES["network-defaults"]))
+    pod = children[kinds.DEPLOYMENT]["spec"]["template"]
+    (runtime,) = pod["spec"]["containers"]
+    assert {"name": "metrics", "containerPort": 8082, "protocol": "TCP"} in runtime["ports"]
+    assert {"name": "FERRY_RUNTIME_METRICS_PORT", "value": "8082"} in runtime["env"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8082"
+    # Probes stay on the HTTP port: the kubelet calls them from the node, which NetworkPolicies admit.
+    assert runtime["readinessProbe"]["httpGet"]["port"] == "http"
+    service_ports = {port["name"]: port for port in children[kinds.SERVICE]["spec"]["ports"]}
+    assert (service_ports["metrics"]["port"], service_ports["metrics"]["targetPort"]) == (8082, "metrics")
+    assert children[kinds.SERVICE_MONITOR]["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s"}
+    ]
+
+
+def policy_rules(spec: dict[str, Any], defaults: build_inputs.ServingDefaults = DEFAULTS) -> list[Any]:
+    parsed = build(spec)
+    inputs = build_inputs.BuildInputs(parsed.owner, parsed.spec, parsed.artifact, defaults)
+    policy = network.network_policy(inputs)
+    assert policy is not None
+    assert policy["spec"]["podSelector"] == {"matchLabels": kinds.selector_labels(OWNER.name)}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    inference, scrape = policy["spec"]["ingress"]
+    assert inference["ports"] == [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]
+    assert scrape["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    return [inference["from"], scrape["from"]]
+
+
+def test_policy_defaults_admit_the_own_namespace_and_the_operators_scraper() -> None:
+    # The built-in default scraper: any pod of any namespace (Ferry cannot know where Prometheus runs).
+    assert policy_rules(spec_with(serving={"network": {}})) == [
+        [{"podSelector": {}}],
+        [{"namespaceSelector": {}}],
+    ]
+    # Empty lists mean the defaults too: a NetworkPolicy rule with an empty `from` would admit everyone.
+    assert policy_rules(spec_with(serving={"network": {"allowFrom": [], "metricsFrom": []}})) == [
+        [{"podSelector": {}}],
+        [{"namespaceSelector": {}}],
+    ]
+    monitoring = models.NetworkPolicyPeer.model_validate(
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    )
+    configured = build_inputs.ServingDefaults(runtime_image="ferry-runtime:0.1.0", metrics_from=(monitoring,))
+    assert policy_rules(spec_with(serving={"network": {}}), configured)[1] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    # The ModelDeployment's own metricsFrom wins over the operator's.
+    own = {"metricsFrom": [{"podSelector": {"matchLabels": {"app": "prometheus"}}}]}
+    assert policy_rules(spec_with(serving={"network": own}), configured)[1] == [
+        {"podSelector": {"matchLabels": {"app": "prometheus"}}}
+    ]
+
+
+def test_removing_network_prunes_the_policy_and_reapplies_what_named_the_metrics_port() -> None:
+    with_network = builders.desired_children(build(CASES["network-defaults"]))
+    observed = {
+        kind: ChildSnapshot(kind, OWNER.name, f"uid-{kind.plural}", 1, "100", input_hash(manifest))
+        for kind, manifest in with_network.items()
+    }
+    without = builders.desired_children(build(spec_with(serving={})))
+    result = plan.plan(without, observed, {})
+    assert [child.kind for child in result.prune] == [kinds.NETWORK_POLICY]
+    # The pods, the Service and the ServiceMonitor go back to /metrics on the HTTP port.
+    assert {kind for kind, _ in result.apply} == {kinds.DEPLOYMENT, kinds.SERVICE, kinds.SERVICE_MONITOR}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from ferry_devcluster.testing import Kube
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("model_pvc")]
 
 SMALL = {"requests": {"cpu": "10m", "memory": "16Mi"}}
-
-
-@pytest.fixture
-def monitoring_crds(crd_installed: Kube) -> Iterator[None]:
-    already = monitoring.installed(crd_installed.kubeconfig)
-    monitoring.install(crd_installed.kubeconfig)
-    yield
-    if not already:
-        monitoring.uninstall(crd_installed.kubeconfig)
 
 
 @pytest.mark.usefixtures("monitoring_crds")

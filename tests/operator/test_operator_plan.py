@@ -116,3 +116,20 @@ def test_config_errors_name_the_variable_and_the_value() -> None:
         config.from_env({"FERRY_OPERATOR_RUNTIME_IMAGES": "x"})
     with pytest.raises(config.ConfigError, match="FERRY_OPERATOR_OPTIMIZER_RESOURCES"):
         config.from_env({"FERRY_OPERATOR_OPTIMIZER_RESOURCES": "{not json"})
+
+
+def test_serving_metrics_from_is_a_list_of_valid_peers_and_never_empty() -> None:
+    monitoring = '[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]'
+    (peer,) = config.from_env({"FERRY_OPERATOR_SERVING_METRICS_FROM": monitoring}).serving_metrics_from
+    assert peer.namespace_selector is not None
+    assert peer.namespace_selector.match_labels == {"kubernetes.io/metadata.name": "monitoring"}
+    (default,) = config.from_env({}).serving_metrics_from
+    assert default.model_dump(by_alias=True, exclude_none=True) == {"namespaceSelector": {}}
+    # Empty would make a rule without peers, which admits everyone.
+    for empty in ("", "[]"):
+        with pytest.raises(config.ConfigError, match=r"SERVING_METRICS_FROM.*at least one peer"):
+            config.from_env({"FERRY_OPERATOR_SERVING_METRICS_FROM": empty})
+    with pytest.raises(config.ConfigError, match=r"SERVING_METRICS_FROM.*JSON list of NetworkPolicy peers"):
+        config.from_env({"FERRY_OPERATOR_SERVING_METRICS_FROM": "monitoring"})
+    with pytest.raises(config.ConfigError, match=r"SERVING_METRICS_FROM.*no bits set after the prefix"):
+        config.from_env({"FERRY_OPERATOR_SERVING_METRICS_FROM": '[{"ipBlock": {"cidr": "10.1.0.0/8"}}]'})

@@ -7,6 +7,7 @@ become `x-kubernetes-validations`. `python scripts/generate.py` regenerates crds
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, ClassVar, Literal, Self
 
@@ -551,8 +552,196 @@ class Auth(ApiModel):
     )
 
 
+# --- spec.serving.network: Kubernetes NetworkPolicy peers, typed so the API server checks them at apply ---
+
+# A label key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters. ("[.]", not
+# "\.": the pattern is also a CEL string literal, where "\." is an invalid escape.)
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_KEY_HELP = (
+    "a label key (an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or "
+    "'.', beginning and ending with a letter or digit)"
+)
+LabelKey = Annotated[str, Field(min_length=1, max_length=317, pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")]
+# Long enough for any IPv6 CIDR ("ffff:...:255.255.255.255/128" is 49 characters).
+Cidr = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """`text` as the API server's CEL isCIDR/cidr() read it (Go's netip.ParsePrefix: an address, "/" and a
+    decimal prefix length without leading zeros; no zone, no IPv4-mapped IPv6 address), or None."""
+    if not re.fullmatch(r"[0-9A-Fa-f:.]+/(0|[1-9][0-9]{0,2})", text):
+        return None
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped is not None:
+        return None
+    return network
+
+
+def _is_network_address(text: str) -> bool:
+    """A CIDR with no bits set after the prefix: cidr(x) == cidr(x).masked() in CEL."""
+    network = _cidr(text)
+    return (
+        network is not None
+        and ipaddress.ip_address(text.split("/", maxsplit=1)[0]) == network.network_address
+    )
+
+
+def _strictly_inside(inner: str, outer: str) -> bool:
+    """`inner` is a CIDR inside `outer` with a longer prefix (what the API server requires of except); an
+    address of the other IP family is in no network."""
+    small, large = _cidr(inner), _cidr(outer)
+    if small is None or large is None:
+        return False
+    return small.prefixlen > large.prefixlen and small.network_address in large
+
+
+class LabelSelectorRequirement(ApiModel):
+    """One matchExpressions entry, as in a Kubernetes label selector."""
+
+    key: LabelKey
+    """The label key the requirement applies to."""
+
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """In or NotIn the values, or the label Exists or DoesNotExist."""
+
+    values: Annotated[list[LabelValue], Field(max_length=64)] | None = None
+    """Label values: at least one for In and NotIn, none for Exists and DoesNotExist."""
+
+    cel_rules = (
+        CelRule(
+            cel="(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+            message="values must list at least one value for operator In and NotIn, and none for Exists and "
+            "DoesNotExist",
+            field_path=".values",
+            holds=lambda m: (m.operator in ("In", "NotIn")) == bool(m.values),
+        ),
+    )
+
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector; empty ({}) selects everything."""
+
+    match_labels: Annotated[dict[str, LabelValue], Field(max_length=64)] | None = None
+    """Labels an object must carry, key: value."""
+
+    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=32)] | None = None
+    """Requirements an object's labels must meet, all of them."""
+
+    cel_rules = (
+        CelRule(
+            cel=f"!has(self.matchLabels) || self.matchLabels.all(k, k.matches('{LABEL_KEY_PATTERN}'))",
+            message=f"every matchLabels key must be {LABEL_KEY_HELP}",
+            field_path=".matchLabels",
+            holds=lambda m: all(_matches(LABEL_KEY_PATTERN, key) for key in m.match_labels or {}),
+        ),
+    )
+
+
+class IPBlock(ApiModel):
+    """Addresses by CIDR, as in a NetworkPolicy peer's ipBlock: for clients outside the cluster's pod
+    network (pod IPs are better selected by label, as they change)."""
+
+    cidr: Cidr
+    """The network, e.g. 10.0.0.0/8 or fd00::/8 (no bits set after the prefix)."""
+
+    except_: Annotated[list[Cidr], Field(max_length=32)] | None = Field(default=None, alias="except")
+    """Networks inside cidr that are not admitted, each with a longer prefix than cidr."""
+
+    cel_rules = (
+        CelRule(
+            cel="isCIDR(self.cidr) && cidr(self.cidr) == cidr(self.cidr).masked()",
+            message="cidr must be a network in CIDR notation with no bits set after the prefix, e.g. "
+            "10.0.0.0/8 or fd00::/8",
+            field_path=".cidr",
+            holds=lambda m: _is_network_address(m.cidr),
+        ),
+        CelRule(
+            cel=(
+                "!has(self.except) || !isCIDR(self.cidr) || self.except.all(e, isCIDR(e) && "
+                "cidr(self.cidr).containsCIDR(cidr(e)) && "
+                "cidr(e).prefixLength() > cidr(self.cidr).prefixLength())"
+            ),
+            message="every except entry must be a CIDR inside cidr with a longer prefix",
+            field_path=".except",
+            holds=lambda m: (
+                _cidr(m.cidr) is None or all(_strictly_inside(e, m.cidr) for e in m.except_ or ())
+            ),
+        ),
+    )
+
+
+class NetworkPolicyPeer(ApiModel):
+    """Who may connect, as in a Kubernetes NetworkPolicy peer: pods by label (podSelector; in this
+    namespace unless namespaceSelector is also given), every pod of the namespaces a namespaceSelector
+    selects, both (the selected pods of the selected namespaces), or addresses (ipBlock, alone)."""
+
+    pod_selector: LabelSelector | None = None
+    """Pods admitted, by label; {} is every pod. Alone: pods of the ModelDeployment's namespace; with
+    namespaceSelector: pods of the namespaces it selects."""
+
+    namespace_selector: LabelSelector | None = None
+    """Namespaces whose pods are admitted, by the namespace's labels ({} is every namespace; one namespace:
+    {matchLabels: {kubernetes.io/metadata.name: NAME}})."""
+
+    ip_block: IPBlock | None = None
+    """Addresses admitted, by CIDR; not together with podSelector or namespaceSelector."""
+
+    cel_rules = (
+        CelRule(
+            cel="has(self.podSelector) || has(self.namespaceSelector) || has(self.ipBlock)",
+            message="a peer must set podSelector, namespaceSelector (or both) or ipBlock",
+            holds=lambda m: (
+                m.pod_selector is not None or m.namespace_selector is not None or m.ip_block is not None
+            ),
+        ),
+        CelRule(
+            cel="!has(self.ipBlock) || !(has(self.podSelector) || has(self.namespaceSelector))",
+            message="ipBlock cannot be combined with podSelector or namespaceSelector in one peer: give each "
+            "its own entry",
+            field_path=".ipBlock",
+            holds=lambda m: m.ip_block is None or (m.pod_selector is None and m.namespace_selector is None),
+        ),
+    )
+
+
+# Who may scrape a metrics port when neither the ModelDeployment nor the operator's configuration
+# (FERRY_OPERATOR_SERVING_METRICS_FROM, Helm networkPolicy.metricsFrom) says: every pod in every namespace,
+# as the chart's own NetworkPolicy admits to the operator's metrics port by default. Ferry cannot know
+# where Prometheus runs; the metrics carry no request data, and the inference ports stay closed.
+DEFAULT_METRICS_FROM: tuple[NetworkPolicyPeer, ...] = (NetworkPolicyPeer(namespace_selector=LabelSelector()),)
+
+
+class Network(ApiModel):
+    """Who may reach the serving pods (a NetworkPolicy, ingress only)."""
+
+    allow_from: Annotated[list[NetworkPolicyPeer], Field(max_length=32)] | None = None
+    """Who may call the inference ports (http 8080, grpc 8081). Absent or empty: pods of the
+    ModelDeployment's own namespace only. A client outside the cluster reaches the pods through an
+    ingress controller or gateway: admit that one's pods (namespaceSelector and podSelector)."""
+
+    metrics_from: Annotated[list[NetworkPolicyPeer], Field(max_length=32)] | None = None
+    """Who may scrape the metrics port (8082): where Prometheus runs. Absent or empty: the operator's
+    default (FERRY_OPERATOR_SERVING_METRICS_FROM, which the Helm chart sets from networkPolicy.metricsFrom;
+    unset: every pod in every namespace, [{namespaceSelector: {}}])."""
+
+
 class Serving(ApiModel):
     """How the model is served: replicas, autoscaling, batching and pod placement."""
+
+    network: Network | None = None
+    """A NetworkPolicy for the serving pods (ingress only; egress stays open): the inference ports admit
+    only allowFrom, and /metrics moves to a port of its own (8082, named metrics, which the Service, the
+    ServiceMonitor and the prometheus.io/port annotation then name) that admits only metricsFrom. Health
+    probes come from the kubelet on the pod's node, which NetworkPolicy implementations always admit. It
+    is enforced only where the cluster's network plugin implements NetworkPolicy. Absent: no
+    NetworkPolicy, and /metrics stays on the HTTP port (8080)."""
 
     replicas: int | None = Field(default=None, ge=0, le=1000)
     """Number of serving pods (unset: 1). `kubectl scale modeldeployment/NAME` sets this field. Must not be

@@ -11,7 +11,7 @@ from ferry_operator.builders.auth import service_account, token_review_binding
 from ferry_operator.builders.common import Manifest
 from ferry_operator.builders.inputs import BuildInputs
 from ferry_operator.builders.monitoring import prometheus_rule, service_monitor
-from ferry_operator.builders.network import service
+from ferry_operator.builders.network import network_policy, service
 from ferry_operator.builders.scaling import horizontal_pod_autoscaler, pod_disruption_budget
 from ferry_operator.builders.serving import deployment
 
@@ -38,6 +38,7 @@ def desired_children(inputs: BuildInputs) -> dict[kinds.Kind, Manifest]:
     """Every child the ModelDeployment should have, by kind; kinds absent here are pruned."""
     children: dict[kinds.Kind, Manifest | None] = {
         **pod_dependencies(inputs),
+        kinds.NETWORK_POLICY: network_policy(inputs),
         kinds.SERVICE: service(inputs),
         kinds.DEPLOYMENT: deployment(inputs, desired_replicas(inputs)),
         kinds.POD_DISRUPTION_BUDGET: pod_disruption_budget(inputs),

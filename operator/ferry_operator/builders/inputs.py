@@ -64,6 +64,9 @@ class ServingDefaults:
     # The ClusterRole (create tokenreviews) bound to the serving pods of auth mode kubernetes; empty: not
     # configured, and such a ModelDeployment is refused (reconcile/policy.py).
     token_reviewer_role: str = ""
+    # Who may scrape the metrics port of a ModelDeployment whose spec.serving.network names no metricsFrom
+    # (where Prometheus runs).
+    metrics_from: tuple[models.NetworkPolicyPeer, ...] = models.DEFAULT_METRICS_FROM
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ from ferry_operator import kinds
 from ferry_operator.builders import alerts
 from ferry_operator.builders.common import Manifest, metadata, with_input_hash
 from ferry_operator.builders.inputs import BuildInputs
+from ferry_operator.builders.serving import metrics_port
 
 Mode = Literal["auto", "enabled", "disabled"]
 
@@ -37,7 +38,8 @@ def service_monitor(inputs: BuildInputs) -> Manifest | None:
             "metadata": metadata(inputs.owner),
             "spec": {
                 "selector": {"matchLabels": kinds.selector_labels(inputs.owner.name)},
-                "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+                # The Service port named like the pods' metrics port: `metrics` with spec.serving.network.
+                "endpoints": [{"port": metrics_port(inputs)[0], "path": "/metrics", "interval": "30s"}],
             },
         }
     )

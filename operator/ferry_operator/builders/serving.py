@@ -15,6 +15,9 @@ MODEL_DIR = "/mnt/models"
 PVC_ROOT = "/mnt/pvc"
 HTTP_PORT = 8080
 GRPC_PORT = 8081
+# /metrics on a port of its own (as Triton's 8002), only with spec.serving.network: a NetworkPolicy can then
+# admit the scraper to the metrics without admitting it to inference. Otherwise /metrics is on HTTP_PORT.
+METRICS_PORT = 8082
 # Non-root UID/GID of the ferry images (numeric, so the kubelet can check runAsNonRoot without /etc/passwd).
 RUNTIME_UID = 65532
 # After the pod is marked terminating, keep serving this long so every endpoint watcher (kube-proxy,
@@ -78,6 +81,16 @@ def container_resources(inputs: BuildInputs) -> dict[str, Any]:
     return resources
 
 
+def separate_metrics_port(inputs: BuildInputs) -> bool:
+    """Whether the pods serve /metrics on METRICS_PORT (named `metrics`) instead of HTTP_PORT."""
+    return inputs.spec.serving.network is not None
+
+
+def metrics_port(inputs: BuildInputs) -> tuple[str, int]:
+    """The container port (name, number) that serves /metrics."""
+    return ("metrics", METRICS_PORT) if separate_metrics_port(inputs) else ("http", HTTP_PORT)
+
+
 def runtime_env(inputs: BuildInputs) -> list[dict[str, str]]:
     """FERRY_RUNTIME_* settings of the runtime container (names from ferry_runtime.settings)."""
     serving = inputs.spec.serving
@@ -90,6 +103,10 @@ def runtime_env(inputs: BuildInputs) -> list[dict[str, str]]:
         "FERRY_RUNTIME_MAX_BATCH_DELAY_MS": f"{serving.batching.max_delay_ms:g}",
         "FERRY_RUNTIME_MAX_QUEUE_SIZE": str(serving.batching.max_queue_size),
     }
+    if separate_metrics_port(inputs):
+        # /metrics only there; the HTTP port answers it with 404. Unset (the runtime's 0): on the HTTP port,
+        # and the pod template of a ModelDeployment without network stays what it was (no new revision).
+        env["FERRY_RUNTIME_METRICS_PORT"] = str(METRICS_PORT)
     if serving.threads is not None:
         env["FERRY_RUNTIME_INTRA_OP_THREADS"] = str(serving.threads)
     if inputs.artifact.format == "onnx-genai":
@@ -187,6 +204,12 @@ def runtime_container(inputs: BuildInputs, image: str) -> dict[str, Any]:
             "timeoutSeconds": 5,
         }
 
+    ports = [
+        {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+    ]
+    if separate_metrics_port(inputs):
+        ports.append({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})
     return {
         "name": "runtime",
         "image": image,
@@ -194,10 +217,7 @@ def runtime_container(inputs: BuildInputs, image: str) -> dict[str, Any]:
         "command": ["ferry-runtime"],
         "args": ["--model-dir", MODEL_DIR, "--model-name", inputs.owner.name],
         "env": runtime_env(inputs),
-        "ports": [
-            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
-        ],
+        "ports": ports,
         # Ready: the model is loaded and warmed up; the Service sends traffic only then.
         "readinessProbe": probe("/v2/health/ready", 5, 3),
         # Live: the process answers at all; restarts a wedged server.
@@ -258,7 +278,7 @@ def pod_template(inputs: BuildInputs) -> dict[str, Any]:
             "labels": kinds.child_labels(inputs.owner.name),
             "annotations": {
                 "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(HTTP_PORT),
+                "prometheus.io/port": str(metrics_port(inputs)[1]),
                 "prometheus.io/path": "/metrics",
             },
         },

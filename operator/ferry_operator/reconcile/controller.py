@@ -103,6 +103,7 @@ class Controller:
             concurrency_metric=config.concurrency_metric,
             rps_metric=config.rps_metric,
             queue_metric=config.queue_metric,
+            metrics_from=config.serving_metrics_from,
             artifact_store=ArtifactStore(
                 config.artifact_store,
                 config.artifact_s3_endpoint,
