@@ -437,4 +437,11 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
             ),
         )
     ),
+    InvalidSpec("tls-without-secret", spec_with(serving={"tls": {}}), "spec.serving.tls.secretName", "Required"),
+    InvalidSpec(
+        "tls-secret-malformed",
+        spec_with(serving={"tls": {"secretName": "Certs_1"}}),
+        "spec.serving.tls.secretName",
+        "should match",
+    ),
 )

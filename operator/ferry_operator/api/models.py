@@ -732,6 +732,15 @@ class Network(ApiModel):
     unset: every pod in every namespace, [{namespaceSelector: {}}])."""
 
 
+class Tls(ApiModel):
+    """TLS on the serving pods' REST and gRPC ports."""
+
+    secret_name: DnsSubdomain
+    """A Secret of type kubernetes.io/tls in this namespace (tls.crt, tls.key), as cert-manager's
+    Certificate writes it: the serving pods serve it on both ports and load a renewed one within seconds
+    of the kubelet updating the mounted copy, without a restart. The operator never reads it."""
+
+
 class Serving(ApiModel):
     """How the model is served: replicas, autoscaling, batching and pod placement."""
 
@@ -785,6 +794,11 @@ class Serving(ApiModel):
     generation: Generation = Field(default_factory=Generation, json_schema_extra={"default": {}})
     """Continuous batching of a text-generation model (model.format onnx-genai or huggingface); ignored
     otherwise."""
+
+    tls: Tls | None = None
+    """TLS on the REST and gRPC ports from a kubernetes.io/tls Secret (docs/security.md); absent: plain
+    text. With TLS, /metrics moves to a plain-text port of its own (8082, named metrics), so the scraper
+    needs no client TLS settings; a NetworkPolicy (serving.network) is what admits only the scraper there."""
 
     auth: Auth = Field(default_factory=Auth, json_schema_extra={"default": {}})
     """Authentication of inference and feedback requests: none (default), bearer tokens from a Secret, or

@@ -18,21 +18,23 @@ OWN_NAMESPACE: tuple[dict[str, Any], ...] = ({"podSelector": {}},)
 
 
 def service(inputs: BuildInputs) -> Manifest:
+    tls = inputs.spec.serving.tls is not None
     ports: list[dict[str, Any]] = [
         {
             "name": "http",
             "port": HTTP_PORT,
             "targetPort": "http",
             "protocol": "TCP",
-            "appProtocol": "http",
+            "appProtocol": "https" if tls else "http",
         },
-        # kubernetes.io/h2c: gRPC is HTTP/2 over cleartext; gateways and meshes route it as such.
+        # kubernetes.io/h2c: gRPC is HTTP/2 over cleartext; gateways and meshes route it as such. With TLS
+        # it is HTTP/2 over TLS, which IANA's "https" names.
         {
             "name": "grpc",
             "port": GRPC_PORT,
             "targetPort": "grpc",
             "protocol": "TCP",
-            "appProtocol": "kubernetes.io/h2c",
+            "appProtocol": "https" if tls else "kubernetes.io/h2c",
         },
     ]
     if separate_metrics_port(inputs):

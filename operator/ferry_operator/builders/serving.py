@@ -81,9 +81,17 @@ def container_resources(inputs: BuildInputs) -> dict[str, Any]:
     return resources
 
 
+TLS_DIR = "/var/run/ferry/tls"
+TLS_VOLUME = "tls"
+# Read by the runtime's group only: the pod's fsGroup owns the files (as the auth tokens').
+TLS_FILE_MODE = 0o440
+
+
 def separate_metrics_port(inputs: BuildInputs) -> bool:
-    """Whether the pods serve /metrics on METRICS_PORT (named `metrics`) instead of HTTP_PORT."""
-    return inputs.spec.serving.network is not None
+    """Whether the pods serve /metrics on METRICS_PORT (named `metrics`) instead of HTTP_PORT: with a
+    NetworkPolicy (so the scraper alone is admitted there), and with TLS (the scraper reads plain text)."""
+    serving = inputs.spec.serving
+    return serving.network is not None or serving.tls is not None
 
 
 def metrics_port(inputs: BuildInputs) -> tuple[str, int]:
@@ -107,6 +115,8 @@ def runtime_env(inputs: BuildInputs) -> list[dict[str, str]]:
         # /metrics only there; the HTTP port answers it with 404. Unset (the runtime's 0): on the HTTP port,
         # and the pod template of a ModelDeployment without network stays what it was (no new revision).
         env["FERRY_RUNTIME_METRICS_PORT"] = str(METRICS_PORT)
+    if serving.tls is not None:
+        env["FERRY_RUNTIME_TLS_DIR"] = TLS_DIR
     if serving.threads is not None:
         env["FERRY_RUNTIME_INTRA_OP_THREADS"] = str(serving.threads)
     if inputs.artifact.format == "onnx-genai":
@@ -196,9 +206,12 @@ def fetch_drift_reference_container(inputs: BuildInputs, image: str) -> dict[str
 
 
 def runtime_container(inputs: BuildInputs, image: str) -> dict[str, Any]:
+    # The kubelet's HTTPS probes do not verify the certificate: they only need the port to speak TLS.
+    scheme = {"scheme": "HTTPS"} if inputs.spec.serving.tls is not None else {}
+
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
         return {
-            "httpGet": {"path": path, "port": "http"},
+            "httpGet": {"path": path, "port": "http", **scheme},
             "periodSeconds": period,
             "failureThreshold": failures,
             "timeoutSeconds": 5,
@@ -230,6 +243,11 @@ def runtime_container(inputs: BuildInputs, image: str) -> dict[str, Any]:
             {"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
             *auth.runtime_mounts(inputs),
+            *(
+                [{"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True}]
+                if inputs.spec.serving.tls is not None
+                else []
+            ),
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -248,6 +266,14 @@ def pod_template(inputs: BuildInputs) -> dict[str, Any]:
         for claim in pvc_claims(inputs.artifact.uri)
     ]
     volumes += auth.volumes(inputs)
+    if serving.tls is not None:
+        # The whole Secret, never a subPath: a subPath mount would not see cert-manager's renewals.
+        volumes.append(
+            {
+                "name": TLS_VOLUME,
+                "secret": {"secretName": serving.tls.secret_name, "defaultMode": TLS_FILE_MODE},
+            }
+        )
     spec: dict[str, Any] = {
         # The runtime talks to the Kubernetes API only to check callers' tokens (auth mode kubernetes).
         **auth.pod_identity(inputs),
