@@ -1278,6 +1278,17 @@ def test_a_model_with_auth_and_tls_answers_only_verified_clients_with_its_token(
             rtol=1e-5,
             atol=1e-6,
         )
+        # With TLS, /metrics is plain text on the metrics port (8082), which the ServiceMonitor names: this
+        # Prometheus scrapes it there, counting the refused and the admitted calls above.
+        decisions = wait_for(
+            "Prometheus to scrape the secure model's metrics port",
+            lambda: {
+                sample["metric"]["outcome"]: float(sample["value"][1])
+                for sample in cluster.query(f'ferry_auth_decisions_total{{model="{SECURE}"}}')
+            }.get("allowed"),
+            timeout=120,
+        )
+        assert decisions >= 2  # one REST and one gRPC call were admitted
         pods = kube.kubectl_json("get", "pods", "-n", namespace, "-l", f"ferry.dev/modeldeployment={SECURE}")
         labels = kube.kubectl_json("get", "namespace", namespace)["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
