@@ -334,9 +334,14 @@ class RestApp:
         except FerryError as error:
             return self._error(route, path, error, keep_alive, received)
         except Exception as error:  # a bug, never a client's mistake: answered 500 and counted
-            log.exception("unexpected failure handling %s %s", method.decode("latin-1"), path[:200])
-            self.recorder.record("500", time.perf_counter() - received)
-            return error_response(FerryError(f"internal error: {error}"), keep_alive)
+            return self._internal_error(method, path, error, keep_alive, received)
+
+    def _internal_error(
+        self, method: bytes, path: bytes, error: Exception, keep_alive: bool, received: float
+    ) -> bytes:
+        log.exception("unexpected failure handling %s %s", method.decode("latin-1"), path[:200])
+        self.recorder.record("500", time.perf_counter() - received)
+        return error_response(FerryError(f"internal error: {error}"), keep_alive)
 
     def _dispatch(
         self,
@@ -414,10 +419,8 @@ class RestApp:
                     )
             except FerryError as error:
                 response = self._error(route, path, error, gate.keep_alive, received)
-            except Exception as error:
-                log.exception("unexpected failure handling %s %s", method.decode("latin-1"), path[:200])
-                self.recorder.record("500", time.perf_counter() - received)
-                response = error_response(FerryError(f"internal error: {error}"), gate.keep_alive)
+            except Exception as error:  # a bug, as in handle
+                response = self._internal_error(method, path, error, gate.keep_alive, received)
             if response is not None:
                 connection.respond(gate, response, gate.keep_alive)
 
