@@ -72,13 +72,14 @@ class Runtime:
             queue_depth=lambda: self._batcher.depth() if self._batcher else 0,
         )
         self.metrics.model_ready.labels(name).set(0)
+        step = "--auth"
         try:
             self._auth = self._authenticator(loop)
+            step = "--tls-dir"
             tls = CertificateReloader(settings.tls_dir) if settings.tls_dir is not None else None
         except (ValueError, OSError, ssl.SSLError) as problem:
-            message = f"cannot start: {problem}" + (
-                f" (--tls-dir {settings.tls_dir})" if isinstance(problem, OSError | ssl.SSLError) else ""
-            )
+            # A missing CA or certificate file, a key that does not match: named, not a traceback.
+            message = f"cannot start ({step}): {problem}"
             log.error("%s", message)
             write_termination_message(message)
             return 2

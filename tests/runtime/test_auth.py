@@ -364,3 +364,22 @@ def test_token_directory_ignores_kubelet_entries_and_keeps_tokens_when_unreadabl
     write_secret_volume(directory, {"b": "two"}, 2)
     clock.now += 2
     assert tokens.digests() == frozenset({auth._digest(b"two")})
+
+
+def test_an_unreadable_api_server_ca_stops_the_runtime_naming_the_setting(
+    digits: DigitsModel, tmp_path: Path, log_dir: Path
+) -> None:
+    runtime = start_runtime(
+        digits.path.parent,
+        "digits",
+        log_dir,
+        "--auth",
+        "kubernetes",
+        "--auth-api-server",
+        "https://127.0.0.1:1",
+        "--auth-api-ca-file",
+        str(tmp_path / "missing-ca.crt"),
+        wait_ready=False,
+    )
+    assert runtime.process.wait(60) == 2
+    assert "cannot start (--auth)" in runtime.log()

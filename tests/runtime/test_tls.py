@@ -204,3 +204,17 @@ def test_openai_client_with_a_custom_ca(
         assert completion.usage.completion_tokens == 3
     finally:
         assert runtime.stop() == 0, runtime.log()
+
+
+def test_a_pair_that_does_not_load_stops_the_runtime_naming_the_setting(
+    digits: DigitsModel, authority: Authority, tmp_path: Path, log_dir: Path
+) -> None:
+    directory = tmp_path / "secret"
+    broken = authority.issue(20)
+    broken["tls.key"] = authority.issue(21)["tls.key"]
+    write_secret_volume(directory, broken, 1)
+    runtime = start_runtime(
+        digits.path.parent, "digits", log_dir, "--tls-dir", str(directory), wait_ready=False
+    )
+    assert runtime.process.wait(60) == 2
+    assert "cannot start (--tls-dir)" in runtime.log()
