@@ -437,7 +437,9 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
             ),
         )
     ),
-    InvalidSpec("tls-without-secret", spec_with(serving={"tls": {}}), "spec.serving.tls.secretName", "Required"),
+    InvalidSpec(
+        "tls-without-secret", spec_with(serving={"tls": {}}), "spec.serving.tls.secretName", "Required"
+    ),
     InvalidSpec(
         "tls-secret-malformed",
         spec_with(serving={"tls": {"secretName": "Certs_1"}}),

@@ -436,7 +436,7 @@ def test_a_deleted_model_deployment_goes_only_after_its_binding() -> None:
     # And everything else went with it (owner references).
     assert [b for b in cluster.api.bodies.values() if b.get("kind")] == []
     assert cluster.reconcile() == "gone"
-    assert cluster.controller._written_finalizers == {}
+    assert len(cluster.controller.finalizers) == 0
 
 
 def test_a_binding_whose_model_deployment_is_gone_is_swept() -> None:

@@ -116,6 +116,7 @@ class Cluster:
         held |= {name: len(getattr(controller.applier, name)) for name in ("_applied", "_deleted_uids")}
         held |= {name: len(getattr(controller.reporter, name)) for name in ("_written_status", "_phases")}
         held |= {name: len(getattr(resolver, name)) for name in ("_results", "_served", "_counted_jobs")}
+        held["finalizer writes"] = len(controller.finalizers)
         held["replica series"] = sum(
             1
             for metric in prometheus_client.REGISTRY.collect()

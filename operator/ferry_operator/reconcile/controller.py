@@ -35,6 +35,7 @@ from ferry_operator.reconcile import conditions, plan, policy, rollout
 from ferry_operator.reconcile.applier import ChildApplier
 from ferry_operator.reconcile.artifacts import ArtifactResolver, Resolution, ServeAsIs
 from ferry_operator.reconcile.conditions import ApplyFailure, Observation
+from ferry_operator.reconcile.finalizer import FinalizerKeeper
 from ferry_operator.reconcile.observe import (
     ChildSnapshot,
     ModelDeploymentSnapshot,
@@ -116,8 +117,7 @@ class Controller:
         self.applier = ChildApplier(client, self.rediscover_monitoring)
         self.reporter = StatusReporter(client, config.cluster_domain)
         self._desired: dict[OwnerKey, _Desired] = {}
-        # Our last finalizer write per object (resourceVersion, finalizers), until the watch delivers it.
-        self._written_finalizers: dict[OwnerKey, tuple[str, tuple[str, ...]]] = {}
+        self.finalizers = FinalizerKeeper(client)
         # The uid of the ModelDeployment under each key, so its resolver state goes when it does.
         self._uids: dict[OwnerKey, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -297,12 +297,12 @@ class Controller:
             created_deployment = kinds.DEPLOYMENT not in observed and any(
                 kind == kinds.DEPLOYMENT for kind, _ in the_plan.apply
             )
-            if _cluster_scoped(serving.children) and await self._set_finalizer(md, present=True):
+            if _cluster_scoped(serving.children) and await self.finalizers.set(md, present=True):
                 outcome = "applied"
             failures = await self.applier.execute(key, desired.inputs, the_plan, observed)
         # Nothing left that only the operator can delete: the object may go without waiting for it.
         unfinalized = not _cluster_scoped(serving.children) and not _cluster_scoped(observed)
-        if unfinalized and await self._set_finalizer(md, present=False):
+        if unfinalized and await self.finalizers.set(md, present=False):
             outcome = "applied"
         if created_deployment and not failures and not self.reporter.current(md):
             # A brand-new object whose children were just created: its first status would only say
@@ -435,7 +435,7 @@ class Controller:
         """A ModelDeployment being deleted: delete its cluster-scoped children, then let it go."""
         if await self._delete_cluster_children(md.key):
             return "retry"
-        await self._set_finalizer(md, present=False)
+        await self.finalizers.set(md, present=False)
         return "gone"
 
     async def _delete_cluster_children(self, key: OwnerKey) -> list[ApplyFailure]:
@@ -449,35 +449,6 @@ class Controller:
             )
         return failures
 
-    async def _set_finalizer(self, md: ModelDeploymentSnapshot, *, present: bool) -> bool:
-        """Add or remove Ferry's finalizer; whether a write was needed. Added before the operator creates
-        a child the garbage collector cannot remove (a ClusterRoleBinding), so the object waits for the
-        operator to delete it; removed when there is none left."""
-        finalizers = self._finalizers(md)
-        if (kinds.FINALIZER in finalizers) == present:
-            return False
-        if present:
-            wanted = (*finalizers, kinds.FINALIZER)
-        else:
-            wanted = tuple(f for f in finalizers if f != kinds.FINALIZER)
-        version = (
-            self._written_finalizers[md.key][0] if md.key in self._written_finalizers else md.resource_version
-        )
-        response = await self.client.set_finalizers(md.namespace, md.name, wanted, version)
-        self._written_finalizers[md.key] = (
-            str(response.get("metadata", {}).get("resourceVersion", "")),
-            wanted,
-        )
-        return True
-
-    def _finalizers(self, md: ModelDeploymentSnapshot) -> tuple[str, ...]:
-        """The finalizers as the server holds them: our last write when the watch has not delivered it."""
-        written = self._written_finalizers.get(md.key)
-        if written is not None and plan.older(md.resource_version, written[0]):
-            return written[1]
-        self._written_finalizers.pop(md.key, None)
-        return md.finalizers
-
     def _forget(self, key: OwnerKey) -> None:
         """Release everything kept for a ModelDeployment that is gone (memory must not grow with every
         ModelDeployment ever deleted)."""
@@ -485,7 +456,7 @@ class Controller:
         if uid is not None:
             self.resolver.forget(uid)
         self._desired.pop(key, None)
-        self._written_finalizers.pop(key, None)
+        self.finalizers.forget(key)
         self.applier.forget(key)
         self.reporter.forget(key)
 
