@@ -1222,6 +1222,16 @@ def test_a_model_with_auth_and_tls_answers_only_verified_clients_with_its_token(
             "wait", "--for=condition=Ready", f"modeldeployment/{SECURE}", "-n", namespace, "--timeout=300s"
         )
         ready_seconds = time.monotonic() - started
+        # The devcluster's Prometheus makes its scrape jobs from the ServiceMonitors that exist when it is
+        # (re)configured, as `devcluster prometheus up` does after a model is added.
+        wait_for(
+            "the secure model's ServiceMonitor",
+            lambda: (
+                kube.kubectl("get", "servicemonitor", SECURE, "-n", namespace, check=False).returncode == 0
+            ),
+            timeout=60,
+        )
+        prometheus.up(cluster.config)
         address = cluster.service_ip(SECURE)
         body = request_body(cluster, input_name(cluster), 8)
         infer = f"/v2/models/{SECURE}/infer"
