@@ -6,8 +6,8 @@ kubectl runs any `kubectl-ferry` on the PATH as `kubectl ferry ...`; it inherits
     kubectl ferry list [-A | -n NS]
     kubectl ferry status NAME [--watch]
     kubectl ferry report NAME [--plot FILE]
-    kubectl ferry predict NAME --input FILE [--url URL] [--token TOKEN | --token-file FILE]
-    kubectl ferry chat NAME [--message TEXT] [--url URL] [--token TOKEN | --token-file FILE]
+    kubectl ferry predict NAME --input FILE [--url URL [--ca-file FILE]] [--token TOKEN | --token-file FILE]
+    kubectl ferry chat NAME [--message TEXT] [--url URL [--ca-file FILE]] [--token TOKEN | --token-file FILE]
 
 Everything shown comes from the ModelDeployment's status (what the operator observed) and, for
 `predict` and `chat`, from the model server itself through the API server's service proxy, so it works
@@ -448,6 +448,16 @@ def _server(api: Any, args: argparse.Namespace) -> Send:
         if args.bearer_token is not None:
             headers["Authorization"] = f"Bearer {args.bearer_token}"
 
+        context = None
+        if args.ca_file:
+            import ssl
+
+            try:
+                # Verifies the server's certificate and name against this CA only (spec.serving.tls).
+                context = ssl.create_default_context(cafile=args.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise PluginError(f"--ca-file {args.ca_file}: {exc}") from exc
+
         def direct(method: str, path: str, body: dict[str, Any] | None = None) -> _Reply:
             import urllib.error
             import urllib.request
@@ -455,7 +465,7 @@ def _server(api: Any, args: argparse.Namespace) -> Send:
             data = json.dumps(body).encode() if body is not None else None
             request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
             try:
-                response = urllib.request.urlopen(request, timeout=timeout)
+                response = urllib.request.urlopen(request, timeout=timeout, context=context)
             except urllib.error.HTTPError as exc:
                 return _Reply(exc.code, iter([exc.read()]), f"{method} {base + path}")
             except urllib.error.URLError as exc:
@@ -614,6 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _token_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="with an https --url: the CA that issued the model's certificate (spec.serving.tls)",
+    )
     tokens = command.add_mutually_exclusive_group()
     needs_url = (
         "Needs --url: the API server's service proxy removes the Authorization header (e.g. "

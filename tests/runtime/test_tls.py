@@ -218,3 +218,32 @@ def test_a_pair_that_does_not_load_stops_the_runtime_naming_the_setting(
     )
     assert runtime.process.wait(60) == 2
     assert "cannot start (--tls-dir)" in runtime.log()
+
+
+def test_kubectl_ferry_predict_verifies_the_certificate_with_its_ca_file(
+    secure: RuntimeProcess, authority: Authority, digits: DigitsModel, tmp_path: Path
+) -> None:
+    import io
+    import json
+
+    from ferry_operator import plugin
+
+    wait_ready_over_tls(secure, authority.ca)
+    request = tmp_path / "request.json"
+    row = digits.test_images[:1]
+    request.write_text(
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": row.ravel().tolist()}
+                ]
+            }
+        )
+    )
+    url = f"https://127.0.0.1:{secure.http_port}"
+    out = io.StringIO()
+    args = ["predict", "digits", "--url", url, "--input", str(request)]
+    assert plugin.main([*args, "--ca-file", str(authority.ca)], out=out, environ={}) == 0
+    assert out.getvalue().startswith(f"label INT64 [1]: [{digits.expected_labels[0]}]"), out.getvalue()
+    untrusted = io.StringIO()
+    assert plugin.main(args, out=untrusted, environ={}) != 0  # the system CAs do not know this one
