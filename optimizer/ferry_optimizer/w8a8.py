@@ -8,7 +8,7 @@ rows on an AMX Xeon. What it lacks is a per-token scale: its dynamic quantizatio
 takes one scale for the whole input, so one sequence's outlier would coarsen every other sequence's
 activations and a reply would depend on what else is in the batch. So each MatMul `x @ W` becomes:
 
-* W: int8, symmetric, one scale per output column (`W ~ Wq * ws`);
+* W: int8 holding 7 bits (|Wq| <= 63), symmetric, one scale per output column (`W ~ Wq * ws`);
 * x: per row (token), `m = max|x|`, `xq = round(127 x / m) + 128` as uint8 (`QuantizeLinear` of `x / m`
   with scale 1/127 and zero point 128 does the rounding and saturation);
 * `y = MatMulIntegerToFloat(xq, Wq, 1/127, ws, 128) * m`.
@@ -20,9 +20,10 @@ The integer product is exact, and every row's scale is its own, so a row's resul
 the other rows: greedy decoding gives the same tokens alone or in any batch. MatMuls that share an input
 (gate and up projections) share its quantization.
 
-CPUs without VNNI (AVX2 only) run u8 x s8 with a saturating 16-bit multiply-add, which can clip large
-products: the optimizer's quality gate measures what this node's CPU computes, and docs/generative.md
-says why an artifact chosen on a VNNI/AMX node is best served on one.
+CPUs without VNNI (AVX2 only) run u8 x s8 with a saturating 16-bit multiply-add over pairs of products
+(255 x 127 x 2 > 32767), which clipped large products there (a 0.107 relative error on the AMD EPYC
+where VNNI/AMX nodes gave < 0.05). Weights therefore use 7 bits (|Wq| <= 63, ONNX Runtime's
+reduce_range): 255 x 63 x 2 fits, so every CPU computes the same exact integer product.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+# Weight levels per side: 7 bits, so no u8 x s8 pair sum saturates 16 bits on AVX2 (see above).
+WEIGHT_LEVELS = 63
 PREFIX = "ferry_w8a8"
 
 
@@ -79,8 +82,8 @@ def quantize(model: onnx.ModelProto) -> Rewritten:
             nodes.append(node)
             continue
         values = numpy_helper.to_array(weight).astype(np.float32)
-        scales = np.maximum(np.abs(values).max(axis=0) / 127, 1e-12).astype(np.float32)
-        integers = np.clip(np.round(values / scales), -127, 127).astype(np.int8)
+        scales = np.maximum(np.abs(values).max(axis=0) / WEIGHT_LEVELS, 1e-12).astype(np.float32)
+        integers = np.clip(np.round(values / scales), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
         name = f"{PREFIX}/{matmuls}"
         matmuls += 1
         source = node.input[0]
