@@ -196,25 +196,19 @@ class Metrics(Collector):
         for labels, count in self.request_counts.items():
             requests.add_metric(list(labels), count)
         yield requests
-        rejected = CounterMetricFamily(
+        yield _nested_counter(
             "ferry_http_rejected",
             "HTTP/1.1 requests refused before reaching an endpoint (limits, timeouts, framing), by reason.",
-            labels=["model", "reason"],
+            "reason",
+            self.http_rejected,
         )
-        for model, reasons in self.http_rejected.items():
-            for reason, count in reasons.items():
-                rejected.add_metric([model, reason], count)
-        yield rejected
-        decisions = CounterMetricFamily(
+        yield _nested_counter(
             "ferry_auth_decisions",
             "Authentication decisions on requests to protected endpoints (--auth), by outcome: allowed, "
             "missing or invalid (401), forbidden (403), unavailable (503: the token could not be checked).",
-            labels=["model", "outcome"],
+            "outcome",
+            self.auth_decisions,
         )
-        for model, outcomes in self.auth_decisions.items():
-            for outcome, count in outcomes.items():
-                decisions.add_metric([model, outcome], count)
-        yield decisions
         yield _histogram(
             "ferry_request_duration_seconds",
             "Time from a complete request to its response being handed to the transport.",
@@ -320,6 +314,17 @@ class Metrics(Collector):
                 psi.add_metric([model, name], score)
                 rows.add_metric([model, name], count)
         yield from (psi, rows)
+
+
+def _nested_counter(
+    name: str, help_text: str, label: str, counts: dict[str, dict[str, int]]
+) -> CounterMetricFamily:
+    """A counter family from model -> {label value -> count}."""
+    family = CounterMetricFamily(name, help_text, labels=["model", label])
+    for model, values in counts.items():
+        for value, count in values.items():
+            family.add_metric([model, value], count)
+    return family
 
 
 def _histogram(
